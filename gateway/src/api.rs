@@ -1,0 +1,144 @@
+//! The `/v1/*` router: thin handlers that turn a request into a [`Call`] and hand it to
+//! the inner stack.
+//!
+//! A handler reads the body once, checks it ([`openai::Request::parse`]), resolves the
+//! model (404 `model_not_found`, 403 when the key may not use it) and calls the stack.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json};
+use http::StatusCode;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::auth::Principal;
+use crate::call::{Call, CallService};
+use crate::error::{self, ApiError};
+use crate::openai::{self, Endpoint};
+use crate::router::Models;
+
+/// What handlers need: the configured models and the inner stack.
+#[derive(Clone)]
+pub struct AppState {
+    pub models: Arc<Models>,
+    pub calls: CallService,
+}
+
+/// The data-plane routes. Layers (auth, limits, ...) are added by `stack.rs`.
+pub fn router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{*id}", get(get_model))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/images/generations", post(images_generations))
+        .route("/v1/moderations", post(moderations))
+        .fallback(unknown_path)
+        // `max_body_mb` is enforced by the stack's RequestBodyLimitLayer; axum's own 2 MiB
+        // default would otherwise cut in first.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+fn model_object(id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "tollgate"})
+}
+
+async fn list_models(State(state): State<AppState>, Extension(principal): Extension<Principal>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .models
+        .iter()
+        .filter(|m| principal.may_use(&m.name))
+        .map(|m| model_object(&m.name))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn get_model(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    match state.models.get(&id) {
+        Some(m) if principal.may_use(&m.name) => Json(model_object(&m.name)).into_response(),
+        _ => error::model_not_found(&id).into_response(),
+    }
+}
+
+async fn unknown_path() -> ApiError {
+    ApiError::not_found("Unknown request URL. See the API reference for valid endpoints.").with_code("unknown_url")
+}
+
+macro_rules! endpoint_handler {
+    ($name:ident, $endpoint:expr) => {
+        async fn $name(
+            State(state): State<AppState>,
+            Extension(principal): Extension<Principal>,
+            body: Result<Bytes, BytesRejection>,
+        ) -> Response {
+            handle($endpoint, state, principal, body).await
+        }
+    };
+}
+
+endpoint_handler!(chat_completions, Endpoint::ChatCompletions);
+endpoint_handler!(completions, Endpoint::Completions);
+endpoint_handler!(embeddings, Endpoint::Embeddings);
+endpoint_handler!(images_generations, Endpoint::ImagesGenerations);
+endpoint_handler!(moderations, Endpoint::Moderations);
+
+async fn handle(
+    endpoint: Endpoint,
+    state: AppState,
+    principal: Principal,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let call = match prepare(endpoint, &state, principal, body) {
+        Ok(call) => call,
+        Err(e) => return e.into_response(),
+    };
+    match state.calls.oneshot(call).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+fn prepare(
+    endpoint: Endpoint,
+    state: &AppState,
+    principal: Principal,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Call, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "The request body is too large (see max_body_mb).",
+            )
+            .with_code("request_too_large")
+        } else {
+            ApiError::invalid_request("The request body could not be read.", None)
+        }
+    })?;
+    let request = openai::Request::parse(endpoint, &bytes)?;
+    let route = state
+        .models
+        .get(&request.model)
+        .ok_or_else(|| error::model_not_found(&request.model))?
+        .clone();
+    if !principal.may_use(&route.name) {
+        return Err(error::model_not_allowed(&route.name));
+    }
+    Ok(Call {
+        principal,
+        request,
+        route,
+    })
+}

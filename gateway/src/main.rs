@@ -1,0 +1,113 @@
+//! `tollgate`: args → config → tracing → run.
+//!
+//! Exit codes: 64 for a bad configuration (the message names the field), 69 when the store
+//! is unreachable at start, 1 for anything else.
+
+mod api;
+mod auth;
+mod call;
+mod cli;
+mod config;
+mod error;
+mod openai;
+mod providers;
+mod router;
+mod server;
+mod stack;
+mod trace;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tollgate_admin::store::StoreError;
+
+use crate::cli::{Cli, Command, ServeArgs, StoreArgs};
+use crate::config::{Config, ConfigError, Secret};
+use crate::server::{ServeError, Startup};
+
+const EXIT_CONFIG: u8 = 64;
+const EXIT_UNAVAILABLE: u8 = 69;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tollgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // reqwest is built without a default TLS provider (the aws-lc C build); use ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(run_serve(args)),
+        Command::Migrate(args) => runtime.block_on(run_migrate(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            ExitCode::from(match e {
+                ServeError::Config(_) => EXIT_CONFIG,
+                ServeError::Store(StoreError::Unavailable(_)) => EXIT_UNAVAILABLE,
+                _ => 1,
+            })
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Reads the config file (or the embedded default) and applies overrides.
+fn load_config(args: &StoreArgs) -> Result<Config, ConfigError> {
+    let env = |name: &str| std::env::var(name).ok();
+    let mut config = match &args.config {
+        Some(path) => Config::load(path, &env)?,
+        None => Config::default(),
+    };
+    if let Some(url) = &args.database_url {
+        config.database_url = Secret::new(url.clone());
+    }
+    Ok(config)
+}
+
+async fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
+    let mut config = load_config(&args.store)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(admin_listen) = args.admin_listen {
+        config.admin_listen = admin_listen;
+    }
+    if let Some(token) = args.admin_token.filter(|t| !t.is_empty()) {
+        config.admin.bootstrap_token = Some(Secret::new(token));
+    }
+    let mut config = config.validate()?;
+    let generated_token = config.admin.bootstrap_token.is_none();
+    if generated_token {
+        // Without any token the admin plane could not be used at all; a fresh random one
+        // per run is printed once on stdout (never logged).
+        config.admin.bootstrap_token = Some(Secret::new(format!("tga-{}", uuid::Uuid::new_v4().simple())));
+    }
+    let startup = Startup {
+        embedded: args.store.config.is_none(),
+        generated_token,
+    };
+    server::serve(config, startup).await
+}
+
+async fn run_migrate(args: StoreArgs) -> Result<(), ServeError> {
+    let config = load_config(&args)?.validate()?;
+    server::open_store(&config).await?;
+    println!("tollgate: migrations applied");
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! Both listeners, start-up and graceful shutdown.
+//!
+//! Once both sockets are bound, `serve` prints one line per plane to stdout
+//! (`tollgate: data plane listening on http://ADDR`), so scripts and tests that ask for
+//! port 0 learn the real address. On SIGINT/SIGTERM it stops accepting, lets requests in
+//! flight finish for up to [`DRAIN`], then exits.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tollgate_admin::api::AdminState;
+use tollgate_admin::store::{Store, StoreError};
+
+use crate::auth::Keys;
+use crate::config::{Config, ConfigError, DEFAULT_DATABASE_URL};
+use crate::providers::ProviderSet;
+use crate::router::Models;
+use crate::stack;
+
+/// How long shutdown waits for requests in flight (long streams) before exiting anyway.
+pub const DRAIN: Duration = Duration::from_secs(30);
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How `serve` was started, for the start-up message.
+pub struct Startup {
+    /// No config file: the embedded default.
+    pub embedded: bool,
+    /// The admin token was generated for this run (none configured).
+    pub generated_token: bool,
+}
+
+/// Connects the store and applies its migrations.
+pub async fn open_store(config: &Config) -> Result<Store, ServeError> {
+    let store = Store::connect(config.database_url.expose()).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Runs both planes until a shutdown signal.
+pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
+    let data_addr = config.listen_addr()?;
+    let admin_addr = config.admin_listen_addr()?;
+    let store = open_store(&config).await?;
+    let providers = ProviderSet::new().map_err(|e| ServeError::Other(format!("http client: {e}")))?;
+    let models = Arc::new(Models::from_config(&config, &providers).map_err(ServeError::Other)?);
+    for section in config.inert_sections() {
+        tracing::warn!(section, "config section is accepted but not acted on by this build yet");
+    }
+
+    let data = stack::data_plane(&config, Keys::new(store.clone()), models);
+    let bootstrap_token = config.admin.bootstrap_token.as_ref().map(|t| t.expose().to_owned());
+    let token_for_banner = bootstrap_token.clone();
+    let admin = tollgate_admin::api::router(AdminState { store, bootstrap_token });
+
+    let data_listener = bind(data_addr).await?;
+    let admin_listener = bind(admin_addr).await?;
+    let data_local = local(&data_listener)?;
+    let admin_local = local(&admin_listener)?;
+    banner(&data_local, &admin_local, &startup, token_for_banner.as_deref());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let data_server = axum::serve(
+        data_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        data,
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let admin_server = axum::serve(admin_listener, admin).with_graceful_shutdown(stopped(stop_rx));
+    let mut servers = tokio::spawn(async move { tokio::try_join!(data_server.into_future(), admin_server.into_future()) });
+
+    tokio::select! {
+        result = &mut servers => return finish(result),
+        () = shutdown_signal() => {}
+    }
+    tracing::info!("shutting down: draining requests in flight");
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(DRAIN, &mut servers).await {
+        Ok(result) => finish(result),
+        Err(_) => {
+            tracing::warn!(seconds = DRAIN.as_secs(), "drain timed out; exiting with requests in flight");
+            servers.abort();
+            Ok(())
+        }
+    }
+}
+
+fn finish(
+    result: Result<Result<((), ()), std::io::Error>, tokio::task::JoinError>,
+) -> Result<(), ServeError> {
+    match result {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(ServeError::Other(format!("server error: {e}"))),
+        Err(e) => Err(ServeError::Other(format!("server task failed: {e}"))),
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+fn local(listener: &TcpListener) -> Result<std::net::SocketAddr, ServeError> {
+    listener
+        .local_addr()
+        .map_err(|e| ServeError::Other(format!("local address: {e}")))
+}
+
+/// The start-up message on stdout: where both planes listen and, on the embedded default,
+/// how to make the first tenant and key.
+fn banner(data: &std::net::SocketAddr, admin: &std::net::SocketAddr, startup: &Startup, token: Option<&str>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "tollgate: data plane listening on http://{data}");
+    let _ = writeln!(out, "tollgate: admin plane listening on http://{admin}");
+    if startup.generated_token
+        && let Some(token) = token
+    {
+        let _ = writeln!(
+            out,
+            "tollgate: no admin token configured; this run's token is {token}\n\
+             tollgate: set TOLLGATE_ADMIN_TOKEN (or admin.bootstrap_token) to choose your own"
+        );
+    }
+    if startup.embedded {
+        let token = if startup.generated_token {
+            token.unwrap_or("$TOLLGATE_ADMIN_TOKEN")
+        } else {
+            "$TOLLGATE_ADMIN_TOKEN"
+        };
+        let _ = writeln!(
+            out,
+            "tollgate: embedded default (store {DEFAULT_DATABASE_URL} unless overridden). Create a tenant and a key:\n  \
+             curl -s -X POST http://{admin}/admin/v1/tenants -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"name\":\"acme\"}}'\n  \
+             curl -s -X POST http://{admin}/admin/v1/tenants/<tenant id>/keys -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"name\":\"dev\"}}'\n\
+             tollgate: then call http://{data}/v1 with the key; add models with --config (see README.md)"
+        );
+    }
+    let _ = out.flush();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,68 @@
+//! The data plane's request path, in one place. A request reads it top to bottom:
+//!
+//! 1. request id: keep the client's `x-request-id` or make one, and echo it on every response
+//! 2. trace: a span per request
+//! 3. catch panic → 500 in OpenAI's shape, never a dropped connection
+//! 4. shape: plain-text errors from the layers below → OpenAI's JSON
+//! 5. body limit (`max_body_mb`) → 413
+//! 6. deadline (`request_timeout_s`) for the response headers → 504
+//! 7. auth → `Principal`, or 401
+//! 8. `/v1/*` handlers (`api.rs`): parse once into a `Call`, then the inner stack
+//! 9. inner stack: route → provider
+//!
+//! Limits, metering and the cache will sit in the inner stack, between the handlers and the
+//! router, so they all work on the typed `Call`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use http::header::AUTHORIZATION;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+use tower_http::ServiceBuilderExt;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::MakeRequestUuid;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::api::{self, AppState};
+use crate::auth::{AuthLayer, Keys};
+use crate::call::CallService;
+use crate::config::Config;
+use crate::error;
+use crate::router::{self, Models};
+use crate::trace;
+
+/// Builds the data-plane application.
+pub fn data_plane(config: &Config, keys: Keys, models: Arc<Models>) -> axum::Router {
+    let calls: CallService = BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            // Innermost: pick a deployment, let its provider answer.
+            .service(router::Router),
+    );
+    let state = AppState { models, calls };
+    let max_body = usize::try_from(config.max_body_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    let edge = ServiceBuilder::new()
+        // Outermost, so every response below (errors and panics included) carries the id.
+        .set_x_request_id(MakeRequestUuid)
+        .propagate_x_request_id()
+        // Inside the id layers so the span can name the request.
+        .layer(trace::layer())
+        // A panic below becomes a 500 JSON answer instead of a reset connection.
+        .layer(CatchPanicLayer::custom(error::on_panic))
+        // Plain/empty error responses from the layers below → OpenAI's error JSON.
+        .map_response(error::shape)
+        // Credentials never reach logs or traces.
+        .sensitive_request_headers(Arc::new([AUTHORIZATION]))
+        // Oversized bodies fail before they are buffered (Content-Length) or while reading.
+        .layer(RequestBodyLimitLayer::new(max_body))
+        // Bounds the time to response headers only; a stream may run longer.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            Duration::from_secs(config.request_timeout_s),
+        ))
+        // Everything under this line knows who is calling.
+        .layer(AuthLayer::new(keys));
+    api::router(state).layer(edge)
+}

@@ -1,0 +1,169 @@
+//! Every error the gateway makes is OpenAI-shaped with the right status; upstream errors
+//! pass through with their own status and body; nothing internal leaks.
+
+use serde_json::{Value, json};
+use tollgate_tests::harness::{Backend, Gateway};
+use tollgate_tests::upstream::MockUpstream;
+
+use crate::{assert_error_shape, models_yaml, on_both_stores, setup};
+
+on_both_stores!(
+    bad_requests_name_the_field,
+    unknown_paths_and_methods,
+    upstream_errors_pass_through,
+    upstream_failures_are_502_and_504,
+    oversized_bodies_are_413,
+);
+
+async fn post(gw: &Gateway, key: &str, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let response = gw
+        .http
+        .post(format!("{}{path}", gw.url))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn bad_requests_name_the_field(backend: Backend) {
+    let Some((upstream, gw)) = setup(backend).await else { return };
+    let key = gw.tenant_key(&[]).await;
+    let cases: [(&str, &str, Option<&str>); 8] = [
+        ("/v1/chat/completions", "{not json", None),
+        ("/v1/chat/completions", "[1,2]", None),
+        ("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}]}"#, Some("model")),
+        ("/v1/chat/completions", r#"{"model":"gpt-4o-mini"}"#, Some("messages")),
+        ("/v1/chat/completions", r#"{"model":"gpt-4o-mini","messages":"hi"}"#, Some("messages")),
+        ("/v1/chat/completions", r#"{"model":"gpt-4o-mini","messages":[{"role":"user"}],"max_tokens":"many"}"#, Some("max_tokens")),
+        ("/v1/embeddings", r#"{"model":"text-embedding-3-small"}"#, Some("input")),
+        ("/v1/images/generations", r#"{"model":"dall-e-3","prompt":5}"#, Some("prompt")),
+    ];
+    for (path, body, param) in cases {
+        let (status, answer) = post(&gw, &key, path, body.to_owned()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        let error = assert_error_shape(&answer);
+        assert_eq!(error["type"], "invalid_request_error");
+        assert_eq!(error["param"].as_str(), param, "{body}: {answer}");
+    }
+    let invalid_utf8 = vec![b'{', b'"', 0xff, 0xfe, b'"', b':', b'1', b'}'];
+    let (status, answer) = post(&gw, &key, "/v1/chat/completions", invalid_utf8).await;
+    assert_eq!(status, 400);
+    assert_error_shape(&answer);
+    assert!(upstream.requests().is_empty());
+}
+
+async fn unknown_paths_and_methods(backend: Backend) {
+    let Some((_upstream, gw)) = setup(backend).await else { return };
+    let key = gw.tenant_key(&[]).await;
+    let response = gw.http.get(format!("{}/v1/nope", gw.url)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_error_shape(&response.json().await.unwrap());
+    let response = gw
+        .http
+        .get(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_error_shape(&response.json().await.unwrap());
+}
+
+async fn upstream_errors_pass_through(backend: Backend) {
+    let Some((_upstream, gw)) = setup(backend).await else { return };
+    let key = gw.tenant_key(&[]).await;
+    let body = |status: u16| {
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
+               "mock": {"status": status, "headers": {"retry-after": "7"},
+                        "error": {"error": {"message": format!("upstream says {status}"), "type": "upstream_type", "param": null, "code": "upstream_code"}}}})
+    };
+    for status in [400, 429, 500, 503] {
+        let response = gw
+            .http
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(&key)
+            .json(&body(status))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        assert_eq!(response.headers()["x-tollgate-deployment"], "mock-primary");
+        if status == 429 {
+            assert_eq!(response.headers()["retry-after"], "7");
+        }
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["message"], format!("upstream says {status}"));
+        assert_eq!(answer["error"]["code"], "upstream_code");
+    }
+    // A stream the upstream refuses comes back as the upstream's JSON error, not SSE.
+    let mut streamed = body(429);
+    streamed["stream"] = json!(true);
+    let response = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&key)
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "upstream_code");
+}
+
+async fn upstream_failures_are_502_and_504(backend: Backend) {
+    let Some((_upstream, gw)) = setup(backend).await else { return };
+    let key = gw.tenant_key(&[]).await;
+    let chat = |model: &str, mock: Value| {
+        json!({"model": model, "messages": [{"role": "user", "content": "x"}], "mock": mock})
+    };
+    let (status, answer) = post(&gw, &key, "/v1/chat/completions", chat("dead-model", json!({})).to_string()).await;
+    assert_eq!(status, 502, "{answer}");
+    let error = assert_error_shape(&answer);
+    assert_eq!(error["type"], "server_error");
+    let text = answer.to_string();
+    assert!(!text.contains("127.0.0.1") && !text.contains("sk-dead-secret"), "internal detail leaked: {text}");
+
+    let started = std::time::Instant::now();
+    let slow = chat("slow-model", json!({"delay_ms": 3000}));
+    let (status, answer) = post(&gw, &key, "/v1/chat/completions", slow.to_string()).await;
+    assert_eq!(status, 504, "{answer}");
+    assert_error_shape(&answer);
+    assert!(started.elapsed() < std::time::Duration::from_millis(2500), "timeout not applied");
+    let logs = gw.logs();
+    assert!(!logs.contains("sk-dead-secret") && !logs.contains("sk-upstream-secret"), "upstream key in logs");
+}
+
+async fn oversized_bodies_are_413(backend: Backend) {
+    let upstream = MockUpstream::start().await;
+    let config = format!("max_body_mb: 1\n{}", models_yaml(&upstream.base_url()));
+    let Some(gw) = Gateway::start(backend, &config).await else { return };
+    let key = gw.tenant_key(&[]).await;
+    let big = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(1024 * 1024 + 10)
+    );
+    // With Content-Length.
+    let (status, answer) = post(&gw, &key, "/v1/chat/completions", big.clone()).await;
+    assert_eq!(status, 413);
+    assert_error_shape(&answer);
+    // Chunked, no Content-Length: refused while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big.into_bytes().chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let stream = futures_util::stream::iter(chunks);
+    let (status, answer) = post(&gw, &key, "/v1/chat/completions", reqwest::Body::wrap_stream(stream)).await;
+    assert_eq!(status, 413);
+    assert_error_shape(&answer);
+    assert!(upstream.requests().is_empty());
+    // Just under the limit still works.
+    let fits = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(1000 * 1024)
+    );
+    let (status, _) = post(&gw, &key, "/v1/chat/completions", fits).await;
+    assert_eq!(status, 200);
+}
