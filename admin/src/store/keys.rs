@@ -1,0 +1,292 @@
+//! API keys: the rows behind `tg-<public_id>-<secret>`.
+//!
+//! A row holds the public id (its primary key), the visible prefix and the SHA-256 of the
+//! secret, never the secret itself. [`Store::lookup_key`] is the data plane's one read:
+//! by public id, joined with the tenant, so auth needs one round trip.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError};
+use crate::keys;
+
+/// Most model names one key may be limited to.
+const MAX_MODELS: usize = 256;
+/// Longest model name accepted.
+const MAX_MODEL_CHARS: usize = 256;
+
+/// Body of `POST /admin/v1/tenants/{id}/keys`. Unknown fields are refused, so a typo such
+/// as `"model"` cannot silently create a key that may use every model.
+#[derive(Deserialize, Clone, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub name: String,
+    /// Models this key may use; absent or empty = all models.
+    pub models: Option<Vec<String>>,
+    /// RFC 3339. A time in the past is accepted (the key is born expired), so expiry can
+    /// be tested and backfilled.
+    pub expires_at: Option<String>,
+    /// Requests per minute for this key (within its tenant's plan); absent = no key limit.
+    pub rpm: Option<u32>,
+    /// Tokens per minute for this key; absent = no key limit.
+    pub tpm: Option<u32>,
+}
+
+/// A key as the admin API shows it: never the secret or its hash.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key's public id, the part between `tg-` and the secret.
+    pub id: String,
+    /// The tenant's id.
+    pub tenant: String,
+    pub name: String,
+    /// `tg-<public_id>`: enough to recognise the key, useless to authenticate with.
+    pub prefix: String,
+    /// Empty = all models.
+    pub models: Vec<String>,
+    /// RFC 3339, UTC.
+    pub expires_at: Option<String>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub revoked: bool,
+}
+
+/// The answer to a key creation: the only place the plaintext key ever appears.
+#[derive(Serialize, Clone)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub info: KeyInfo,
+    /// The full key, `tg-<public_id>-<secret>`. Not stored; shown once.
+    pub key: String,
+}
+
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKey")
+            .field("info", &self.info)
+            .field("key", &"*****")
+            .finish()
+    }
+}
+
+/// What the data plane needs to authenticate and limit a request.
+#[derive(Clone, Debug)]
+pub struct KeyAuth {
+    pub key_id: String,
+    pub tenant_id: String,
+    /// The tenant's plan name.
+    pub plan: String,
+    /// SHA-256 of the secret; check with [`crate::keys::verify`].
+    pub secret_hash: Vec<u8>,
+    /// Empty = all models.
+    pub models: Vec<String>,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+    pub tenant_disabled: bool,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+}
+
+/// Checks and normalises the allowed models: no blanks, no duplicates (first kept).
+fn validate_models(models: Option<Vec<String>>) -> Result<Vec<String>, StoreError> {
+    let models = models.unwrap_or_default();
+    if models.len() > MAX_MODELS {
+        return Err(StoreError::invalid(
+            "models",
+            format!("models may list at most {MAX_MODELS} names"),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(models.len());
+    for model in models {
+        if model.trim().is_empty()
+            || model.chars().count() > MAX_MODEL_CHARS
+            || model.chars().any(char::is_control)
+        {
+            return Err(StoreError::invalid(
+                "models",
+                format!(
+                    "each model must be a non-empty name of at most {MAX_MODEL_CHARS} characters"
+                ),
+            ));
+        }
+        if !out.contains(&model) {
+            out.push(model);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_models(json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Other(Box::new(e)))
+}
+
+impl KeyInfo {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        Ok(KeyInfo {
+            id: row.try_get("id")?,
+            tenant: row.try_get("tenant_id")?,
+            name: row.try_get("name")?,
+            prefix: row.try_get("prefix")?,
+            models: parse_models(&row.try_get::<String, _>("models")?)?,
+            expires_at: row
+                .try_get::<Option<i64>, _>("expires_at")?
+                .map(super::to_rfc3339)
+                .transpose()?,
+            rpm: super::to_u32("rpm", row.try_get("rpm")?)?,
+            tpm: super::to_u32("tpm", row.try_get("tpm")?)?,
+            created_at: super::to_rfc3339(row.try_get("created_at")?)?,
+            revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+        })
+    }
+}
+
+impl KeyAuth {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        Ok(KeyAuth {
+            key_id: row.try_get("id")?,
+            tenant_id: row.try_get("tenant_id")?,
+            plan: row.try_get("plan")?,
+            secret_hash: row.try_get("secret_hash")?,
+            models: parse_models(&row.try_get::<String, _>("models")?)?,
+            expires_at: row.try_get("expires_at")?,
+            revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+            tenant_disabled: row.try_get::<i64, _>("disabled")? != 0,
+            rpm: super::to_u32("rpm", row.try_get("rpm")?)?,
+            tpm: super::to_u32("tpm", row.try_get("tpm")?)?,
+        })
+    }
+}
+
+impl Store {
+    /// Creates a key for `tenant_id` and returns it with its plaintext (the only time the
+    /// plaintext exists outside the client). An unknown tenant is [`StoreError::NotFound`].
+    pub async fn create_key(&self, tenant_id: &str, new: NewKey) -> Result<CreatedKey, StoreError> {
+        super::validate_name("name", &new.name)?;
+        let models = validate_models(new.models)?;
+        let expires_at = new
+            .expires_at
+            .as_deref()
+            .map(|s| super::parse_rfc3339("expires_at", s))
+            .transpose()?;
+        let not_found = || StoreError::NotFound(format!("no tenant with id {tenant_id:?}"));
+        if self.get_tenant(tenant_id).await?.is_none() {
+            return Err(not_found());
+        }
+
+        let generated = keys::generate();
+        let models_json =
+            serde_json::to_string(&models).map_err(|e| StoreError::Other(Box::new(e)))?;
+        let created_at = super::now_unix();
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_hash, models, expires_at, rpm, tpm, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&generated.public_id)
+        .bind(tenant_id)
+        .bind(&new.name)
+        .bind(&generated.prefix)
+        .bind(keys::hash_secret(&generated.secret).to_vec())
+        .bind(&models_json)
+        .bind(expires_at)
+        .bind(new.rpm.map(i64::from))
+        .bind(new.tpm.map(i64::from))
+        .bind(created_at)
+        .execute(self.pool())
+        .await
+        .map_err(|e| {
+            // The tenant may vanish between the check and the insert.
+            if super::is_foreign_key_violation(&e) { not_found() } else { e.into() }
+        })?;
+
+        let info = KeyInfo {
+            id: generated.public_id,
+            tenant: tenant_id.to_owned(),
+            name: new.name,
+            prefix: generated.prefix,
+            models,
+            expires_at: expires_at.map(super::to_rfc3339).transpose()?,
+            rpm: new.rpm,
+            tpm: new.tpm,
+            created_at: super::to_rfc3339(created_at)?,
+            revoked: false,
+        };
+        Ok(CreatedKey {
+            info,
+            key: generated.plaintext,
+        })
+    }
+
+    /// The key with this public id, or `None`.
+    pub async fn get_key(&self, public_id: &str) -> Result<Option<KeyInfo>, StoreError> {
+        sqlx::query(
+            "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, created_at, revoked_at \
+             FROM api_keys WHERE id = $1",
+        )
+        .bind(public_id)
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(KeyInfo::from_row)
+        .transpose()
+    }
+
+    /// The data plane's auth lookup by the key's public id, joined with its tenant.
+    /// Returns revoked and expired keys too: the caller decides, and can say why it refused.
+    pub async fn lookup_key(&self, public_id: &str) -> Result<Option<KeyAuth>, StoreError> {
+        sqlx::query(
+            "SELECT k.id, k.tenant_id, t.plan, k.secret_hash, k.models, k.expires_at, k.revoked_at, \
+                    t.disabled, k.rpm, k.tpm \
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+             WHERE k.id = $1",
+        )
+        .bind(public_id)
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(KeyAuth::from_row)
+        .transpose()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_are_checked_and_deduplicated() {
+        assert_eq!(validate_models(None).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            validate_models(Some(vec!["a".into(), "b".into(), "a".into()])).unwrap(),
+            vec!["a".to_owned(), "b".to_owned()]
+        );
+        assert!(validate_models(Some(vec![String::new()])).is_err());
+        assert!(validate_models(Some(vec!["  ".into()])).is_err());
+        assert!(validate_models(Some(vec!["m".repeat(MAX_MODEL_CHARS + 1)])).is_err());
+        assert!(validate_models(Some(vec!["m".into(); MAX_MODELS + 1])).is_err());
+    }
+
+    #[test]
+    fn created_key_debug_hides_the_key() {
+        let created = CreatedKey {
+            info: KeyInfo {
+                id: "abc".into(),
+                tenant: "ten_x".into(),
+                name: "n".into(),
+                prefix: "tg-abc".into(),
+                models: vec![],
+                expires_at: None,
+                rpm: None,
+                tpm: None,
+                created_at: "2026-01-01T00:00:00Z".into(),
+                revoked: false,
+            },
+            key: "tg-abc-SECRET".into(),
+        };
+        assert!(!format!("{created:?}").contains("SECRET"));
+    }
+}
