@@ -50,7 +50,10 @@ fn model_object(id: &str) -> Value {
     json!({"id": id, "object": "model", "created": 0, "owned_by": "tollgate"})
 }
 
-async fn list_models(State(state): State<AppState>, Extension(principal): Extension<Principal>) -> Json<Value> {
+async fn list_models(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Json<Value> {
     let data: Vec<Value> = state
         .models
         .iter()
@@ -72,7 +75,8 @@ async fn get_model(
 }
 
 async fn unknown_path() -> ApiError {
-    ApiError::not_found("Unknown request URL. See the API reference for valid endpoints.").with_code("unknown_url")
+    ApiError::not_found("Unknown request URL. See the API reference for valid endpoints.")
+        .with_code("unknown_url")
 }
 
 macro_rules! endpoint_handler {

@@ -32,7 +32,10 @@ pub const CACHE_TTL: Duration = Duration::from_secs(5);
 pub struct Principal {
     pub tenant_id: String,
     pub key_id: String,
-    #[allow(dead_code, reason = "read by the quota layer (plan limits), which builds on this")]
+    #[allow(
+        dead_code,
+        reason = "read by the quota layer (plan limits), which builds on this"
+    )]
     pub plan: String,
     /// Models this key may use; empty means all.
     pub models: Arc<[String]>,
@@ -80,7 +83,9 @@ impl Keys {
             None => {
                 let found = self.store.lookup_key(public_id).await.map_err(|e| {
                     tracing::error!(error = %e, "key lookup failed: store unavailable");
-                    ApiError::unavailable("The service is temporarily unable to verify API keys. Retry shortly.")
+                    ApiError::unavailable(
+                        "The service is temporarily unable to verify API keys. Retry shortly.",
+                    )
                 })?;
                 let Some(record) = found else {
                     return Err(incorrect_key());
@@ -100,7 +105,9 @@ impl Keys {
             return Err(ApiError::invalid_api_key("This API key has been revoked."));
         }
         if record.tenant_disabled {
-            return Err(ApiError::invalid_api_key("The account of this API key is disabled."));
+            return Err(ApiError::invalid_api_key(
+                "The account of this API key is disabled.",
+            ));
         }
         if let Some(expires_at) = record.expires_at
             && now_unix() >= expires_at
@@ -180,7 +187,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let keys = self.keys.clone();
         Box::pin(async move {
-            let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+            let authorization = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
             match keys.authenticate(authorization).await {
                 Ok(principal) => {
                     let span = tracing::Span::current();

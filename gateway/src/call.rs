@@ -19,4 +19,5 @@ pub struct Call {
 }
 
 /// The inner stack, boxed once so handlers can hold it in their state.
-pub type CallService = tower::util::BoxCloneSyncService<Call, axum::response::Response, std::convert::Infallible>;
+pub type CallService =
+    tower::util::BoxCloneSyncService<Call, axum::response::Response, std::convert::Infallible>;

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "tollgate", version, about = "OpenAI-compatible LLM API gateway")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "OpenAI-compatible LLM API gateway"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -170,15 +170,24 @@ pub struct DeploymentConfig {
     #[serde(default = "default_timeout_s")]
     pub timeout_s: f64,
     /// Azure's `api-version`.
-    #[allow(dead_code, reason = "read by the azure provider, not in this build yet")]
+    #[allow(
+        dead_code,
+        reason = "read by the azure provider, not in this build yet"
+    )]
     #[serde(default)]
     pub api_version: Option<String>,
     /// Azure's deployment name.
-    #[allow(dead_code, reason = "read by the azure provider, not in this build yet")]
+    #[allow(
+        dead_code,
+        reason = "read by the azure provider, not in this build yet"
+    )]
     #[serde(default)]
     pub deployment: Option<String>,
     /// Local model folder (`provider: local`).
-    #[allow(dead_code, reason = "read by the local provider, not in this build yet")]
+    #[allow(
+        dead_code,
+        reason = "read by the local provider, not in this build yet"
+    )]
     #[serde(default)]
     pub path: Option<String>,
 }
@@ -229,19 +238,27 @@ impl Config {
     /// Reads, expands and parses a config file. Validation is separate ([`Config::validate`])
     /// so overrides from flags and the environment are validated too.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path.display().to_string(), format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
         Self::parse(&text, env)
     }
 
     /// Parses YAML text, reading `${VAR}` (and `${VAR:-default}`) from `env`.
+    ///
+    /// References are swapped for plain placeholders before the YAML is parsed, so they may
+    /// stand anywhere a scalar may, also unquoted inside `{ ... }` (as in DESIGN.md), and a
+    /// value with YAML syntax in it can never change the file's structure.
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut value: yaml_serde::Value =
-            yaml_serde::from_str(text).map_err(|e| ConfigError::new("config", format!("invalid YAML: {e}")))?;
+        let (text, references) = placeholders(text)?;
+        let mut value: yaml_serde::Value = yaml_serde::from_str(&text)
+            .map_err(|e| ConfigError::new("config", format!("invalid YAML: {e}")))?;
         if value.is_null() {
             return Ok(Self::default());
         }
-        expand_env(&mut value, &mut String::new(), env)?;
+        if !references.is_empty() {
+            expand_env(&mut value, &mut String::new(), &references, env)?;
+        }
         serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let message = e.inner().to_string();
@@ -254,14 +271,20 @@ impl Config {
         parse_addr("listen", &self.listen)?;
         parse_addr("admin_listen", &self.admin_listen)?;
         let db = self.database_url.expose();
-        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
             return Err(ConfigError::new(
                 "database_url",
                 "must start with sqlite: or postgres:// (the value is not shown: it may hold a password)",
             ));
         }
         if self.max_body_mb == 0 || self.max_body_mb > 1024 {
-            return Err(ConfigError::new("max_body_mb", "must be between 1 and 1024"));
+            return Err(ConfigError::new(
+                "max_body_mb",
+                "must be between 1 and 1024",
+            ));
         }
         if self.request_timeout_s == 0 {
             return Err(ConfigError::new("request_timeout_s", "must be at least 1"));
@@ -279,7 +302,10 @@ impl Config {
                 ));
             }
             if model.deployments.is_empty() {
-                return Err(ConfigError::new(format!("{at}.deployments"), "needs at least one deployment"));
+                return Err(ConfigError::new(
+                    format!("{at}.deployments"),
+                    "needs at least one deployment",
+                ));
             }
             for (j, d) in model.deployments.iter().enumerate() {
                 validate_deployment(&format!("{at}.deployments[{j}]"), d)?;
@@ -334,15 +360,24 @@ fn validate_deployment(at: &str, d: &DeploymentConfig) -> Result<(), ConfigError
             // until its provider exists: serving a model that cannot answer would be worse.
             return Err(ConfigError::new(
                 format!("{at}.provider"),
-                format!("'{}' is not available in this build yet (supported: openai)", other.as_str()),
+                format!(
+                    "'{}' is not available in this build yet (supported: openai)",
+                    other.as_str()
+                ),
             ));
         }
     }
     if d.weight == 0 {
-        return Err(ConfigError::new(format!("{at}.weight"), "must be at least 1"));
+        return Err(ConfigError::new(
+            format!("{at}.weight"),
+            "must be at least 1",
+        ));
     }
     if !(d.timeout_s.is_finite() && d.timeout_s > 0.0 && d.timeout_s <= 86_400.0) {
-        return Err(ConfigError::new(format!("{at}.timeout_s"), "must be between 0 and 86400 seconds"));
+        return Err(ConfigError::new(
+            format!("{at}.timeout_s"),
+            "must be between 0 and 86400 seconds",
+        ));
     }
     if let Some(name) = &d.name
         && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()))
@@ -356,7 +391,8 @@ fn validate_deployment(at: &str, d: &DeploymentConfig) -> Result<(), ConfigError
 }
 
 fn validate_base_url(at: &str, url: &str) -> Result<(), ConfigError> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| ConfigError::new(at, format!("not a URL: {e}")))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| ConfigError::new(at, format!("not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(ConfigError::new(at, "must be an http:// or https:// URL"));
     }
@@ -367,9 +403,12 @@ fn validate_base_url(at: &str, url: &str) -> Result<(), ConfigError> {
 }
 
 fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| ConfigError::new(field, format!("'{value}' is not an address like 127.0.0.1:8080")))
+    value.parse().map_err(|_| {
+        ConfigError::new(
+            field,
+            format!("'{value}' is not an address like 127.0.0.1:8080"),
+        )
+    })
 }
 
 /// Turns serde's "missing field `x`" at `a.b` into `a.b.x: missing`, and the rest into
@@ -383,28 +422,72 @@ fn field_error(path: &str, message: &str) -> ConfigError {
             format!("{path}.{field}")
         }
     };
-    if let Some(field) = message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
         return ConfigError::new(join(field), "missing");
     }
-    if let Some(field) = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
-        return ConfigError::new(join(field), "unknown field");
+    if let Some(field) = message
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+    {
+        // serde_path_to_error's path already ends at the unknown key.
+        let at = if path.ends_with(field) {
+            path.to_owned()
+        } else {
+            join(field)
+        };
+        return ConfigError::new(at, "unknown field");
     }
     let path = if path.is_empty() { "config" } else { path };
     ConfigError::new(path, message)
 }
 
-/// Replaces `${VAR}` and `${VAR:-default}` in every string scalar. A scalar that is exactly
-/// one reference is re-read as YAML, so `timeout_s: ${T}` can still be a number.
+/// The marker that stands for the n-th `${...}` reference while the YAML is parsed.
+const PLACEHOLDER: &str = "__tollgate_env_";
+
+/// Replaces every `${EXPR}` with `__tollgate_env_N__`; returns the text and the EXPRs.
+fn placeholders(text: &str) -> Result<(String, Vec<String>), ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut references = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find(['}', '\n'])
+            .filter(|&i| after[i..].starts_with('}'))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "config",
+                    "unterminated ${ (a reference is ${NAME} or ${NAME:-default})",
+                )
+            })?;
+        out.push_str(&format!("{PLACEHOLDER}{}__", references.len()));
+        references.push(after[..end].to_owned());
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok((out, references))
+}
+
+/// Puts the environment's values where the placeholders are, in every string scalar. A
+/// scalar that is exactly one reference is re-read as YAML, so `timeout_s: ${T}` can still
+/// be a number.
 fn expand_env(
     value: &mut yaml_serde::Value,
     path: &mut String,
+    references: &[String],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     use yaml_serde::Value;
     match value {
-        Value::String(s) if s.contains("${") => {
-            let whole = s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
-            let expanded = expand_str(s, path, env)?;
+        Value::String(s) if s.contains(PLACEHOLDER) => {
+            let whole = s.starts_with(PLACEHOLDER)
+                && s.ends_with("__")
+                && s.matches(PLACEHOLDER).count() == 1;
+            let expanded = expand_str(s, path, references, env)?;
             *value = if whole {
                 match yaml_serde::from_str::<Value>(&expanded) {
                     Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
@@ -418,7 +501,7 @@ fn expand_env(
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                expand_env(item, path, env)?;
+                expand_env(item, path, references, env)?;
                 path.truncate(len);
             }
         }
@@ -429,7 +512,7 @@ fn expand_env(
                     path.push('.');
                 }
                 path.push_str(k.as_str().unwrap_or("?"));
-                expand_env(v, path, env)?;
+                expand_env(v, path, references, env)?;
                 path.truncate(len);
             }
         }
@@ -438,22 +521,37 @@ fn expand_env(
     Ok(())
 }
 
-fn expand_str(s: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+fn expand_str(
+    s: &str,
+    path: &str,
+    references: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
-    while let Some(start) = rest.find("${") {
+    while let Some(start) = rest.find(PLACEHOLDER) {
         out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            return Err(ConfigError::new(path, "unterminated ${ in value"));
+        let after = &rest[start + PLACEHOLDER.len()..];
+        let digits = after.find("__").unwrap_or(after.len());
+        let Some(expr) = after[..digits]
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| references.get(n))
+        else {
+            // Not one of ours (someone wrote the marker literally): keep it as it is.
+            out.push_str(PLACEHOLDER);
+            rest = after;
+            continue;
         };
-        let expr = &after[..end];
         let (name, default) = match expr.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
-            None => (expr, None),
+            None => (expr.as_str(), None),
         };
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(ConfigError::new(path, format!("bad variable name '${{{expr}}}'")));
+            return Err(ConfigError::new(
+                path,
+                format!("bad variable name '${{{expr}}}'"),
+            ));
         }
         match (env(name).filter(|v| !v.is_empty()), default) {
             (Some(v), _) => out.push_str(&v),
@@ -461,11 +559,13 @@ fn expand_str(s: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Resu
             (None, None) => {
                 return Err(ConfigError::new(
                     path,
-                    format!("environment variable {name} is not set (write ${{{name}:-}} to allow empty)"),
+                    format!(
+                        "environment variable {name} is not set (write ${{{name}:-}} to allow empty)"
+                    ),
                 ));
             }
         }
-        rest = &after[end + 1..];
+        rest = after.get(digits + 2..).unwrap_or("");
     }
     out.push_str(rest);
     Ok(out)
@@ -498,7 +598,10 @@ models:
 
     #[test]
     fn missing_base_url_names_the_field() {
-        assert_eq!(parse_err(TWO_MODELS), "models[1].deployments[0].base_url: missing");
+        assert_eq!(
+            parse_err(TWO_MODELS),
+            "models[1].deployments[0].base_url: missing"
+        );
     }
 
     #[test]
@@ -513,7 +616,9 @@ models:
     fn unknown_field_is_refused() {
         assert_eq!(parse_err("listne: 1.2.3.4:5"), "listne: unknown field");
         assert_eq!(
-            parse_err("models: [ { name: a, deployments: [ { provider: openai, base_url: http://x, wieght: 2 } ] } ]"),
+            parse_err(
+                "models: [ { name: a, deployments: [ { provider: openai, base_url: http://x, wieght: 2 } ] } ]"
+            ),
             "models[0].deployments[0].wieght: unknown field"
         );
     }
@@ -528,11 +633,21 @@ models:
     fn bad_values_are_refused() {
         assert!(parse_err("listen: nowhere").starts_with("listen: 'nowhere'"));
         assert!(parse_err("database_url: mysql://x").starts_with("database_url: must start"));
-        let e = parse_err("models: [ { name: a, deployments: [ { provider: openai, base_url: 'ftp://x' } ] } ]");
-        assert!(e.starts_with("models[0].deployments[0].base_url: must be"), "{e}");
+        let e = parse_err(
+            "models: [ { name: a, deployments: [ { provider: openai, base_url: 'ftp://x' } ] } ]",
+        );
+        assert!(
+            e.starts_with("models[0].deployments[0].base_url: must be"),
+            "{e}"
+        );
         let e = parse_err("models: [ { name: a, deployments: [ { provider: anthropic } ] } ]");
-        assert!(e.starts_with("models[0].deployments[0].provider: 'anthropic'"), "{e}");
-        let e = parse_err("models: [ { name: a, deployments: [ { provider: openai, base_url: 'http://x', timeout_s: 0 } ] } ]");
+        assert!(
+            e.starts_with("models[0].deployments[0].provider: 'anthropic'"),
+            "{e}"
+        );
+        let e = parse_err(
+            "models: [ { name: a, deployments: [ { provider: openai, base_url: 'http://x', timeout_s: 0 } ] } ]",
+        );
         assert!(e.starts_with("models[0].deployments[0].timeout_s"), "{e}");
         assert_eq!(
             parse_err("models: [ { name: a, deployments: [] } ]"),
@@ -574,10 +689,47 @@ models:
     }
 
     #[test]
+    fn references_work_unquoted_in_flow_mappings_and_cannot_inject_yaml() {
+        let env = |k: &str| match k {
+            "TOLLGATE_ADMIN_TOKEN" => Some("tok: with # yaml, {syntax}".to_owned()),
+            _ => None,
+        };
+        let c = Config::parse(
+            "admin: { bootstrap_token: ${TOLLGATE_ADMIN_TOKEN} }  # ${NOT_READ}\n",
+            &env,
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(
+            c.admin.bootstrap_token.unwrap().expose(),
+            "tok: with # yaml, {syntax}"
+        );
+        let e = Config::parse("admin: { bootstrap_token: ${OO-PS} }\n", &env).unwrap_err();
+        assert!(e.message.contains("bad variable name"), "{e}");
+        let e = Config::parse("listen: ${UNTERMINATED\n", &env).unwrap_err();
+        assert!(e.message.contains("unterminated"), "{e}");
+    }
+
+    #[test]
     fn unset_env_var_names_field_and_variable() {
         let e = Config::parse("admin: { bootstrap_token: '${NOPE}' }", &no_env).unwrap_err();
         assert_eq!(e.path, "admin.bootstrap_token");
         assert!(e.message.contains("NOPE is not set"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let env = |k: &str| {
+            (k == "TOLLGATE_ADMIN_TOKEN" || k == "OPENAI_API_KEY").then(|| "x".to_owned())
+        };
+        let text = include_str!("../../deploy/tollgate.example.yaml");
+        let c = Config::parse(text, &env).unwrap().validate().unwrap();
+        assert_eq!(c.models.len(), 2);
+        assert_eq!(
+            c.models[0].deployments[0].name.as_deref(),
+            Some("openai-primary")
+        );
     }
 
     #[test]

@@ -30,9 +30,11 @@ pub fn model_not_found(model: &str) -> ApiError {
 
 /// 403: the key may not use this model.
 pub fn model_not_allowed(model: &str) -> ApiError {
-    ApiError::permission_denied(format!("This API key is not allowed to use the model '{model}'."))
-        .with_param("model")
-        .with_code("model_not_allowed")
+    ApiError::permission_denied(format!(
+        "This API key is not allowed to use the model '{model}'."
+    ))
+    .with_param("model")
+    .with_code("model_not_allowed")
 }
 
 /// Why an upstream call failed, by cause: the status follows from it (502 / 504).
@@ -110,7 +112,8 @@ where
     B::Error: Into<axum::BoxError>,
 {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || response.extensions().get::<Passthrough>().is_some()
+    if !(status.is_client_error() || status.is_server_error())
+        || response.extensions().get::<Passthrough>().is_some()
     {
         return response.map(Body::new);
     }
@@ -128,16 +131,22 @@ where
             "The request body is too large (see max_body_mb).",
         )
         .with_code("request_too_large"),
-        StatusCode::NOT_FOUND => ApiError::not_found("Unknown request URL. See the API reference for valid endpoints.")
-            .with_code("unknown_url"),
-        StatusCode::METHOD_NOT_ALLOWED => {
-            ApiError::new(status, "invalid_request_error", "Method not allowed for this URL.")
-                .with_code("method_not_allowed")
+        StatusCode::NOT_FOUND => {
+            ApiError::not_found("Unknown request URL. See the API reference for valid endpoints.")
+                .with_code("unknown_url")
         }
-        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => {
-            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "server_error", "The request took too long.")
-                .with_code("timeout")
-        }
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
+            status,
+            "invalid_request_error",
+            "Method not allowed for this URL.",
+        )
+        .with_code("method_not_allowed"),
+        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "The request took too long.",
+        )
+        .with_code("timeout"),
         other => ApiError::new(
             other,
             if other.is_client_error() {
@@ -151,9 +160,10 @@ where
     let (mut parts, _) = response.into_parts();
     let shaped = error.into_response();
     parts.status = shaped.status();
-    parts
-        .headers
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     parts.headers.remove(header::CONTENT_LENGTH);
     let (_, body) = shaped.into_parts();
     Response::from_parts(parts, Body::new(body))

@@ -31,7 +31,10 @@ const EXIT_UNAVAILABLE: u8 = 69;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tollgate: cannot start the async runtime: {e}");
@@ -96,7 +99,10 @@ async fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     if generated_token {
         // Without any token the admin plane could not be used at all; a fresh random one
         // per run is printed once on stdout (never logged).
-        config.admin.bootstrap_token = Some(Secret::new(format!("tga-{}", uuid::Uuid::new_v4().simple())));
+        config.admin.bootstrap_token = Some(Secret::new(format!(
+            "tga-{}",
+            uuid::Uuid::new_v4().simple()
+        )));
     }
     let startup = Startup {
         embedded: args.store.config.is_none(),

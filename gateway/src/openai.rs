@@ -142,7 +142,10 @@ impl Request {
             )
         })?;
         let Value::Object(body) = value else {
-            return Err(ApiError::invalid_request("The request body must be a JSON object.", None));
+            return Err(ApiError::invalid_request(
+                "The request body must be a JSON object.",
+                None,
+            ));
         };
         match endpoint {
             Endpoint::ChatCompletions => {
@@ -171,7 +174,12 @@ impl Request {
         }
         let model = match body.get("model") {
             Some(Value::String(m)) if !m.is_empty() => m.clone(),
-            _ => return Err(ApiError::invalid_request("'model' must be a non-empty string.", Some("model"))),
+            _ => {
+                return Err(ApiError::invalid_request(
+                    "'model' must be a non-empty string.",
+                    Some("model"),
+                ));
+            }
         };
         let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
         if stream && !endpoint.can_stream() {
@@ -194,7 +202,10 @@ fn check_input(input: &Value) -> Result<(), ApiError> {
     match input {
         Value::String(_) => Ok(()),
         Value::Array(items) if !items.is_empty() => Ok(()),
-        Value::Array(_) => Err(ApiError::invalid_request("'input' must not be empty.", Some("input"))),
+        Value::Array(_) => Err(ApiError::invalid_request(
+            "'input' must not be empty.",
+            Some("input"),
+        )),
         _ => Err(ApiError::invalid_request(
             "'input' must be a string or an array.",
             Some("input"),
@@ -208,15 +219,25 @@ fn typed<T: DeserializeOwned>(body: &Map<String, Value>) -> Result<T, ApiError> 
         let path = e.path().to_string();
         let message = e.inner().to_string();
         let path = if path == "." { String::new() } else { path };
-        if let Some(field) = message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
             let param = if path.is_empty() {
                 field.to_owned()
             } else {
                 format!("{path}.{field}")
             };
-            return ApiError::invalid_request(format!("Missing required parameter: '{param}'."), Some(&param));
+            return ApiError::invalid_request(
+                format!("Missing required parameter: '{param}'."),
+                Some(&param),
+            );
         }
-        let param = if path.is_empty() { None } else { Some(path.as_str()) };
+        let param = if path.is_empty() {
+            None
+        } else {
+            Some(path.as_str())
+        };
         let shown = param.unwrap_or("body");
         ApiError::invalid_request(format!("Invalid value for '{shown}': {message}."), param)
     })
@@ -244,13 +265,25 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = err(Endpoint::ChatCompletions, r#"{"messages":[{"role":"user"}]}"#);
-        assert_eq!((e.status.as_u16(), e.param.as_deref()), (400, Some("model")));
+        let e = err(
+            Endpoint::ChatCompletions,
+            r#"{"messages":[{"role":"user"}]}"#,
+        );
+        assert_eq!(
+            (e.status.as_u16(), e.param.as_deref()),
+            (400, Some("model"))
+        );
         let e = err(Endpoint::ChatCompletions, r#"{"model":"m"}"#);
         assert_eq!(e.param.as_deref(), Some("messages"));
-        let e = err(Endpoint::ChatCompletions, r#"{"model":"m","messages":[{"content":"x"}]}"#);
+        let e = err(
+            Endpoint::ChatCompletions,
+            r#"{"model":"m","messages":[{"content":"x"}]}"#,
+        );
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
-        let e = err(Endpoint::ChatCompletions, r#"{"model":"m","messages":[{"role":"user"}],"temperature":"hot"}"#);
+        let e = err(
+            Endpoint::ChatCompletions,
+            r#"{"model":"m","messages":[{"role":"user"}],"temperature":"hot"}"#,
+        );
         assert_eq!(e.param.as_deref(), Some("temperature"));
         let e = err(Endpoint::ChatCompletions, r#"{"model":7,"messages":[]}"#);
         assert_eq!(e.param.as_deref(), Some("model"));
@@ -258,9 +291,15 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("messages"));
         let e = err(Endpoint::Embeddings, r#"{"model":"m","input":5}"#);
         assert_eq!(e.param.as_deref(), Some("input"));
-        let e = err(Endpoint::Embeddings, r#"{"model":"m","input":"x","stream":true}"#);
+        let e = err(
+            Endpoint::Embeddings,
+            r#"{"model":"m","input":"x","stream":true}"#,
+        );
         assert_eq!(e.param.as_deref(), Some("stream"));
-        let e = err(Endpoint::ChatCompletions, r#"{"model":"","messages":[{"role":"user"}]}"#);
+        let e = err(
+            Endpoint::ChatCompletions,
+            r#"{"model":"","messages":[{"role":"user"}]}"#,
+        );
         assert_eq!(e.param.as_deref(), Some("model"));
     }
 
@@ -268,7 +307,11 @@ mod tests {
     fn bad_json_is_a_400_without_param() {
         for body in ["{", "[]", "\"x\"", "", "{\"model\": \"m\",}"] {
             let e = err(Endpoint::Completions, body);
-            assert_eq!((e.status.as_u16(), e.kind, e.param.clone()), (400, "invalid_request_error", None), "{body}");
+            assert_eq!(
+                (e.status.as_u16(), e.kind, e.param.clone()),
+                (400, "invalid_request_error", None),
+                "{body}"
+            );
         }
     }
 }

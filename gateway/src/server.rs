@@ -60,22 +60,38 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     let data_addr = config.listen_addr()?;
     let admin_addr = config.admin_listen_addr()?;
     let store = open_store(&config).await?;
-    let providers = ProviderSet::new().map_err(|e| ServeError::Other(format!("http client: {e}")))?;
+    let providers =
+        ProviderSet::new().map_err(|e| ServeError::Other(format!("http client: {e}")))?;
     let models = Arc::new(Models::from_config(&config, &providers).map_err(ServeError::Other)?);
     for section in config.inert_sections() {
-        tracing::warn!(section, "config section is accepted but not acted on by this build yet");
+        tracing::warn!(
+            section,
+            "config section is accepted but not acted on by this build yet"
+        );
     }
 
     let data = stack::data_plane(&config, Keys::new(store.clone()), models);
-    let bootstrap_token = config.admin.bootstrap_token.as_ref().map(|t| t.expose().to_owned());
+    let bootstrap_token = config
+        .admin
+        .bootstrap_token
+        .as_ref()
+        .map(|t| t.expose().to_owned());
     let token_for_banner = bootstrap_token.clone();
-    let admin = tollgate_admin::api::router(AdminState { store, bootstrap_token });
+    let admin = tollgate_admin::api::router(AdminState {
+        store,
+        bootstrap_token,
+    });
 
     let data_listener = bind(data_addr).await?;
     let admin_listener = bind(admin_addr).await?;
     let data_local = local(&data_listener)?;
     let admin_local = local(&admin_listener)?;
-    banner(&data_local, &admin_local, &startup, token_for_banner.as_deref());
+    banner(
+        &data_local,
+        &admin_local,
+        &startup,
+        token_for_banner.as_deref(),
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -89,7 +105,9 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
     let admin_server = axum::serve(admin_listener, admin).with_graceful_shutdown(stopped(stop_rx));
-    let mut servers = tokio::spawn(async move { tokio::try_join!(data_server.into_future(), admin_server.into_future()) });
+    let mut servers = tokio::spawn(async move {
+        tokio::try_join!(data_server.into_future(), admin_server.into_future())
+    });
 
     tokio::select! {
         result = &mut servers => return finish(result),
@@ -100,7 +118,10 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     match tokio::time::timeout(DRAIN, &mut servers).await {
         Ok(result) => finish(result),
         Err(_) => {
-            tracing::warn!(seconds = DRAIN.as_secs(), "drain timed out; exiting with requests in flight");
+            tracing::warn!(
+                seconds = DRAIN.as_secs(),
+                "drain timed out; exiting with requests in flight"
+            );
             servers.abort();
             Ok(())
         }
@@ -118,10 +139,12 @@ fn finish(
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
-        addr: addr.to_string(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 fn local(listener: &TcpListener) -> Result<std::net::SocketAddr, ServeError> {
@@ -132,7 +155,12 @@ fn local(listener: &TcpListener) -> Result<std::net::SocketAddr, ServeError> {
 
 /// The start-up message on stdout: where both planes listen and, on the embedded default,
 /// how to make the first tenant and key.
-fn banner(data: &std::net::SocketAddr, admin: &std::net::SocketAddr, startup: &Startup, token: Option<&str>) {
+fn banner(
+    data: &std::net::SocketAddr,
+    admin: &std::net::SocketAddr,
+    startup: &Startup,
+    token: Option<&str>,
+) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "tollgate: data plane listening on http://{data}");
     let _ = writeln!(out, "tollgate: admin plane listening on http://{admin}");

@@ -42,7 +42,8 @@ pub fn data_plane(config: &Config, keys: Keys, models: Arc<Models>) -> axum::Rou
             .service(router::Router),
     );
     let state = AppState { models, calls };
-    let max_body = usize::try_from(config.max_body_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    let max_body =
+        usize::try_from(config.max_body_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
     let edge = ServiceBuilder::new()
         // Outermost, so every response below (errors and panics included) carries the id.
         .set_x_request_id(MakeRequestUuid)

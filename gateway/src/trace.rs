@@ -12,7 +12,8 @@ use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
 
 /// The trace layer for the data plane.
-pub fn layer() -> TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), LogResponse> {
+pub fn layer() -> TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), LogResponse>
+{
     TraceLayer::new_for_http()
         .make_span_with(RequestSpan)
         .on_request(())
@@ -48,6 +49,10 @@ pub struct LogResponse;
 
 impl<B> OnResponse<B> for LogResponse {
     fn on_response(self, response: &http::Response<B>, latency: Duration, _span: &Span) {
-        tracing::debug!(status = response.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "response");
+        tracing::debug!(
+            status = response.status().as_u16(),
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            "response"
+        );
     }
 }

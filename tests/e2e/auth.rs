@@ -6,7 +6,11 @@ use tollgate_tests::harness::{Backend, Gateway};
 
 use crate::{assert_error_shape, on_both_stores, setup};
 
-on_both_stores!(bad_keys_are_refused, dead_keys_are_refused, model_allow_list_is_enforced,);
+on_both_stores!(
+    bad_keys_are_refused,
+    dead_keys_are_refused,
+    model_allow_list_is_enforced,
+);
 
 async fn expect_401(gw: &Gateway, authorization: Option<&str>) -> Value {
     let mut request = gw
@@ -25,7 +29,9 @@ async fn expect_401(gw: &Gateway, authorization: Option<&str>) -> Value {
 }
 
 async fn bad_keys_are_refused(backend: Backend) {
-    let Some((upstream, gw)) = setup(backend).await else { return };
+    let Some((upstream, gw)) = setup(backend).await else {
+        return;
+    };
     let key = gw.tenant_key(&[]).await;
     let (public, secret) = {
         let rest = key.strip_prefix("tg-").unwrap();
@@ -50,7 +56,10 @@ async fn bad_keys_are_refused(backend: Backend) {
     for case in &cases {
         let body = expect_401(&gw, case.as_deref()).await;
         let text = body.to_string();
-        assert!(!text.contains(&secret) && !text.contains(&wrong_secret), "secret echoed: {text}");
+        assert!(
+            !text.contains(&secret) && !text.contains(&wrong_secret),
+            "secret echoed: {text}"
+        );
     }
     // Same key, right secret: still works after the wrong guesses.
     let ok = gw
@@ -61,24 +70,48 @@ async fn bad_keys_are_refused(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    assert!(upstream.requests().is_empty(), "a refused request reached the upstream");
-    assert!(!gw.logs().contains(&secret), "key secret appeared in the logs");
+    assert!(
+        upstream.requests().is_empty(),
+        "a refused request reached the upstream"
+    );
+    assert!(
+        !gw.logs().contains(&secret),
+        "key secret appeared in the logs"
+    );
 }
 
 /// Expired keys, revoked keys and disabled tenants. The admin endpoints that revoke and
 /// disable belong to the control-plane issue, so this test changes the rows directly.
 async fn dead_keys_are_refused(backend: Backend) {
-    let Some((_upstream, gw)) = setup(backend).await else { return };
+    let Some((_upstream, gw)) = setup(backend).await else {
+        return;
+    };
     let tenant = gw.create_tenant("acme").await;
     let tenant_id = tenant["id"].as_str().unwrap();
     let expired = gw
-        .create_key(tenant_id, json!({"name": "old", "expires_at": "2020-01-01T00:00:00Z"}))
+        .create_key(
+            tenant_id,
+            json!({"name": "old", "expires_at": "2020-01-01T00:00:00Z"}),
+        )
         .await;
-    let body = expect_401(&gw, Some(&format!("Bearer {}", expired["key"].as_str().unwrap()))).await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("expired"), "{body}");
+    let body = expect_401(
+        &gw,
+        Some(&format!("Bearer {}", expired["key"].as_str().unwrap())),
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{body}"
+    );
 
     let future = gw
-        .create_key(tenant_id, json!({"name": "future", "expires_at": "2999-01-01T00:00:00Z"}))
+        .create_key(
+            tenant_id,
+            json!({"name": "future", "expires_at": "2999-01-01T00:00:00Z"}),
+        )
         .await;
     let ok = gw
         .http
@@ -93,7 +126,10 @@ async fn dead_keys_are_refused(backend: Backend) {
     let revoked = gw.create_key(tenant_id, json!({"name": "revoked"})).await;
     let disabled_tenant = gw.create_tenant("disabled-co").await;
     let disabled_key = gw
-        .create_key(disabled_tenant["id"].as_str().unwrap(), json!({"name": "k"}))
+        .create_key(
+            disabled_tenant["id"].as_str().unwrap(),
+            json!({"name": "k"}),
+        )
         .await;
     sql(
         &gw.database_url,
@@ -107,22 +143,48 @@ async fn dead_keys_are_refused(backend: Backend) {
         disabled_tenant["id"].as_str().unwrap(),
     )
     .await;
-    let body = expect_401(&gw, Some(&format!("Bearer {}", revoked["key"].as_str().unwrap()))).await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("revoked"), "{body}");
-    let body = expect_401(&gw, Some(&format!("Bearer {}", disabled_key["key"].as_str().unwrap()))).await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("disabled"), "{body}");
+    let body = expect_401(
+        &gw,
+        Some(&format!("Bearer {}", revoked["key"].as_str().unwrap())),
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{body}"
+    );
+    let body = expect_401(
+        &gw,
+        Some(&format!("Bearer {}", disabled_key["key"].as_str().unwrap())),
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("disabled"),
+        "{body}"
+    );
 }
 
 async fn sql(database_url: &str, statement: &'static str, id: &str) {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(database_url).await.unwrap();
-    let done = sqlx::query(statement).bind(id).execute(&pool).await.unwrap();
+    let done = sqlx::query(statement)
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
     assert_eq!(done.rows_affected(), 1, "{statement}");
     pool.close().await;
 }
 
 async fn model_allow_list_is_enforced(backend: Backend) {
-    let Some((upstream, gw)) = setup(backend).await else { return };
+    let Some((upstream, gw)) = setup(backend).await else {
+        return;
+    };
     let key = gw.tenant_key(&["gpt-4o-mini"]).await;
     let call = |model: &str| {
         gw.http
@@ -140,5 +202,9 @@ async fn model_allow_list_is_enforced(backend: Backend) {
     assert_eq!(unknown.status(), 404);
     let body: Value = unknown.json().await.unwrap();
     assert_eq!(assert_error_shape(&body)["code"], "model_not_found");
-    assert_eq!(upstream.requests().len(), 1, "refused calls must not reach the upstream");
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "refused calls must not reach the upstream"
+    );
 }

@@ -9,9 +9,16 @@ use crate::on_both_stores;
 on_both_stores!(migrate_then_serve,);
 
 /// Runs `tollgate ARGS` to completion in `dir`; returns (exit code, stdout, stderr).
-async fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+async fn run(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
     let mut cmd = tokio::process::Command::new(tollgate_bin());
-    cmd.args(args).current_dir(dir).env_remove("TOLLGATE_CONFIG").env_remove("TOLLGATE_DATABASE_URL");
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("TOLLGATE_CONFIG")
+        .env_remove("TOLLGATE_DATABASE_URL");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -35,18 +42,34 @@ async fn bad_config_exits_64_naming_the_field() {
             "models[1].deployments[0].base_url: missing",
         ),
         ("listen: [1]\n", "listen: invalid type"),
-        ("admin: { bootstrap_token: '${TG_TEST_UNSET_VAR}' }\n", "admin.bootstrap_token: environment variable TG_TEST_UNSET_VAR is not set"),
+        (
+            "admin: { bootstrap_token: '${TG_TEST_UNSET_VAR}' }\n",
+            "admin.bootstrap_token: environment variable TG_TEST_UNSET_VAR is not set",
+        ),
         ("cache_size: 3\n", "cache_size: unknown field"),
         ("models: [ {", "invalid YAML"),
     ];
     for (yaml, expected) in cases {
         let path = dir.path().join("bad.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let (code, _out, err) = run(dir.path(), &["serve", "--config", path.to_str().unwrap()], &[]).await;
+        let (code, _out, err) = run(
+            dir.path(),
+            &["serve", "--config", path.to_str().unwrap()],
+            &[],
+        )
+        .await;
         assert_eq!(code, Some(64), "{yaml}: {err}");
-        assert!(err.contains(expected), "{yaml}: expected '{expected}' in: {err}");
+        assert!(
+            err.contains(expected),
+            "{yaml}: expected '{expected}' in: {err}"
+        );
     }
-    let (code, _out, err) = run(dir.path(), &["serve", "--config", "/nonexistent/tollgate.yaml"], &[]).await;
+    let (code, _out, err) = run(
+        dir.path(),
+        &["serve", "--config", "/nonexistent/tollgate.yaml"],
+        &[],
+    )
+    .await;
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("/nonexistent/tollgate.yaml"), "{err}");
 }
@@ -54,14 +77,23 @@ async fn bad_config_exits_64_naming_the_field() {
 #[tokio::test]
 async fn embedded_default_serves_and_explains_first_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
-        .map(String::from)
-        .to_vec();
+    let args: Vec<String> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec();
     let cwd = dir.path().to_path_buf();
     let gw = Gateway::spawn(dir, "sqlite://tollgate.db".to_owned(), &args, &[])
         .await
         .expect("embedded default starts");
-    assert!(cwd.join("tollgate.db").exists(), "the SQLite file is made in the working directory");
+    assert!(
+        cwd.join("tollgate.db").exists(),
+        "the SQLite file is made in the working directory"
+    );
     let stdout = gw.wait_stdout("/admin/v1/tenants").await;
     // A token was generated for this run; it works on the admin plane.
     let token = stdout
@@ -70,7 +102,12 @@ async fn embedded_default_serves_and_explains_first_steps() {
         .and_then(|rest| rest.split_whitespace().next())
         .expect("generated token printed")
         .to_owned();
-    let ready = gw.http.get(format!("{}/readyz", gw.admin_url)).send().await.unwrap();
+    let ready = gw
+        .http
+        .get(format!("{}/readyz", gw.admin_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
     let created = gw
         .http
@@ -81,24 +118,42 @@ async fn embedded_default_serves_and_explains_first_steps() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    assert!(!gw.logs().contains(&token), "the admin token must not be logged");
+    assert!(
+        !gw.logs().contains(&token),
+        "the admin token must not be logged"
+    );
 }
 
 async fn migrate_then_serve(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let Some(url) = tollgate_tests::harness::database_url(backend, dir.path()).await else { return };
+    let Some(url) = tollgate_tests::harness::database_url(backend, dir.path()).await else {
+        return;
+    };
     let (code, out, err) = run(dir.path(), &["migrate", "--database-url", &url], &[]).await;
     assert_eq!(code, Some(0), "{out}{err}");
     // Twice is fine: migrations are idempotent.
     let (code, out, err) = run(dir.path(), &["migrate"], &[("TOLLGATE_DATABASE_URL", &url)]).await;
     assert_eq!(code, Some(0), "{out}{err}");
-    let args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--database-url", &url]
-        .map(String::from)
-        .to_vec();
+    let args: Vec<String> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &url,
+    ]
+    .map(String::from)
+    .to_vec();
     let gw = Gateway::spawn(dir, url, &args, &[("TOLLGATE_ADMIN_TOKEN", "tok-123")])
         .await
         .expect("serve starts on a migrated store");
-    let health = gw.http.get(format!("{}/healthz", gw.admin_url)).send().await.unwrap();
+    let health = gw
+        .http
+        .get(format!("{}/healthz", gw.admin_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     let tenants = gw
         .http

@@ -31,17 +31,43 @@ async fn post(gw: &Gateway, key: &str, path: &str, body: impl Into<reqwest::Body
 }
 
 async fn bad_requests_name_the_field(backend: Backend) {
-    let Some((upstream, gw)) = setup(backend).await else { return };
+    let Some((upstream, gw)) = setup(backend).await else {
+        return;
+    };
     let key = gw.tenant_key(&[]).await;
     let cases: [(&str, &str, Option<&str>); 8] = [
         ("/v1/chat/completions", "{not json", None),
         ("/v1/chat/completions", "[1,2]", None),
-        ("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}]}"#, Some("model")),
-        ("/v1/chat/completions", r#"{"model":"gpt-4o-mini"}"#, Some("messages")),
-        ("/v1/chat/completions", r#"{"model":"gpt-4o-mini","messages":"hi"}"#, Some("messages")),
-        ("/v1/chat/completions", r#"{"model":"gpt-4o-mini","messages":[{"role":"user"}],"max_tokens":"many"}"#, Some("max_tokens")),
-        ("/v1/embeddings", r#"{"model":"text-embedding-3-small"}"#, Some("input")),
-        ("/v1/images/generations", r#"{"model":"dall-e-3","prompt":5}"#, Some("prompt")),
+        (
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"x"}]}"#,
+            Some("model"),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4o-mini"}"#,
+            Some("messages"),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4o-mini","messages":"hi"}"#,
+            Some("messages"),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user"}],"max_tokens":"many"}"#,
+            Some("max_tokens"),
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"model":"text-embedding-3-small"}"#,
+            Some("input"),
+        ),
+        (
+            "/v1/images/generations",
+            r#"{"model":"dall-e-3","prompt":5}"#,
+            Some("prompt"),
+        ),
     ];
     for (path, body, param) in cases {
         let (status, answer) = post(&gw, &key, path, body.to_owned()).await;
@@ -58,9 +84,17 @@ async fn bad_requests_name_the_field(backend: Backend) {
 }
 
 async fn unknown_paths_and_methods(backend: Backend) {
-    let Some((_upstream, gw)) = setup(backend).await else { return };
+    let Some((_upstream, gw)) = setup(backend).await else {
+        return;
+    };
     let key = gw.tenant_key(&[]).await;
-    let response = gw.http.get(format!("{}/v1/nope", gw.url)).bearer_auth(&key).send().await.unwrap();
+    let response = gw
+        .http
+        .get(format!("{}/v1/nope", gw.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     assert_error_shape(&response.json().await.unwrap());
     let response = gw
@@ -75,7 +109,9 @@ async fn unknown_paths_and_methods(backend: Backend) {
 }
 
 async fn upstream_errors_pass_through(backend: Backend) {
-    let Some((_upstream, gw)) = setup(backend).await else { return };
+    let Some((_upstream, gw)) = setup(backend).await else {
+        return;
+    };
     let key = gw.tenant_key(&[]).await;
     let body = |status: u16| {
         json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
@@ -97,7 +133,10 @@ async fn upstream_errors_pass_through(backend: Backend) {
             assert_eq!(response.headers()["retry-after"], "7");
         }
         let answer: Value = response.json().await.unwrap();
-        assert_eq!(answer["error"]["message"], format!("upstream says {status}"));
+        assert_eq!(
+            answer["error"]["message"],
+            format!("upstream says {status}")
+        );
         assert_eq!(answer["error"]["code"], "upstream_code");
     }
     // A stream the upstream refuses comes back as the upstream's JSON error, not SSE.
@@ -117,32 +156,49 @@ async fn upstream_errors_pass_through(backend: Backend) {
 }
 
 async fn upstream_failures_are_502_and_504(backend: Backend) {
-    let Some((_upstream, gw)) = setup(backend).await else { return };
-    let key = gw.tenant_key(&[]).await;
-    let chat = |model: &str, mock: Value| {
-        json!({"model": model, "messages": [{"role": "user", "content": "x"}], "mock": mock})
+    let Some((_upstream, gw)) = setup(backend).await else {
+        return;
     };
-    let (status, answer) = post(&gw, &key, "/v1/chat/completions", chat("dead-model", json!({})).to_string()).await;
+    let key = gw.tenant_key(&[]).await;
+    let chat = |model: &str, mock: Value| json!({"model": model, "messages": [{"role": "user", "content": "x"}], "mock": mock});
+    let (status, answer) = post(
+        &gw,
+        &key,
+        "/v1/chat/completions",
+        chat("dead-model", json!({})).to_string(),
+    )
+    .await;
     assert_eq!(status, 502, "{answer}");
     let error = assert_error_shape(&answer);
     assert_eq!(error["type"], "server_error");
     let text = answer.to_string();
-    assert!(!text.contains("127.0.0.1") && !text.contains("sk-dead-secret"), "internal detail leaked: {text}");
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains("sk-dead-secret"),
+        "internal detail leaked: {text}"
+    );
 
     let started = std::time::Instant::now();
     let slow = chat("slow-model", json!({"delay_ms": 3000}));
     let (status, answer) = post(&gw, &key, "/v1/chat/completions", slow.to_string()).await;
     assert_eq!(status, 504, "{answer}");
     assert_error_shape(&answer);
-    assert!(started.elapsed() < std::time::Duration::from_millis(2500), "timeout not applied");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2500),
+        "timeout not applied"
+    );
     let logs = gw.logs();
-    assert!(!logs.contains("sk-dead-secret") && !logs.contains("sk-upstream-secret"), "upstream key in logs");
+    assert!(
+        !logs.contains("sk-dead-secret") && !logs.contains("sk-upstream-secret"),
+        "upstream key in logs"
+    );
 }
 
 async fn oversized_bodies_are_413(backend: Backend) {
     let upstream = MockUpstream::start().await;
     let config = format!("max_body_mb: 1\n{}", models_yaml(&upstream.base_url()));
-    let Some(gw) = Gateway::start(backend, &config).await else { return };
+    let Some(gw) = Gateway::start(backend, &config).await else {
+        return;
+    };
     let key = gw.tenant_key(&[]).await;
     let big = format!(
         r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
@@ -153,9 +209,19 @@ async fn oversized_bodies_are_413(backend: Backend) {
     assert_eq!(status, 413);
     assert_error_shape(&answer);
     // Chunked, no Content-Length: refused while reading.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big.into_bytes().chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big
+        .into_bytes()
+        .chunks(64 * 1024)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
     let stream = futures_util::stream::iter(chunks);
-    let (status, answer) = post(&gw, &key, "/v1/chat/completions", reqwest::Body::wrap_stream(stream)).await;
+    let (status, answer) = post(
+        &gw,
+        &key,
+        "/v1/chat/completions",
+        reqwest::Body::wrap_stream(stream),
+    )
+    .await;
     assert_eq!(status, 413);
     assert_error_shape(&answer);
     assert!(upstream.requests().is_empty());

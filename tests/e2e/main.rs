@@ -2,7 +2,12 @@
 //! (a fresh database per test) and SQLite, with the mock OpenAI upstream behind it.
 //!
 //! Each behaviour is one `async fn(Backend)`; [`on_both_stores!`] makes a test per store.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
 
 mod auth;
 mod config;
@@ -72,6 +77,9 @@ pub fn assert_error_shape(body: &Value) -> &Value {
     for field in ["message", "type", "param", "code"] {
         assert!(error.get(field).is_some(), "error lacks '{field}': {body}");
     }
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     error
 }

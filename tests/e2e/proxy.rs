@@ -18,7 +18,9 @@ on_both_stores!(
 );
 
 async fn chat_is_proxied_with_the_upstream_key(backend: Backend) {
-    let Some((upstream, gw)) = setup(backend).await else { return };
+    let Some((upstream, gw)) = setup(backend).await else {
+        return;
+    };
     let key = gw.tenant_key(&[]).await;
     let response = gw
         .http
@@ -33,7 +35,10 @@ async fn chat_is_proxied_with_the_upstream_key(backend: Backend) {
     assert_eq!(response.headers()["x-tollgate-deployment"], "mock-primary");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion");
-    assert_eq!(body["choices"][0]["message"]["content"], "Hello from the mock upstream.");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from the mock upstream."
+    );
     assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
 
     let recorded = upstream.requests();
@@ -49,16 +54,31 @@ async fn chat_is_proxied_with_the_upstream_key(backend: Backend) {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.clone())
     };
-    assert_eq!(header("authorization").as_deref(), Some("Bearer sk-upstream-secret"));
+    assert_eq!(
+        header("authorization").as_deref(),
+        Some("Bearer sk-upstream-secret")
+    );
     for (name, value) in &request.headers {
-        assert!(!value.contains(&key), "client key leaked upstream in {name}");
-        assert!(!value.contains("tg-"), "client key leaked upstream in {name}");
+        assert!(
+            !value.contains(&key),
+            "client key leaked upstream in {name}"
+        );
+        assert!(
+            !value.contains("tg-"),
+            "client key leaked upstream in {name}"
+        );
     }
-    assert_eq!(header("cookie"), None, "client cookies must not be forwarded");
+    assert_eq!(
+        header("cookie"),
+        None,
+        "client cookies must not be forwarded"
+    );
 }
 
 async fn unknown_fields_pass_through_unchanged(backend: Backend) {
-    let Some((upstream, gw)) = setup(backend).await else { return };
+    let Some((upstream, gw)) = setup(backend).await else {
+        return;
+    };
     let key = gw.tenant_key(&[]).await;
     let sent = json!({
         "model": "gpt-4o-mini",
@@ -90,13 +110,31 @@ async fn unknown_fields_pass_through_unchanged(backend: Backend) {
 }
 
 async fn every_endpoint_is_routed(backend: Backend) {
-    let Some((upstream, gw)) = setup(backend).await else { return };
+    let Some((upstream, gw)) = setup(backend).await else {
+        return;
+    };
     let key = gw.tenant_key(&[]).await;
     let cases = [
-        ("/v1/completions", json!({"model": "gpt-3.5-turbo-instruct", "prompt": "say hi"}), "text_completion"),
-        ("/v1/embeddings", json!({"model": "text-embedding-3-small", "input": ["a", "b"]}), "list"),
-        ("/v1/images/generations", json!({"model": "dall-e-3", "prompt": "a cat", "response_format": "b64_json"}), ""),
-        ("/v1/moderations", json!({"model": "omni-moderation-latest", "input": "hello"}), ""),
+        (
+            "/v1/completions",
+            json!({"model": "gpt-3.5-turbo-instruct", "prompt": "say hi"}),
+            "text_completion",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": ["a", "b"]}),
+            "list",
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "dall-e-3", "prompt": "a cat", "response_format": "b64_json"}),
+            "",
+        ),
+        (
+            "/v1/moderations",
+            json!({"model": "omni-moderation-latest", "input": "hello"}),
+            "",
+        ),
     ];
     for (path, body, object) in cases {
         let response = gw
@@ -121,7 +159,9 @@ async fn every_endpoint_is_routed(backend: Backend) {
 }
 
 async fn stream_is_relayed_event_by_event(backend: Backend) {
-    let Some((_upstream, gw)) = setup(backend).await else { return };
+    let Some((_upstream, gw)) = setup(backend).await else {
+        return;
+    };
     let key = gw.tenant_key(&[]).await;
     let started = Instant::now();
     let response = gw
@@ -156,8 +196,14 @@ async fn stream_is_relayed_event_by_event(backend: Backend) {
     let total = started.elapsed();
     let first = first_data_at.unwrap();
     // The upstream spends ≥ 5 × 300 ms on the stream; the first event must not wait for it.
-    assert!(total >= Duration::from_millis(1200), "stream ended too soon: {total:?}");
-    assert!(first + Duration::from_millis(900) < total, "first event at {first:?}, end at {total:?}");
+    assert!(
+        total >= Duration::from_millis(1200),
+        "stream ended too soon: {total:?}"
+    );
+    assert!(
+        first + Duration::from_millis(900) < total,
+        "first event at {first:?}, end at {total:?}"
+    );
     let events: Vec<&str> = text
         .split("\n\n")
         .filter_map(|e| e.trim().strip_prefix("data: "))
@@ -180,7 +226,9 @@ async fn stream_is_relayed_event_by_event(backend: Backend) {
 }
 
 async fn request_id_is_kept_or_made(backend: Backend) {
-    let Some((_upstream, gw)) = setup(backend).await else { return };
+    let Some((_upstream, gw)) = setup(backend).await else {
+        return;
+    };
     let key = gw.tenant_key(&[]).await;
     let kept = gw
         .http
@@ -193,20 +241,33 @@ async fn request_id_is_kept_or_made(backend: Backend) {
     assert_eq!(kept.headers()["x-request-id"], "client-chosen-id-123");
     let mut ids = std::collections::HashSet::new();
     for _ in 0..3 {
-        let made = gw.http.get(format!("{}/v1/models", gw.url)).bearer_auth(&key).send().await.unwrap();
+        let made = gw
+            .http
+            .get(format!("{}/v1/models", gw.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
         let id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
         assert!(id.len() >= 16, "{id}");
         ids.insert(id);
     }
     assert_eq!(ids.len(), 3, "request ids must be unique");
     // Errors carry it too.
-    let error = gw.http.get(format!("{}/v1/models", gw.url)).send().await.unwrap();
+    let error = gw
+        .http
+        .get(format!("{}/v1/models", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error.status(), 401);
     assert!(error.headers().contains_key("x-request-id"));
 }
 
 async fn models_are_listed_per_key(backend: Backend) {
-    let Some((_upstream, gw)) = setup(backend).await else { return };
+    let Some((_upstream, gw)) = setup(backend).await else {
+        return;
+    };
     let all = gw.tenant_key(&[]).await;
     let limited = gw.tenant_key(&["gpt-4o-mini", "dall-e-3"]).await;
     let list = |key: String| {
@@ -239,7 +300,12 @@ async fn models_are_listed_per_key(backend: Backend) {
     assert_eq!(names[0], "gpt-4o-mini");
     assert_eq!(list(limited.clone()).await, vec!["gpt-4o-mini", "dall-e-3"]);
 
-    let get = |key: String, id: &str| gw.http.get(format!("{}/v1/models/{id}", gw.url)).bearer_auth(key).send();
+    let get = |key: String, id: &str| {
+        gw.http
+            .get(format!("{}/v1/models/{id}", gw.url))
+            .bearer_auth(key)
+            .send()
+    };
     let found = get(limited.clone(), "dall-e-3").await.unwrap();
     assert_eq!(found.status(), 200);
     assert_eq!(found.json::<Value>().await.unwrap()["id"], "dall-e-3");

@@ -17,7 +17,10 @@ fn in_ci() -> bool {
 
 /// Reads a service URL from `var`. Outside CI a missing service skips the test (returns
 /// `None` after saying so); in CI it fails the test.
-#[allow(clippy::panic, reason = "test support: a missing service must fail the test in CI")]
+#[allow(
+    clippy::panic,
+    reason = "test support: a missing service must fail the test in CI"
+)]
 pub fn service_url(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(url) if !url.is_empty() => Some(url),
@@ -39,7 +42,11 @@ pub async fn fresh_postgres() -> Option<String> {
         "tg_{}_{}_{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed),
-        uuid::Uuid::new_v4().simple().to_string().get(..8).unwrap_or("x")
+        uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .get(..8)
+            .unwrap_or("x")
     );
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&server)

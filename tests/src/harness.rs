@@ -84,8 +84,19 @@ impl Gateway {
         );
         let path = dir.path().join("tollgate.yaml");
         std::fs::write(&path, full).expect("write config");
-        let args = vec!["serve".to_owned(), "--config".to_owned(), path.display().to_string()];
-        match Self::spawn(dir, database_url, &args, &[("TEST_ADMIN_TOKEN", ADMIN_TOKEN)]).await {
+        let args = vec![
+            "serve".to_owned(),
+            "--config".to_owned(),
+            path.display().to_string(),
+        ];
+        match Self::spawn(
+            dir,
+            database_url,
+            &args,
+            &[("TEST_ADMIN_TOKEN", ADMIN_TOKEN)],
+        )
+        .await
+        {
             Ok(gw) => Some(gw),
             Err(exited) => panic!("gateway did not start: {exited:?}"),
         }
@@ -129,7 +140,9 @@ impl Gateway {
                     Ok(Some(line)) => {
                         if let Some(u) = line.strip_prefix("tollgate: data plane listening on ") {
                             url = Some(u.to_owned());
-                        } else if let Some(u) = line.strip_prefix("tollgate: admin plane listening on ") {
+                        } else if let Some(u) =
+                            line.strip_prefix("tollgate: admin plane listening on ")
+                        {
                             admin_url = Some(u.to_owned());
                         }
                         seen.push(line);
@@ -192,17 +205,21 @@ impl Gateway {
 
     /// `POST /admin/v1/tenants` with the bootstrap token; returns the tenant object.
     pub async fn create_tenant(&self, name: &str) -> Value {
-        self.admin_post("/admin/v1/tenants", json!({"name": name})).await
+        self.admin_post("/admin/v1/tenants", json!({"name": name}))
+            .await
     }
 
     /// `POST /admin/v1/tenants/{id}/keys`; returns the key object (with the plaintext `key`).
     pub async fn create_key(&self, tenant_id: &str, body: Value) -> Value {
-        self.admin_post(&format!("/admin/v1/tenants/{tenant_id}/keys"), body).await
+        self.admin_post(&format!("/admin/v1/tenants/{tenant_id}/keys"), body)
+            .await
     }
 
     /// A new tenant with one key allowed `models` (all when empty); returns the plaintext key.
     pub async fn tenant_key(&self, models: &[&str]) -> String {
-        let tenant = self.create_tenant(&format!("t-{}", uuid::Uuid::new_v4().simple())).await;
+        let tenant = self
+            .create_tenant(&format!("t-{}", uuid::Uuid::new_v4().simple()))
+            .await;
         let id = tenant["id"].as_str().expect("tenant id");
         let mut body = json!({"name": "test key"});
         if !models.is_empty() {

@@ -1,6 +1,11 @@
 //! Test support for Tollgate's end-to-end tests: throwaway databases, the mock OpenAI
 //! upstream, and a harness that runs the real `tollgate` binary.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test support")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support"
+)]
 
 pub mod db;
 pub mod harness;

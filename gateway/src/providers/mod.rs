@@ -56,7 +56,11 @@ pub enum Provider {
 }
 
 impl Provider {
-    pub async fn send(&self, request: &Request, upstream_model: &str) -> Result<Response, UpstreamError> {
+    pub async fn send(
+        &self,
+        request: &Request,
+        upstream_model: &str,
+    ) -> Result<Response, UpstreamError> {
         match self {
             Self::OpenAi(p) => p.send(request, upstream_model).await,
         }

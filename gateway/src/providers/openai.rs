@@ -39,7 +39,12 @@ impl OpenAi {
     pub fn new(client: reqwest::Client, d: &DeploymentConfig) -> Self {
         Self {
             client,
-            base_url: d.base_url.as_deref().unwrap_or_default().trim_end_matches('/').to_owned(),
+            base_url: d
+                .base_url
+                .as_deref()
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_owned(),
             authorization: d
                 .api_key
                 .as_ref()
@@ -49,7 +54,11 @@ impl OpenAi {
         }
     }
 
-    pub async fn send(&self, request: &Request, upstream_model: &str) -> Result<Response, UpstreamError> {
+    pub async fn send(
+        &self,
+        request: &Request,
+        upstream_model: &str,
+    ) -> Result<Response, UpstreamError> {
         let deadline = Instant::now() + self.timeout;
         let body = serde_json::to_vec(&WithModel {
             body: &request.body,
@@ -115,7 +124,10 @@ fn idle_timeout(
             Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
             Ok(None) => None,
             Err(_) => Some((
-                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream stream stalled")),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "upstream stream stalled",
+                )),
                 None,
             )),
         }

@@ -128,7 +128,11 @@ impl tower::Service<Call> for Router {
                 // Config validation requires a deployment per model; kept as an answer, not a panic.
                 return Ok(crate::error::model_not_found(&call.route.name).into_response());
             };
-            let mut response = match deployment.provider.send(&call.request, &deployment.upstream_model).await {
+            let mut response = match deployment
+                .provider
+                .send(&call.request, &deployment.upstream_model)
+                .await
+            {
                 Ok(response) => response,
                 Err(e) => {
                     tracing::warn!(
@@ -142,7 +146,9 @@ impl tower::Service<Call> for Router {
                     e.to_api(&deployment.name).into_response()
                 }
             };
-            response.headers_mut().insert(DEPLOYMENT_HEADER, deployment.header.clone());
+            response
+                .headers_mut()
+                .insert(DEPLOYMENT_HEADER, deployment.header.clone());
             Ok(response)
         })
     }
