@@ -1,13 +1,18 @@
-//! Operator auth for the admin listener: `Authorization: Bearer <bootstrap token>`.
+//! Operator auth for the admin listener: who is calling, and what they may do.
 //!
 //! Auth is on for every path except the short [`OPEN_PATHS`] list, so a route added later
-//! is protected unless someone decides otherwise here. (JWT operators come in a later
-//! issue and slot in next to the bootstrap token.)
+//! is protected unless someone decides otherwise here. The middleware puts an [`Operator`]
+//! into the request's extensions; a `viewer` may only read (any other method is 403), and
+//! an operator bound to one tenant sees only that tenant's objects (handlers check
+//! [`Operator::may_see`] and answer 404 otherwise).
+//!
+//! Credentials: the bootstrap token (`admin.bootstrap_token`, role `admin`, all tenants).
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::header::AUTHORIZATION;
+use http::{HeaderValue, Method};
 use subtle::ConstantTimeEq;
 
 use crate::api::AdminState;
@@ -16,26 +21,108 @@ use crate::error::ApiError;
 /// Paths served without a token: probes that load balancers and Kubernetes call bare.
 pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
 
-/// Middleware: lets the request through when its path is open or it carries the bootstrap
-/// token; answers 401 `invalid_api_key` otherwise.
+/// What an operator may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Read and write.
+    Admin,
+    /// Read only: writes are 403.
+    Viewer,
+}
+
+/// The authenticated caller of the admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operator {
+    pub role: Role,
+    /// `Some(id)`: limited to that tenant's objects. `None`: every tenant, plans and prices.
+    pub tenant: Option<String>,
+    /// Who it is, for logs: the JWT `sub`, or `bootstrap`.
+    pub subject: String,
+}
+
+impl Operator {
+    /// The bootstrap token's operator: admin over everything.
+    pub fn bootstrap() -> Self {
+        Self {
+            role: Role::Admin,
+            tenant: None,
+            subject: "bootstrap".to_owned(),
+        }
+    }
+
+    /// Whether this operator may see objects of `tenant_id`.
+    pub fn may_see(&self, tenant_id: &str) -> bool {
+        self.tenant.as_deref().is_none_or(|t| t == tenant_id)
+    }
+
+    /// Whether this operator is unrestricted by tenant (needed for plans, prices, and
+    /// creating tenants).
+    pub fn is_global(&self) -> bool {
+        self.tenant.is_none()
+    }
+}
+
+/// Checks admin credentials.
+#[derive(Clone, Default)]
+pub struct OperatorAuth {
+    bootstrap_token: Option<String>,
+}
+
+impl std::fmt::Debug for OperatorAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorAuth")
+            .field(
+                "bootstrap_token",
+                &self.bootstrap_token.as_ref().map(|_| "*****"),
+            )
+            .finish()
+    }
+}
+
+impl OperatorAuth {
+    /// `bootstrap_token`: `None` or empty accepts no token at all.
+    pub fn new(bootstrap_token: Option<String>) -> Self {
+        Self {
+            bootstrap_token: bootstrap_token.filter(|t| !t.is_empty()),
+        }
+    }
+
+    /// Authenticates an `Authorization` header value.
+    pub fn authenticate(&self, header: Option<&HeaderValue>) -> Result<Operator, ApiError> {
+        check(self.bootstrap_token.as_deref(), header).map(|()| Operator::bootstrap())
+    }
+}
+
+/// Middleware: lets the request through when its path is open, or puts the [`Operator`]
+/// into its extensions; answers 401 (no or bad credentials) or 403 (a viewer writing).
 pub async fn authenticate(
     State(state): State<AdminState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     if OPEN_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
-    match check(
-        state.bootstrap_token.as_deref(),
-        request.headers().get(AUTHORIZATION),
-    ) {
-        Ok(()) => next.run(request).await,
-        Err(error) => error.into_response(),
+    let operator = match state
+        .auth
+        .authenticate(request.headers().get(AUTHORIZATION))
+    {
+        Ok(operator) => operator,
+        Err(error) => return error.into_response(),
+    };
+    let read = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if operator.role == Role::Viewer && !read {
+        return ApiError::permission_denied("this operator token is read-only (role viewer)")
+            .into_response();
     }
+    request.extensions_mut().insert(operator);
+    next.run(request).await
 }
 
-fn check(configured: Option<&str>, header: Option<&http::HeaderValue>) -> Result<(), ApiError> {
+fn check(configured: Option<&str>, header: Option<&HeaderValue>) -> Result<(), ApiError> {
     let Some(expected) = configured.filter(|t| !t.is_empty()) else {
         return Err(ApiError::invalid_api_key(
             "the admin token is not configured: set admin.bootstrap_token (e.g. via TOLLGATE_ADMIN_TOKEN) to use the admin API",
@@ -81,7 +168,6 @@ fn tokens_match(presented: &str, expected: &str) -> bool {
 )]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn header(value: &str) -> HeaderValue {
         HeaderValue::from_str(value).unwrap()

@@ -77,10 +77,8 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
         .as_ref()
         .map(|t| t.expose().to_owned());
     let token_for_banner = bootstrap_token.clone();
-    let admin = tollgate_admin::api::router(AdminState {
-        store,
-        bootstrap_token,
-    });
+    let auth = Arc::new(tollgate_admin::operator::OperatorAuth::new(bootstrap_token));
+    let admin = tollgate_admin::api::router(AdminState { store, auth });
 
     let data_listener = bind(data_addr).await?;
     let admin_listener = bind(admin_addr).await?;

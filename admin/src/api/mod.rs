@@ -10,7 +10,8 @@
 //!
 //! let store = Store::connect("sqlite::memory:").await?;
 //! store.migrate().await?;
-//! let app = api::router(api::AdminState { store, bootstrap_token: Some("s3cret".into()) });
+//! let auth = std::sync::Arc::new(tollgate_admin::operator::OperatorAuth::new(Some("s3cret".into())));
+//! let app = api::router(api::AdminState { store, auth });
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
@@ -32,24 +33,12 @@ use crate::error::ApiError;
 use crate::store::{Page, Store, StoreError};
 
 /// What every admin handler can reach.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AdminState {
     pub store: Store,
-    /// The operator token from config (`admin.bootstrap_token`); `None` or empty refuses
-    /// every admin call, so an unconfigured gateway is never an open one.
-    pub bootstrap_token: Option<String>,
-}
-
-impl std::fmt::Debug for AdminState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminState")
-            .field("store", &self.store)
-            .field(
-                "bootstrap_token",
-                &self.bootstrap_token.as_ref().map(|_| "*****"),
-            )
-            .finish()
-    }
+    /// Operator credentials. With no bootstrap token and no JWT keys every admin call is
+    /// refused, so an unconfigured gateway is never an open one.
+    pub auth: std::sync::Arc<crate::operator::OperatorAuth>,
 }
 
 /// The admin plane's routes. Every path but [`crate::operator::OPEN_PATHS`] requires the

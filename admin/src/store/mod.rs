@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod events;
 mod keys;
 mod tenants;
 
@@ -25,6 +26,7 @@ use sqlx::any::AnyPoolOptions;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+pub use events::{Invalidation, Invalidations};
 pub use keys::{CreatedKey, KeyAuth, KeyInfo, NewKey};
 pub use tenants::{DEFAULT_PLAN, Tenant};
 
@@ -155,6 +157,12 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The database URL, for the Postgres invalidation listener's own connection. Never
+    /// printed: it may hold a password.
+    url: std::sync::Arc<str>,
+    events: events::Events,
+    /// Whether this store's Postgres listener task runs.
+    listening: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -178,6 +186,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
         let mut options = AnyPoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
+        let original_url: std::sync::Arc<str> = url.into();
         let mut url = url.to_owned();
         let in_memory =
             backend == Backend::Sqlite && (url.contains(":memory:") || url.contains("mode=memory"));
@@ -209,7 +218,13 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            url: original_url,
+            events: events::Events::new(),
+            listening: Default::default(),
+        })
     }
 
     /// Brings the schema up to date. Safe to run on every start and from several replicas

@@ -17,7 +17,9 @@ const TOKEN: &str = "test-admin-token";
 fn app(store: &Store) -> Router {
     router(AdminState {
         store: store.clone(),
-        bootstrap_token: Some(TOKEN.to_owned()),
+        auth: std::sync::Arc::new(tollgate_admin::operator::OperatorAuth::new(Some(
+            TOKEN.to_owned(),
+        ))),
     })
 }
 
@@ -148,7 +150,7 @@ async fn auth_is_required(db: Db) {
     for configured in [None, Some(String::new())] {
         let unconfigured = router(AdminState {
             store: db.store.clone(),
-            bootstrap_token: configured,
+            auth: std::sync::Arc::new(tollgate_admin::operator::OperatorAuth::new(configured)),
         });
         let (status, body) = send(
             &unconfigured,
