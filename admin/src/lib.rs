@@ -8,6 +8,7 @@
 //! - [`error`]: the OpenAI error shape both planes answer with.
 
 pub mod api;
+pub mod cli;
 pub mod error;
 pub mod keys;
 pub mod operator;

@@ -6,7 +6,11 @@
 //! an operator bound to one tenant sees only that tenant's objects (handlers check
 //! [`Operator::may_see`] and answer 404 otherwise).
 //!
-//! Credentials: the bootstrap token (`admin.bootstrap_token`, role `admin`, all tenants).
+//! Credentials, tried in this order:
+//! - the bootstrap token (`admin.bootstrap_token`): role `admin`, all tenants;
+//! - an operator JWT (`admin.jwt`, see [`JwtConfig`]): role and tenant from its claims.
+//!
+//! Data-plane keys (`tg-...`) are never accepted here, whatever else is configured.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -18,8 +22,23 @@ use subtle::ConstantTimeEq;
 use crate::api::AdminState;
 use crate::error::ApiError;
 
-/// Paths served without a token: probes that load balancers and Kubernetes call bare.
-pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
+mod jwt;
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+mod tests;
+
+pub use jwt::JwtConfig;
+use jwt::JwtVerifier;
+
+/// Paths served without a token: probes that load balancers and Kubernetes call bare, and
+/// the API's description (it holds no data; clients and tools fetch it before they have
+/// credentials).
+pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/admin/openapi.json"];
 
 /// What an operator may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,10 +81,11 @@ impl Operator {
     }
 }
 
-/// Checks admin credentials.
+/// Checks admin credentials. Built once at start; cheap to share behind an `Arc`.
 #[derive(Clone, Default)]
 pub struct OperatorAuth {
     bootstrap_token: Option<String>,
+    jwt: Option<JwtVerifier>,
 }
 
 impl std::fmt::Debug for OperatorAuth {
@@ -75,21 +95,64 @@ impl std::fmt::Debug for OperatorAuth {
                 "bootstrap_token",
                 &self.bootstrap_token.as_ref().map(|_| "*****"),
             )
+            .field("jwt", &self.jwt)
             .finish()
     }
 }
 
 impl OperatorAuth {
-    /// `bootstrap_token`: `None` or empty accepts no token at all.
+    /// Bootstrap token only, no JWTs. `None` or empty accepts no token at all.
     pub fn new(bootstrap_token: Option<String>) -> Self {
         Self {
             bootstrap_token: bootstrap_token.filter(|t| !t.is_empty()),
+            jwt: None,
         }
     }
 
-    /// Authenticates an `Authorization` header value.
+    /// The bootstrap token and, when `jwt` is given, operator JWTs. The JWT config is
+    /// checked and its key loaded here, so a bad config stops the start with a message
+    /// that names the field (`admin.jwt.audience: missing ...`) instead of refusing every
+    /// operator later.
+    pub fn with_jwt(
+        bootstrap_token: Option<String>,
+        jwt: Option<&JwtConfig>,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            jwt: jwt.map(JwtVerifier::from_config).transpose()?,
+            ..Self::new(bootstrap_token)
+        })
+    }
+
+    /// Authenticates an `Authorization` header value. Every refusal is a 401
+    /// `invalid_api_key` saying what is wrong, never echoing the token.
     pub fn authenticate(&self, header: Option<&HeaderValue>) -> Result<Operator, ApiError> {
-        check(self.bootstrap_token.as_deref(), header).map(|()| Operator::bootstrap())
+        if self.bootstrap_token.is_none() && self.jwt.is_none() {
+            return Err(ApiError::invalid_api_key(
+                "admin auth is not configured: set admin.bootstrap_token (e.g. via TOLLGATE_ADMIN_TOKEN) or admin.jwt to use the admin API",
+            ));
+        }
+        let Some(presented) = header.and_then(|h| h.to_str().ok()).and_then(bearer) else {
+            return Err(ApiError::invalid_api_key(
+                "missing admin token: send Authorization: Bearer <admin token or operator JWT>",
+            ));
+        };
+        if let Some(expected) = &self.bootstrap_token
+            && tokens_match(presented, expected)
+        {
+            return Ok(Operator::bootstrap());
+        }
+        if crate::keys::parse(presented).is_some() {
+            return Err(ApiError::invalid_api_key(
+                "data-plane keys (tg-...) are not accepted by the admin API: use the admin token or an operator JWT",
+            ));
+        }
+        match &self.jwt {
+            Some(jwt) if jwt::looks_like_jwt(presented) => jwt.verify(presented),
+            None if jwt::looks_like_jwt(presented) => Err(ApiError::invalid_api_key(
+                "invalid admin token: operator JWTs are not enabled on this gateway (admin.jwt)",
+            )),
+            _ => Err(ApiError::invalid_api_key("invalid admin token")),
+        }
     }
 }
 
@@ -122,28 +185,6 @@ pub async fn authenticate(
     next.run(request).await
 }
 
-fn check(configured: Option<&str>, header: Option<&HeaderValue>) -> Result<(), ApiError> {
-    let Some(expected) = configured.filter(|t| !t.is_empty()) else {
-        return Err(ApiError::invalid_api_key(
-            "the admin token is not configured: set admin.bootstrap_token (e.g. via TOLLGATE_ADMIN_TOKEN) to use the admin API",
-        ));
-    };
-    let Some(presented) = header.and_then(|h| h.to_str().ok()).and_then(bearer) else {
-        return Err(ApiError::invalid_api_key(
-            "missing admin token: send Authorization: Bearer <admin token>",
-        ));
-    };
-    if tokens_match(presented, expected) {
-        Ok(())
-    } else if crate::keys::parse(presented).is_some() {
-        Err(ApiError::invalid_api_key(
-            "data-plane keys (tg-...) are not accepted by the admin API: use the admin token",
-        ))
-    } else {
-        Err(ApiError::invalid_api_key("invalid admin token"))
-    }
-}
-
 /// The token from `Bearer <token>` (scheme case-insensitive, as RFC 9110 says).
 fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
@@ -157,56 +198,4 @@ fn tokens_match(presented: &str, expected: &str) -> bool {
     let presented = crate::keys::hash_secret(presented);
     let expected = crate::keys::hash_secret(expected);
     presented.ct_eq(&expected).into()
-}
-
-#[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
-mod tests {
-    use super::*;
-
-    fn header(value: &str) -> HeaderValue {
-        HeaderValue::from_str(value).unwrap()
-    }
-
-    #[test]
-    fn accepts_only_the_token() {
-        assert!(check(Some("s3cret"), Some(&header("Bearer s3cret"))).is_ok());
-        assert!(check(Some("s3cret"), Some(&header("bearer s3cret"))).is_ok());
-        assert!(check(Some("s3cret"), Some(&header("Bearer s3cre"))).is_err());
-        assert!(check(Some("s3cret"), Some(&header("Bearer s3cret2"))).is_err());
-        assert!(check(Some("s3cret"), Some(&header("Basic s3cret"))).is_err());
-        assert!(check(Some("s3cret"), Some(&header("s3cret"))).is_err());
-        assert!(check(Some("s3cret"), Some(&header("Bearer "))).is_err());
-        assert!(check(Some("s3cret"), None).is_err());
-    }
-
-    #[test]
-    fn unconfigured_token_refuses_everything() {
-        for configured in [None, Some("")] {
-            let error = check(configured, Some(&header("Bearer "))).unwrap_err();
-            assert!(
-                error.message.contains("not configured"),
-                "{}",
-                error.message
-            );
-            assert!(check(configured, Some(&header("Bearer anything"))).is_err());
-        }
-    }
-
-    #[test]
-    fn data_plane_keys_are_refused() {
-        let key = crate::keys::generate();
-        let error = check(
-            Some("s3cret"),
-            Some(&header(&format!("Bearer {}", key.plaintext))),
-        )
-        .unwrap_err();
-        assert_eq!(error.code, Some("invalid_api_key"));
-        assert!(error.message.contains("data-plane"));
-    }
 }

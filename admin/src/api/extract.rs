@@ -47,7 +47,27 @@ fn body_rejection(rejection: BytesRejection) -> ApiError {
 }
 
 /// Parses a whole body as `T`, turning serde's error into a 400 that names the field.
+///
+/// Every admin body is a JSON object, and only an object is accepted: serde would also
+/// fill a struct from an array, by position (`["x"]` as `{"name":"x"}`), which no client
+/// means.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid_request(
+            "the request body must be a JSON object",
+            None,
+        ));
+    }
+    if has_nul_escape(bytes) {
+        // Rare: find the field, so the error names it like every other 400.
+        let field = serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| nul_field(&v, String::new()));
+        return Err(ApiError::invalid_request(
+            "text must not contain NUL characters",
+            Some(field.as_deref().unwrap_or("body")),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
     // Trailing garbage after the object is an error too, not silently ignored.
@@ -98,6 +118,9 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if has_nul(parts.uri.path()) {
+            return Err(nul_error("path"));
+        }
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(value)| ApiPath(value))
@@ -117,11 +140,62 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.uri.query().is_some_and(has_nul) {
+            return Err(nul_error("query"));
+        }
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(value)| ApiQuery(value))
             .map_err(|_| ApiError::invalid_request("invalid query string", None))
     }
+}
+
+// NUL characters: Postgres text cannot hold them (SQLite can), so they are refused for
+// every input, the same way on both stores, before any query.
+
+/// A percent-encoded NUL in a path or query string.
+fn has_nul(raw: &str) -> bool {
+    raw.contains("%00")
+}
+
+/// A `\u0000` escape in a JSON text (the only way JSON can carry a NUL), not counting an
+/// escaped backslash followed by the letters `u0000`.
+fn has_nul_escape(bytes: &[u8]) -> bool {
+    let needle = b"\\u0000";
+    bytes.windows(needle.len()).enumerate().any(|(i, w)| {
+        w == needle && bytes[..i].iter().rev().take_while(|b| **b == b'\\').count() % 2 == 0
+    })
+}
+
+/// The path (`name`, `models[0]`) of the first string, or object key, holding a NUL.
+fn nul_field(value: &serde_json::Value, path: String) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(path),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_field(v, format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let at = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if k.contains('\0') {
+                Some(at)
+            } else {
+                nul_field(v, at)
+            }
+        }),
+        _ => None,
+    }
+}
+
+fn nul_error(place: &str) -> ApiError {
+    ApiError::invalid_request(
+        format!("the request {place} must not contain NUL characters"),
+        None,
+    )
 }
 
 #[cfg(test)]
@@ -133,6 +207,16 @@ where
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_escapes_are_found_but_escaped_backslashes_are_not() {
+        assert!(has_nul_escape(br#"{"name":"a\u0000b"}"#));
+        assert!(has_nul_escape(br#"{"name":"\\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"name":"\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"name":"u0000"}"#));
+        assert!(has_nul("/admin/v1/keys/a%00b"));
+        assert!(!has_nul("/admin/v1/keys/a%20b"));
+    }
 
     #[derive(serde::Deserialize, Debug)]
     #[serde(deny_unknown_fields)]
@@ -182,5 +266,8 @@ mod tests {
         assert_eq!(param_of("not json"), None);
         assert_eq!(param_of(r#"{"name":"a"} x"#), None);
         assert_eq!(param_of("[]"), None);
+        assert_eq!(param_of(r#"["a"]"#), None);
+        assert_eq!(param_of("null"), None);
+        assert_eq!(param_of(" 5"), None);
     }
 }

@@ -8,58 +8,80 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError};
+use super::{Invalidation, Page, Store, StoreError};
 use crate::keys;
 
 /// Most model names one key may be limited to.
-const MAX_MODELS: usize = 256;
+pub(super) const MAX_MODELS: usize = 256;
 /// Longest model name accepted.
-const MAX_MODEL_CHARS: usize = 256;
+pub(super) const MAX_MODEL_CHARS: usize = 256;
 
 /// Body of `POST /admin/v1/tenants/{id}/keys`. Unknown fields are refused, so a typo such
-/// as `"model"` cannot silently create a key that may use every model.
-#[derive(Deserialize, Clone, Debug, Default)]
+/// as `"model"` cannot silently create a key that may use every model. `null` is the same
+/// as absent.
+#[derive(Deserialize, Clone, Debug, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    #[schema(schema_with = super::schema::display_name)]
     pub name: String,
     /// Models this key may use; absent or empty = all models.
+    #[schema(schema_with = super::schema::nullable_model_list)]
     pub models: Option<Vec<String>>,
     /// RFC 3339. A time in the past is accepted (the key is born expired), so expiry can
     /// be tested and backfilled.
+    #[schema(format = DateTime, examples("2030-01-31T00:00:00Z"))]
     pub expires_at: Option<String>,
-    /// Requests per minute for this key (within its tenant's plan); absent = no key limit.
+    /// Requests per minute for this key; at most its tenant plan's `rpm` when the plan
+    /// sets one. Absent = no key limit.
+    #[serde(default, deserialize_with = "super::json_int::opt_u32")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub rpm: Option<u32>,
-    /// Tokens per minute for this key; absent = no key limit.
+    /// Tokens per minute for this key; at most its tenant plan's `tpm` when the plan sets
+    /// one. Absent = no key limit.
+    #[serde(default, deserialize_with = "super::json_int::opt_u32")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub tpm: Option<u32>,
 }
 
 /// A key as the admin API shows it: never the secret or its hash.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Clone, Debug, PartialEq, Eq, utoipa::ToSchema)]
 pub struct KeyInfo {
     /// The key's public id, the part between `tg-` and the secret.
+    #[schema(examples("Xb2kLm9QwE4r"))]
     pub id: String,
     /// The tenant's id.
     pub tenant: String,
     pub name: String,
     /// `tg-<public_id>`: enough to recognise the key, useless to authenticate with.
+    #[schema(examples("tg-Xb2kLm9QwE4r"))]
     pub prefix: String,
     /// Empty = all models.
     pub models: Vec<String>,
     /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub rpm: Option<u32>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub tpm: Option<u32>,
     /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// When the gateway last authenticated a request with it (RFC 3339, UTC; recorded in
+    /// batches, so up to a few seconds late); `null` = never.
+    #[schema(format = DateTime)]
+    pub last_used_at: Option<String>,
     pub revoked: bool,
 }
 
-/// The answer to a key creation: the only place the plaintext key ever appears.
-#[derive(Serialize, Clone)]
+/// The answer to a key creation or rotation: the only place the plaintext key ever
+/// appears.
+#[derive(Serialize, Clone, utoipa::ToSchema)]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub info: KeyInfo,
     /// The full key, `tg-<public_id>-<secret>`. Not stored; shown once.
+    #[schema(examples("tg-Xb2kLm9QwE4r-0123456789abcdefghijABCDEFGHIJkl"))]
     pub key: String,
 }
 
@@ -139,10 +161,22 @@ impl KeyInfo {
             rpm: super::to_u32("rpm", row.try_get("rpm")?)?,
             tpm: super::to_u32("tpm", row.try_get("tpm")?)?,
             created_at: super::to_rfc3339(row.try_get("created_at")?)?,
+            last_used_at: row
+                .try_get::<Option<i64>, _>("last_used_at")?
+                .map(super::to_rfc3339)
+                .transpose()?,
             revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
         })
     }
 }
+
+fn key_not_found(public_id: &str) -> StoreError {
+    StoreError::NotFound(format!("no key with id {public_id:?}"))
+}
+
+/// Ids per `touch_keys` statement: far below SQLite's and Postgres' limits on bound
+/// parameters (32766 and 65535).
+pub const TOUCH_CHUNK: usize = 500;
 
 impl KeyAuth {
     fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
@@ -163,7 +197,12 @@ impl KeyAuth {
 
 impl Store {
     /// Creates a key for `tenant_id` and returns it with its plaintext (the only time the
-    /// plaintext exists outside the client). An unknown tenant is [`StoreError::NotFound`].
+    /// plaintext exists outside the client). An unknown tenant is [`StoreError::NotFound`],
+    /// a disabled one [`StoreError::Conflict`] (the key could not be used); a key `rpm` or
+    /// `tpm` above the tenant plan's is [`StoreError::Invalid`] naming the field.
+    ///
+    /// The plan check is made at creation: a plan lowered later leaves existing keys as
+    /// they are, and the plan's own (per-tenant) limit still caps them.
     pub async fn create_key(&self, tenant_id: &str, new: NewKey) -> Result<CreatedKey, StoreError> {
         super::validate_name("name", &new.name)?;
         let models = validate_models(new.models)?;
@@ -173,8 +212,34 @@ impl Store {
             .map(|s| super::parse_rfc3339("expires_at", s))
             .transpose()?;
         let not_found = || StoreError::NotFound(format!("no tenant with id {tenant_id:?}"));
-        if self.get_tenant(tenant_id).await?.is_none() {
-            return Err(not_found());
+        let tenant = sqlx::query(
+            "SELECT t.disabled, t.plan, p.rpm, p.tpm \
+             FROM tenants t LEFT JOIN plans p ON p.name = t.plan WHERE t.id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(not_found)?;
+        if tenant.try_get::<i64, _>("disabled")? != 0 {
+            return Err(StoreError::Conflict(format!(
+                "tenant {tenant_id:?} is disabled: enable it (PATCH disabled: false) before creating keys"
+            )));
+        }
+        let plan: String = tenant.try_get("plan")?;
+        for (field, key_limit, plan_limit) in [
+            ("rpm", new.rpm, tenant.try_get::<Option<i64>, _>("rpm")?),
+            ("tpm", new.tpm, tenant.try_get::<Option<i64>, _>("tpm")?),
+        ] {
+            if let (Some(key_limit), Some(plan_limit)) = (key_limit, plan_limit)
+                && i64::from(key_limit) > plan_limit
+            {
+                return Err(StoreError::invalid(
+                    field,
+                    format!(
+                        "{field} {key_limit} is above the {field} of the tenant's plan {plan:?} ({plan_limit})"
+                    ),
+                ));
+            }
         }
 
         let generated = keys::generate();
@@ -212,6 +277,7 @@ impl Store {
             rpm: new.rpm,
             tpm: new.tpm,
             created_at: super::to_rfc3339(created_at)?,
+            last_used_at: None,
             revoked: false,
         };
         Ok(CreatedKey {
@@ -223,7 +289,8 @@ impl Store {
     /// The key with this public id, or `None`.
     pub async fn get_key(&self, public_id: &str) -> Result<Option<KeyInfo>, StoreError> {
         sqlx::query(
-            "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, created_at, revoked_at \
+            "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, created_at, \
+                    last_used_at, revoked_at \
              FROM api_keys WHERE id = $1",
         )
         .bind(public_id)
@@ -232,6 +299,132 @@ impl Store {
         .as_ref()
         .map(KeyInfo::from_row)
         .transpose()
+    }
+
+    /// Up to `limit` keys with ids after `after`, in id order: of one tenant, or of all
+    /// when `tenant_id` is `None`. A tenant that does not exist is
+    /// [`StoreError::NotFound`] (not an empty list, so a mistyped id is noticed).
+    pub async fn list_keys(
+        &self,
+        tenant_id: Option<&str>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Page<KeyInfo>, StoreError> {
+        let fetch = super::fetch_limit("limit", limit)?;
+        let rows =
+            match tenant_id {
+                Some(tenant_id) => {
+                    if self.get_tenant(tenant_id).await?.is_none() {
+                        return Err(StoreError::NotFound(format!(
+                            "no tenant with id {tenant_id:?}"
+                        )));
+                    }
+                    sqlx::query(
+                    "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, created_at, \
+                            last_used_at, revoked_at \
+                     FROM api_keys WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .bind(tenant_id)
+                .bind(super::cursor(after))
+                .bind(fetch)
+                .fetch_all(self.pool())
+                .await?
+                }
+                None => sqlx::query(
+                    "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, created_at, \
+                            last_used_at, revoked_at \
+                     FROM api_keys WHERE id > $1 ORDER BY id LIMIT $2",
+                )
+                .bind(super::cursor(after))
+                .bind(fetch)
+                .fetch_all(self.pool())
+                .await?,
+            };
+        let keys = rows
+            .iter()
+            .map(KeyInfo::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(super::into_page(keys, limit))
+    }
+
+    /// Revokes a key for good. Revoking a revoked key succeeds and changes nothing (the
+    /// first revocation time stays). Every replica drops the key from its auth cache.
+    pub async fn revoke_key(&self, public_id: &str) -> Result<KeyInfo, StoreError> {
+        let updated =
+            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+                .bind(public_id)
+                .bind(super::now_unix())
+                .execute(self.pool())
+                .await?;
+        if updated.rows_affected() == 0 {
+            return Err(key_not_found(public_id));
+        }
+        self.publish_logged(Invalidation::Key(public_id.to_owned()))
+            .await;
+        self.get_key(public_id)
+            .await?
+            .ok_or_else(|| key_not_found(public_id))
+    }
+
+    /// Gives a key a new secret; the old one stops working at once (one UPDATE replaces
+    /// the only stored hash, and every replica drops the key from its auth cache). The id,
+    /// prefix, limits and expiry stay. A revoked key is [`StoreError::Conflict`]: it
+    /// stays dead.
+    pub async fn rotate_key(&self, public_id: &str) -> Result<CreatedKey, StoreError> {
+        let secret = keys::random_base62(keys::SECRET_LEN);
+        let updated = sqlx::query(
+            "UPDATE api_keys SET secret_hash = $2 WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(public_id)
+        .bind(keys::hash_secret(&secret).to_vec())
+        .execute(self.pool())
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(match self.get_key(public_id).await? {
+                Some(_) => StoreError::Conflict(format!(
+                    "key {public_id:?} is revoked; a revoked key cannot be rotated"
+                )),
+                None => key_not_found(public_id),
+            });
+        }
+        self.publish_logged(Invalidation::Key(public_id.to_owned()))
+            .await;
+        let info = self
+            .get_key(public_id)
+            .await?
+            .ok_or_else(|| key_not_found(public_id))?;
+        let key = format!("{}-{secret}", info.prefix);
+        Ok(CreatedKey { info, key })
+    }
+
+    /// Records that the gateway authenticated with these keys at `at_unix` (unix
+    /// seconds). Called off the request path with a batch of ids; one transaction, a few
+    /// statements of at most [`TOUCH_CHUNK`] ids each. A time never moves backwards, and
+    /// unknown ids are ignored (the key may have been removed meanwhile).
+    pub async fn touch_keys(&self, ids: &[String], at_unix: i64) -> Result<(), StoreError> {
+        let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool().begin().await?;
+        for chunk in ids.chunks(TOUCH_CHUNK) {
+            // Placeholders only ($2, $3, ...): every value is bound, none is in the text.
+            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "UPDATE api_keys SET last_used_at = $1 WHERE id IN ({}) \
+                 AND (last_used_at IS NULL OR last_used_at < $1)",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at_unix);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The data plane's auth lookup by the key's public id, joined with its tenant.
@@ -283,6 +476,7 @@ mod tests {
                 rpm: None,
                 tpm: None,
                 created_at: "2026-01-01T00:00:00Z".into(),
+                last_used_at: None,
                 revoked: false,
             },
             key: "tg-abc-SECRET".into(),

@@ -1,4 +1,4 @@
-//! The store: tenants and keys (later plans, prices, usage) in SQLite or Postgres.
+//! The store: tenants, keys, plans and prices (later usage) in SQLite or Postgres.
 //!
 //! One code path serves both databases through sqlx's `Any` driver. That works because the
 //! schema keeps to the types `Any` carries on both sides: integers (times are unix seconds,
@@ -17,6 +17,9 @@
 
 mod events;
 mod keys;
+mod money;
+mod plans;
+mod prices;
 mod tenants;
 
 use std::time::Duration;
@@ -27,8 +30,12 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 pub use events::{Invalidation, Invalidations};
-pub use keys::{CreatedKey, KeyAuth, KeyInfo, NewKey};
-pub use tenants::{DEFAULT_PLAN, Tenant};
+pub use keys::{CreatedKey, KeyAuth, KeyInfo, NewKey, TOUCH_CHUNK};
+pub(crate) use money::amount_input_schema;
+pub use money::{AmountError, MicroUsd, exact_json};
+pub use plans::{Plan, PlanLimits};
+pub use prices::{NewPrice, Price};
+pub use tenants::{DEFAULT_PLAN, Tenant, TenantUpdate};
 
 /// How long a query waits for a connection before the store counts as unavailable: short,
 /// so a dead database turns into a quick 503 instead of requests piling up.
@@ -121,6 +128,11 @@ impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         if is_unavailable(&error) {
             Self::Unavailable(error)
+        } else if matches!(&error, sqlx::Error::Database(db) if db.code().as_deref() == Some("22021"))
+        {
+            // Postgres: a NUL or invalid character in text. The API refuses NULs up front;
+            // this keeps any other path from turning one into a 500.
+            Self::invalid("input", "text must not contain NUL characters")
         } else {
             Self::Other(Box::new(error))
         }
@@ -264,6 +276,19 @@ impl Store {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
+
+    /// [`Store::publish`] after a committed change. A failure is logged, not returned: the
+    /// change itself is made, and replicas that missed the event still drop the stale entry
+    /// when their auth cache's TTL runs out.
+    pub(crate) async fn publish_logged(&self, event: Invalidation) {
+        if let Err(error) = self.publish(event.clone()).await {
+            tracing::warn!(
+                ?event,
+                error = %error,
+                "auth invalidation not sent; other replicas catch up when their cache entries expire"
+            );
+        }
+    }
 }
 
 // === helpers shared by the table modules ===
@@ -291,6 +316,116 @@ fn parse_rfc3339(field: &'static str, value: &str) -> Result<i64, StoreError> {
                 format!("{field} must be an RFC 3339 date-time such as 2030-01-31T00:00:00Z"),
             )
         })
+}
+
+/// OpenAPI schemas for inputs the store checks beyond their JSON type, so the document
+/// states the same rules the store applies (schema-driven clients and fuzzers then send
+/// what the store accepts).
+pub(crate) mod schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+
+    /// [`super::validate_name`]: at least one character that is not white space, no
+    /// control characters (Unicode Cc), at most [`super::MAX_NAME_CHARS`].
+    const NAME_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$";
+
+    fn text(max_chars: usize) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(max_chars))
+            .pattern(Some(NAME_PATTERN))
+    }
+
+    /// A tenant's or key's name.
+    pub(crate) fn display_name() -> Schema {
+        text(super::MAX_NAME_CHARS).into()
+    }
+
+    /// A model name, as in a key's allow list.
+    pub(crate) fn model_name() -> Schema {
+        text(super::keys::MAX_MODEL_CHARS).into()
+    }
+
+    /// A key's allowed models, or `null`.
+    pub(crate) fn nullable_model_list() -> Schema {
+        ArrayBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+            .items(utoipa::openapi::RefOr::T(model_name()))
+            .max_items(Some(super::keys::MAX_MODELS))
+            .description(Some(
+                "Models this key may use; absent, null or empty = all models.",
+            ))
+            .into()
+    }
+}
+
+/// `deserialize_with` helpers for optional whole numbers that JSON Schema calls integers:
+/// `5` and also `5.0` (a number with a zero fraction *is* an integer there, and clients
+/// generated from the OpenAPI document may send one). `1.5`, negatives and values out of
+/// range are refused with serde's usual message, so the 400 still names the field.
+pub(crate) mod json_int {
+    use serde::de::{self, Deserialize, Deserializer, Unexpected, Visitor};
+
+    struct Whole(u64);
+
+    impl<'de> Deserialize<'de> for Whole {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(WholeVisitor)
+        }
+    }
+
+    struct WholeVisitor;
+
+    impl Visitor<'_> for WholeVisitor {
+        type Value = Whole;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a non-negative integer")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Whole, E> {
+            Ok(Whole(v))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Whole, E> {
+            u64::try_from(v)
+                .map(Whole)
+                .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Whole, E> {
+            // Below 2^53 every whole f64 is exact; above, the JSON text may have held a
+            // different integer, so it is refused rather than guessed.
+            const EXACT: f64 = 9_007_199_254_740_992.0;
+            if v.fract() == 0.0 && (0.0..EXACT).contains(&v) {
+                format!("{v}")
+                    .parse()
+                    .map(Whole)
+                    .map_err(|_| E::invalid_value(Unexpected::Float(v), &self))
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    /// An optional `u32`: absent or `null` = `None`.
+    pub fn opt_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+        Option::<Whole>::deserialize(deserializer)?
+            .map(|Whole(v)| {
+                u32::try_from(v).map_err(|_| {
+                    de::Error::invalid_value(
+                        Unexpected::Unsigned(v),
+                        &"an integer up to 4294967295",
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// An optional `u64`: absent or `null` = `None`.
+    pub fn opt_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+        Ok(Option::<Whole>::deserialize(deserializer)?.map(|Whole(v)| v))
+    }
 }
 
 /// The most characters a name (tenant, key) may have: generous, but bounded so a row
@@ -417,6 +552,40 @@ mod tests {
         assert!(validate_name("name", "   ").is_err());
         assert!(validate_name("name", "a\nb").is_err());
         assert!(validate_name("name", &"x".repeat(MAX_NAME_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn json_integers_may_have_a_zero_fraction() {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[serde(default, deserialize_with = "json_int::opt_u32")]
+            a: Option<u32>,
+            #[serde(default, deserialize_with = "json_int::opt_u64")]
+            b: Option<u64>,
+        }
+        let parse = |json: &str| serde_json::from_str::<Body>(json).map(|b| (b.a, b.b));
+        assert_eq!(parse(r#"{"a":5,"b":7}"#).unwrap(), (Some(5), Some(7)));
+        assert_eq!(
+            parse(r#"{"a":5.0,"b":1e3}"#).unwrap(),
+            (Some(5), Some(1000))
+        );
+        assert_eq!(parse(r#"{"a":null}"#).unwrap(), (None, None));
+        assert_eq!(parse("{}").unwrap(), (None, None));
+        assert_eq!(
+            parse(r#"{"a":4294967295,"b":18446744073709551615}"#).unwrap(),
+            (Some(u32::MAX), Some(u64::MAX))
+        );
+        for bad in [
+            r#"{"a":1.5}"#,
+            r#"{"a":-1}"#,
+            r#"{"a":-1.0}"#,
+            r#"{"a":4294967296}"#,
+            r#"{"a":"5"}"#,
+            r#"{"a":true}"#,
+            r#"{"b":1e300}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -4,24 +4,39 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Page, Store, StoreError};
+use super::plans::validate_plan_name;
+use super::{Invalidation, Page, Store, StoreError};
 
-/// Plan a tenant gets when none is named.
+/// Plan a tenant gets when none is named. It always exists (the migration creates it).
 pub const DEFAULT_PLAN: &str = "default";
 /// Random characters in a tenant id after `ten_` (62^16 ≈ 2^95: never collides).
 const TENANT_ID_LEN: usize = 16;
-const MAX_PLAN_CHARS: usize = 64;
 
 /// A tenant as the admin API shows it.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Clone, Debug, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Tenant {
     /// `ten_` + 16 base62 characters.
+    #[schema(examples("ten_3kTMd9Qx0bWv7LpA"))]
     pub id: String,
     pub name: String,
+    /// The plan whose limits the tenant's keys share.
+    #[schema(examples("default"))]
     pub plan: String,
     /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// A disabled tenant's keys are refused by the gateway; `DELETE` disables for good
+    /// (and revokes every key).
     pub disabled: bool,
+}
+
+/// A change to a tenant: each `Some` field is set, each `None` left as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantUpdate {
+    pub name: Option<String>,
+    /// Must name an existing plan.
+    pub plan: Option<String>,
+    pub disabled: Option<bool>,
 }
 
 impl Tenant {
@@ -36,24 +51,10 @@ impl Tenant {
     }
 }
 
-/// Plan names end up in URLs (`/admin/v1/plans/{name}`) and config, so they keep to a
-/// small, URL-safe alphabet.
-fn validate_plan(plan: &str) -> Result<(), StoreError> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if plan.is_empty() || plan.len() > MAX_PLAN_CHARS || !plan.chars().all(ok_char) {
-        return Err(StoreError::invalid(
-            "plan",
-            format!(
-                "plan must be 1 to {MAX_PLAN_CHARS} characters of A-Z, a-z, 0-9, '-', '_' or '.'"
-            ),
-        ));
-    }
-    Ok(())
-}
-
 impl Store {
     /// Creates a tenant. A name already in use is a [`StoreError::Conflict`]; `plan`
-    /// defaults to [`DEFAULT_PLAN`].
+    /// defaults to [`DEFAULT_PLAN`] and must exist (create it with
+    /// [`Store::put_plan`] first), so a typo cannot put a tenant on a plan nobody defined.
     pub async fn create_tenant(
         &self,
         name: &str,
@@ -61,11 +62,13 @@ impl Store {
     ) -> Result<Tenant, StoreError> {
         super::validate_name("name", name)?;
         let plan = plan.unwrap_or(DEFAULT_PLAN);
-        validate_plan(plan)?;
+        validate_plan_name("plan", plan)?;
         let id = format!("ten_{}", crate::keys::random_base62(TENANT_ID_LEN));
         let created_at = super::now_unix();
-        sqlx::query(
-            "INSERT INTO tenants (id, name, plan, disabled, created_at) VALUES ($1, $2, $3, 0, $4)",
+        // One statement: the plan check and the insert cannot be split by a concurrent
+        // change (plans are never deleted, but this costs nothing).
+        let inserted = sqlx::query(
+            "INSERT INTO tenants (id, name, plan, disabled, created_at)              SELECT $1, $2, $3, 0, $4 WHERE EXISTS (SELECT 1 FROM plans WHERE name = $3)",
         )
         .bind(&id)
         .bind(name)
@@ -80,6 +83,9 @@ impl Store {
                 e.into()
             }
         })?;
+        if inserted.rows_affected() == 0 {
+            return Err(unknown_plan(plan));
+        }
         Ok(Tenant {
             id,
             name: name.to_owned(),
@@ -119,20 +125,121 @@ impl Store {
             .map(Tenant::from_row)
             .transpose()
     }
+
+    /// Renames, re-plans, disables or re-enables a tenant, in one transaction. An unknown
+    /// id is [`StoreError::NotFound`], a name in use [`StoreError::Conflict`], a plan that
+    /// does not exist [`StoreError::Invalid`] (`plan`).
+    ///
+    /// When the update sets `disabled` or `plan`, every replica drops the tenant's cached
+    /// keys ([`Invalidation::Tenant`]): both change whether and how its keys authenticate.
+    pub async fn update_tenant(
+        &self,
+        id: &str,
+        update: TenantUpdate,
+    ) -> Result<Tenant, StoreError> {
+        if let Some(name) = &update.name {
+            super::validate_name("name", name)?;
+        }
+        if let Some(plan) = &update.plan {
+            validate_plan_name("plan", plan)?;
+        }
+        let mut tx = self.pool().begin().await?;
+        if let Some(plan) = &update.plan {
+            let exists = sqlx::query("SELECT 1 FROM plans WHERE name = $1")
+                .bind(plan)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !exists {
+                return Err(unknown_plan(plan));
+            }
+        }
+        // COALESCE keeps what the update leaves out, in the same statement, so two
+        // concurrent updates of different fields cannot undo each other.
+        let updated = sqlx::query(
+            "UPDATE tenants SET name = COALESCE($2, name), plan = COALESCE($3, plan), \
+             disabled = COALESCE($4, disabled) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(update.name.as_deref())
+        .bind(update.plan.as_deref())
+        .bind(update.disabled.map(i64::from))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if super::is_unique_violation(&e) {
+                StoreError::Conflict(format!(
+                    "a tenant named {:?} already exists",
+                    update.name.as_deref().unwrap_or_default()
+                ))
+            } else {
+                e.into()
+            }
+        })?;
+        if updated.rows_affected() == 0 {
+            return Err(not_found(id));
+        }
+        let tenant = select_tenant(&mut tx, id)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        tx.commit().await?;
+        if update.plan.is_some() || update.disabled.is_some() {
+            self.publish_logged(Invalidation::Tenant(id.to_owned()))
+                .await;
+        }
+        Ok(tenant)
+    }
+
+    /// Deletes a tenant the way billing can live with: the row stays (usage and invoices
+    /// refer to it) but it is disabled and every key it has is revoked, both in one
+    /// transaction, so no key outlives the tenant even if it is enabled again later.
+    /// Deleting a deleted tenant changes nothing and succeeds.
+    pub async fn delete_tenant(&self, id: &str) -> Result<Tenant, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let updated = sqlx::query("UPDATE tenants SET disabled = 1 WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Err(not_found(id));
+        }
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = $2 WHERE tenant_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(super::now_unix())
+        .execute(&mut *tx)
+        .await?;
+        let tenant = select_tenant(&mut tx, id)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        tx.commit().await?;
+        self.publish_logged(Invalidation::Tenant(id.to_owned()))
+            .await;
+        Ok(tenant)
+    }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests")]
-mod tests {
-    use super::*;
+async fn select_tenant(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+) -> Result<Option<Tenant>, StoreError> {
+    sqlx::query("SELECT id, name, plan, disabled, created_at FROM tenants WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .as_ref()
+        .map(Tenant::from_row)
+        .transpose()
+}
 
-    #[test]
-    fn plan_names() {
-        assert!(validate_plan("default").is_ok());
-        assert!(validate_plan("pro-2026.v1_b").is_ok());
-        assert!(validate_plan("").is_err());
-        assert!(validate_plan("a b").is_err());
-        assert!(validate_plan("a/b").is_err());
-        assert!(validate_plan(&"p".repeat(MAX_PLAN_CHARS + 1)).is_err());
-    }
+fn not_found(id: &str) -> StoreError {
+    StoreError::NotFound(format!("no tenant with id {id:?}"))
+}
+
+fn unknown_plan(plan: &str) -> StoreError {
+    StoreError::invalid(
+        "plan",
+        format!("no plan named {plan:?}: create it first with PUT /admin/v1/plans/{plan}"),
+    )
 }

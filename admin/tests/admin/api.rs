@@ -1,92 +1,12 @@
 //! The admin router through `oneshot`: status codes, error shapes, bodies.
 
-use axum::Router;
-use axum::body::Body;
-use http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use tollgate_admin::api::{AdminState, router};
 use tollgate_admin::keys;
-use tollgate_admin::store::Store;
-use tower::ServiceExt;
 
+use crate::http::{admin, app, assert_error, keys_of, send};
 use crate::support::{Db, on_both_backends};
-
-const TOKEN: &str = "test-admin-token";
-
-fn app(store: &Store) -> Router {
-    router(AdminState {
-        store: store.clone(),
-        auth: std::sync::Arc::new(tollgate_admin::operator::OperatorAuth::new(Some(
-            TOKEN.to_owned(),
-        ))),
-    })
-}
-
-/// One request; `auth` is the bearer token to send, if any. Returns status and JSON body.
-async fn send(
-    app: &Router,
-    method: Method,
-    path: &str,
-    auth: Option<&str>,
-    body: Option<&str>,
-) -> (StatusCode, Value) {
-    let mut request = Request::builder().method(method).uri(path);
-    if let Some(token) = auth {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    if body.is_some() {
-        request = request.header(header::CONTENT_TYPE, "application/json");
-    }
-    let request = request
-        .body(Body::from(body.unwrap_or("").to_owned()))
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!(
-            "{path}: body is not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    (status, json)
-}
-
-async fn admin(
-    app: &Router,
-    method: Method,
-    path: &str,
-    body: Option<&str>,
-) -> (StatusCode, Value) {
-    send(app, method, path, Some(TOKEN), body).await
-}
-
-/// Asserts an OpenAI-shaped error and returns it.
-fn assert_error(body: &Value, kind: &str, param: Option<&str>) -> Value {
-    let error = body
-        .get("error")
-        .unwrap_or_else(|| panic!("no error object: {body}"));
-    assert_eq!(error["type"], kind, "{body}");
-    assert!(
-        error["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    assert_eq!(error["param"].as_str(), param, "{body}");
-    assert!(error.get("code").is_some(), "{body}");
-    error.clone()
-}
-
-fn keys_of(value: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = value
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    keys
-}
 
 on_both_backends!(
     probes,
@@ -204,6 +124,18 @@ async fn tenant_lifecycle(db: Db) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(got, tenant);
 
+    // A plan must exist before a tenant can be on it.
+    let (status, body) = admin(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants",
+        Some(r#"{"name":"globex","plan":"pro"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_error(&body, "invalid_request_error", Some("plan"));
+    let (status, _) = admin(&app, Method::PUT, "/admin/v1/plans/pro", Some("{}")).await;
+    assert_eq!(status, StatusCode::OK);
     let (status, pro) = admin(
         &app,
         Method::POST,
@@ -363,6 +295,7 @@ async fn key_create(db: Db) {
             "expires_at",
             "id",
             "key",
+            "last_used_at",
             "models",
             "name",
             "prefix",

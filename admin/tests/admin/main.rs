@@ -10,8 +10,14 @@
     reason = "tests"
 )]
 
+mod http;
 mod support;
 
 mod api;
+mod api_lifecycle;
 mod keys;
+mod lifecycle;
+mod openapi;
+mod plans_prices;
+mod scoping;
 mod store;

@@ -7,7 +7,7 @@ use sqlx::Row;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tollgate_admin::keys;
-use tollgate_admin::store::{Backend, NewKey, Store, StoreError};
+use tollgate_admin::store::{Backend, NewKey, PlanLimits, Store, StoreError};
 
 use crate::support::{Db, on_both_backends, raw_pool};
 
@@ -79,6 +79,15 @@ async fn tenant_create_and_get(db: Db) {
     );
     assert_eq!(db.store.get_tenant("").await.unwrap(), None);
 
+    // Only a plan that exists.
+    assert!(matches!(
+        db.store.create_tenant("globex", Some("pro")).await,
+        Err(StoreError::Invalid { field: "plan", .. })
+    ));
+    db.store
+        .put_plan("pro", PlanLimits::default())
+        .await
+        .unwrap();
     let pro = db.store.create_tenant("globex", Some("pro")).await.unwrap();
     assert_eq!(pro.plan, "pro");
     assert_ne!(pro.id, tenant.id);
@@ -90,6 +99,10 @@ async fn tenant_create_and_get(db: Db) {
 
 async fn tenant_duplicate_name_conflicts(db: Db) {
     db.store.create_tenant("acme", None).await.unwrap();
+    db.store
+        .put_plan("pro", PlanLimits::default())
+        .await
+        .unwrap();
     let error = db
         .store
         .create_tenant("acme", Some("pro"))
@@ -168,6 +181,10 @@ async fn tenant_paging(db: Db) {
 }
 
 async fn key_create_and_lookup(db: Db) {
+    db.store
+        .put_plan("pro", PlanLimits::default())
+        .await
+        .unwrap();
     let tenant = db.store.create_tenant("acme", Some("pro")).await.unwrap();
     let created = db
         .store

@@ -1,0 +1,535 @@
+//! The operator CLI (`tollgate tenants|keys|plans|prices ...`), implemented on the store.
+//!
+//! It talks to the database directly (the same `database_url` as the gateway), so it works
+//! before any gateway runs and needs no admin token: whoever can read the config can run
+//! it. Changes publish the same invalidations as the admin API; on Postgres every running
+//! replica applies them at once, on SQLite (one process's store) a running gateway sees
+//! them within `auth.cache_ttl_s`.
+//!
+//! Output is a table for people, or with `--json` the admin API's JSON for scripts.
+
+use std::io::Write;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use crate::store::{MicroUsd, NewKey, NewPrice, PlanLimits, Store, StoreError, TenantUpdate};
+
+/// `tollgate tenants ...`
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant.
+    Create {
+        name: String,
+        /// Plan (default: "default"); create it first with `tollgate plans set`.
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// List tenants, in id order.
+    List(PageArgs),
+    /// Show a tenant and its keys.
+    Show { id: String },
+    /// Disable a tenant: its keys stop working (enable undoes it).
+    Disable { id: String },
+    /// Enable a disabled tenant.
+    Enable { id: String },
+}
+
+/// `tollgate keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; the plaintext is printed once.
+    Create {
+        /// Tenant id (ten_...).
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// Models the key may use, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// RFC 3339 expiry, e.g. 2027-01-01T00:00:00Z.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// The key's own requests per minute (within its tenant's plan).
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// The key's own tokens per minute (within its tenant's plan).
+        #[arg(long)]
+        tpm: Option<u32>,
+    },
+    /// List keys, of one tenant or all.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Revoke a key for good.
+    Revoke { id: String },
+    /// Give a key a new secret; the old one stops working at once.
+    Rotate { id: String },
+}
+
+/// `tollgate plans ...`
+#[derive(Debug, Subcommand)]
+pub enum PlansCommand {
+    /// Create or replace a plan. A limit not given is unlimited.
+    Set {
+        name: String,
+        #[arg(long)]
+        rpm: Option<u32>,
+        #[arg(long)]
+        tpm: Option<u32>,
+        #[arg(long)]
+        max_concurrent: Option<u32>,
+        /// USD per calendar month, e.g. 25.00.
+        #[arg(long)]
+        monthly_budget_usd: Option<String>,
+        #[arg(long)]
+        monthly_tokens: Option<u64>,
+    },
+    /// Show a plan.
+    Show { name: String },
+    /// List plans.
+    List(PageArgs),
+}
+
+/// `tollgate prices ...`
+#[derive(Debug, Subcommand)]
+pub enum PricesCommand {
+    /// Set a model's price, in USD per 1M tokens.
+    Set {
+        model: String,
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        output: String,
+        /// Default: the input price.
+        #[arg(long)]
+        cached_input: Option<String>,
+        /// USD per generated image.
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// List prices.
+    List(PageArgs),
+}
+
+/// Paging of list commands.
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    /// Most rows to show.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Show rows after this id (the last id of the previous page).
+    #[arg(long)]
+    pub after: Option<String>,
+}
+
+/// One CLI command on the store.
+#[derive(Debug)]
+pub enum Command {
+    Tenants(TenantsCommand),
+    Keys(KeysCommand),
+    Plans(PlansCommand),
+    Prices(PricesCommand),
+}
+
+/// Why a command failed; each kind has its own exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// Exit codes: 3 not found, 4 conflict, 65 invalid input, 69 store unavailable, 1 other.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Store(StoreError::NotFound(_)) => 3,
+            Self::Store(StoreError::Conflict(_)) => 4,
+            Self::Store(StoreError::Invalid { .. }) | Self::Invalid { .. } => 65,
+            Self::Store(StoreError::Unavailable(_)) => 69,
+            Self::Store(_) | Self::Output(_) => 1,
+        }
+    }
+}
+
+/// Runs `command` on `store`, writing the result to `out`.
+pub async fn run(
+    store: &Store,
+    command: Command,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let mut printer = Printer { json, out };
+    match command {
+        Command::Tenants(c) => tenants(store, c, &mut printer).await,
+        Command::Keys(c) => keys(store, c, &mut printer).await,
+        Command::Plans(c) => plans(store, c, &mut printer).await,
+        Command::Prices(c) => prices(store, c, &mut printer).await,
+    }
+}
+
+async fn tenants(
+    store: &Store,
+    command: TenantsCommand,
+    p: &mut Printer<'_>,
+) -> Result<(), CliError> {
+    match command {
+        TenantsCommand::Create { name, plan } => {
+            let tenant = store.create_tenant(&name, plan.as_deref()).await?;
+            p.one(tenant, Printer::tenants)
+        }
+        TenantsCommand::List(page) => {
+            let page = store
+                .list_tenants(page.limit, page.after.as_deref())
+                .await?;
+            p.tenants(&page.data)?;
+            p.more(page.has_more, page.data.last().map(|t| t.id.as_str()))
+        }
+        TenantsCommand::Show { id } => {
+            let tenant = store
+                .get_tenant(&id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("no tenant with id '{id}'")))?;
+            let keys = store.list_keys(Some(&id), 100, None).await?;
+            if p.json {
+                #[derive(Serialize)]
+                struct Shown<'a, K: Serialize> {
+                    #[serde(flatten)]
+                    tenant: &'a crate::store::Tenant,
+                    keys: &'a [K],
+                }
+                return p.write_json(&Shown {
+                    tenant: &tenant,
+                    keys: &keys.data,
+                });
+            }
+            p.tenants(std::slice::from_ref(&tenant))?;
+            writeln!(p.out)?;
+            p.keys(&keys.data)?;
+            p.more(keys.has_more, keys.data.last().map(|k| k.id.as_str()))
+        }
+        TenantsCommand::Disable { id } => set_disabled(store, &id, true, p).await,
+        TenantsCommand::Enable { id } => set_disabled(store, &id, false, p).await,
+    }
+}
+
+async fn set_disabled(
+    store: &Store,
+    id: &str,
+    disabled: bool,
+    p: &mut Printer<'_>,
+) -> Result<(), CliError> {
+    let update = TenantUpdate {
+        disabled: Some(disabled),
+        ..TenantUpdate::default()
+    };
+    let tenant = store.update_tenant(id, update).await?;
+    p.one(tenant, Printer::tenants)
+}
+
+async fn keys(store: &Store, command: KeysCommand, p: &mut Printer<'_>) -> Result<(), CliError> {
+    match command {
+        KeysCommand::Create {
+            tenant,
+            name,
+            models,
+            expires_at,
+            rpm,
+            tpm,
+        } => {
+            let new = NewKey {
+                name,
+                models: (!models.is_empty()).then_some(models),
+                expires_at,
+                rpm,
+                tpm,
+            };
+            let created = store.create_key(&tenant, new).await?;
+            if p.json {
+                return p.write_json(&created);
+            }
+            p.keys(std::slice::from_ref(&created.info))?;
+            writeln!(p.out, "\nkey (shown once, store it now): {}", created.key)?;
+            Ok(())
+        }
+        KeysCommand::List { tenant, page } => {
+            let page = store
+                .list_keys(tenant.as_deref(), page.limit, page.after.as_deref())
+                .await?;
+            p.keys(&page.data)?;
+            p.more(page.has_more, page.data.last().map(|k| k.id.as_str()))
+        }
+        KeysCommand::Revoke { id } => {
+            let key = store.revoke_key(&id).await?;
+            p.one(key, Printer::keys)
+        }
+        KeysCommand::Rotate { id } => {
+            let created = store.rotate_key(&id).await?;
+            if p.json {
+                return p.write_json(&created);
+            }
+            p.keys(std::slice::from_ref(&created.info))?;
+            writeln!(
+                p.out,
+                "\nnew key (shown once, store it now): {}",
+                created.key
+            )?;
+            Ok(())
+        }
+    }
+}
+
+async fn plans(store: &Store, command: PlansCommand, p: &mut Printer<'_>) -> Result<(), CliError> {
+    match command {
+        PlansCommand::Set {
+            name,
+            rpm,
+            tpm,
+            max_concurrent,
+            monthly_budget_usd,
+            monthly_tokens,
+        } => {
+            let limits = PlanLimits {
+                rpm,
+                tpm,
+                max_concurrent,
+                monthly_budget_usd: monthly_budget_usd
+                    .as_deref()
+                    .map(|v| amount("monthly_budget_usd", v))
+                    .transpose()?,
+                monthly_tokens,
+            };
+            let plan = store.put_plan(&name, limits).await?;
+            p.one(plan, Printer::plans)
+        }
+        PlansCommand::Show { name } => {
+            let plan = store
+                .get_plan(&name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("no plan named '{name}'")))?;
+            p.one(plan, Printer::plans)
+        }
+        PlansCommand::List(page) => {
+            let page = store.list_plans(page.limit, page.after.as_deref()).await?;
+            p.plans(&page.data)?;
+            p.more(page.has_more, page.data.last().map(|x| x.name.as_str()))
+        }
+    }
+}
+
+async fn prices(
+    store: &Store,
+    command: PricesCommand,
+    p: &mut Printer<'_>,
+) -> Result<(), CliError> {
+    match command {
+        PricesCommand::Set {
+            model,
+            input,
+            output,
+            cached_input,
+            image,
+        } => {
+            let new = NewPrice {
+                input: amount("input", &input)?,
+                output: amount("output", &output)?,
+                cached_input: cached_input
+                    .as_deref()
+                    .map(|v| amount("cached_input", v))
+                    .transpose()?,
+                image: image.as_deref().map(|v| amount("image", v)).transpose()?,
+            };
+            let price = store.put_price(&model, new).await?;
+            p.one(price, Printer::prices)
+        }
+        PricesCommand::List(page) => {
+            let page = store.list_prices(page.limit, page.after.as_deref()).await?;
+            p.prices(&page.data)?;
+            p.more(page.has_more, page.data.last().map(|x| x.model.as_str()))
+        }
+    }
+}
+
+/// A USD amount from the command line, exactly (no float on the way).
+fn amount(field: &'static str, value: &str) -> Result<MicroUsd, CliError> {
+    value
+        .parse()
+        .map_err(|e: crate::store::AmountError| CliError::Invalid {
+            field,
+            message: e.to_string(),
+        })
+}
+
+/// Writes rows as a table or as JSON.
+struct Printer<'a> {
+    json: bool,
+    out: &'a mut dyn Write,
+}
+
+impl Printer<'_> {
+    fn write_json(&mut self, value: &impl Serialize) -> Result<(), CliError> {
+        serde_json::to_writer_pretty(&mut *self.out, value).map_err(std::io::Error::other)?;
+        writeln!(self.out)?;
+        Ok(())
+    }
+
+    /// One object: as JSON (the admin API's object) or as a one-row table.
+    fn one<T: Serialize>(
+        &mut self,
+        item: T,
+        table: fn(&mut Self, &[T]) -> Result<(), CliError>,
+    ) -> Result<(), CliError> {
+        if self.json {
+            return self.write_json(&item);
+        }
+        table(self, std::slice::from_ref(&item))
+    }
+
+    /// A list as JSON (the admin API's array) or as a table of `columns`.
+    fn rows<T: Serialize>(
+        &mut self,
+        items: &[T],
+        columns: &[&str],
+        row: impl Fn(&T) -> Vec<String>,
+    ) -> Result<(), CliError> {
+        if self.json {
+            return self.write_json(&items);
+        }
+        let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+        let mut widths: Vec<usize> = columns.iter().map(|c| c.len()).collect();
+        for r in &rows {
+            for (w, cell) in widths.iter_mut().zip(r) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: Vec<String>| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            padded.join("  ").trim_end().to_owned()
+        };
+        writeln!(
+            self.out,
+            "{}",
+            line(columns.iter().map(|c| c.to_uppercase()).collect())
+        )?;
+        for r in rows {
+            writeln!(self.out, "{}", line(r))?;
+        }
+        Ok(())
+    }
+
+    /// Tells a person how to get the next page (JSON callers page with --after themselves).
+    fn more(&mut self, has_more: bool, last: Option<&str>) -> Result<(), CliError> {
+        if has_more
+            && !self.json
+            && let Some(last) = last
+        {
+            writeln!(self.out, "(more: --after {last})")?;
+        }
+        Ok(())
+    }
+
+    fn tenants(&mut self, items: &[crate::store::Tenant]) -> Result<(), CliError> {
+        self.rows(
+            items,
+            &["id", "name", "plan", "disabled", "created_at"],
+            |t| {
+                vec![
+                    t.id.clone(),
+                    t.name.clone(),
+                    t.plan.clone(),
+                    t.disabled.to_string(),
+                    t.created_at.clone(),
+                ]
+            },
+        )
+    }
+
+    fn keys(&mut self, items: &[crate::store::KeyInfo]) -> Result<(), CliError> {
+        self.rows(
+            items,
+            &[
+                "id",
+                "tenant",
+                "name",
+                "prefix",
+                "models",
+                "expires_at",
+                "revoked",
+            ],
+            |k| {
+                vec![
+                    k.id.clone(),
+                    k.tenant.clone(),
+                    k.name.clone(),
+                    k.prefix.clone(),
+                    if k.models.is_empty() {
+                        "*".to_owned()
+                    } else {
+                        k.models.join(",")
+                    },
+                    k.expires_at.clone().unwrap_or_else(|| "-".to_owned()),
+                    k.revoked.to_string(),
+                ]
+            },
+        )
+    }
+
+    fn plans(&mut self, items: &[crate::store::Plan]) -> Result<(), CliError> {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "unlimited".to_owned());
+        self.rows(
+            items,
+            &[
+                "name",
+                "rpm",
+                "tpm",
+                "max_concurrent",
+                "monthly_budget_usd",
+                "monthly_tokens",
+            ],
+            |x| {
+                let l = &x.limits;
+                vec![
+                    x.name.clone(),
+                    opt(l.rpm.map(|v| v.to_string())),
+                    opt(l.tpm.map(|v| v.to_string())),
+                    opt(l.max_concurrent.map(|v| v.to_string())),
+                    opt(l.monthly_budget_usd.map(|v| v.to_string())),
+                    opt(l.monthly_tokens.map(|v| v.to_string())),
+                ]
+            },
+        )
+    }
+
+    fn prices(&mut self, items: &[crate::store::Price]) -> Result<(), CliError> {
+        self.rows(
+            items,
+            &["model", "input", "output", "cached_input", "image"],
+            |x| {
+                vec![
+                    x.model.clone(),
+                    x.input.to_string(),
+                    x.output.to_string(),
+                    x.cached_input.to_string(),
+                    x.image
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".to_owned()),
+                ]
+            },
+        )
+    }
+}
