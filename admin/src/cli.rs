@@ -1,4 +1,5 @@
-//! The operator CLI (`tollgate tenants|keys|plans|prices ...`), implemented on the store.
+//! The operator CLI (`tollgate tenants|keys|plans|prices|usage|invoices ...`), implemented
+//! on the store.
 //!
 //! It talks to the database directly (the same `database_url` as the gateway), so it works
 //! before any gateway runs and needs no admin token: whoever can read the config can run
@@ -6,14 +7,18 @@
 //! replica applies them at once, on SQLite (one process's store) a running gateway sees
 //! them within `auth.cache_ttl_s`.
 //!
-//! Output is a table for people, or with `--json` the admin API's JSON for scripts.
+//! Output is a table for people, or with `--json` the admin API's JSON for scripts
+//! (`invoices --csv`: the admin API's CSV).
 
 use std::io::Write;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use crate::store::{MicroUsd, NewKey, NewPrice, PlanLimits, Store, StoreError, TenantUpdate};
+use crate::billing::{self, Period, UsageParams};
+use crate::store::{
+    MicroUsd, NewKey, NewPrice, PlanLimits, Store, StoreError, TenantUpdate, UsageGroupBy,
+};
 
 /// `tollgate tenants ...`
 #[derive(Debug, Subcommand)]
@@ -116,6 +121,43 @@ pub enum PricesCommand {
     List(PageArgs),
 }
 
+/// `tollgate usage`: usage summed per day, model or key (as `GET /admin/v1/usage`).
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Only this tenant (ten_...); default: every tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only this key (its public id).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Only this model.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// First UTC day included, YYYY-MM-DD. Without --from and --to: the current month.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// First UTC day not included (exclusive end), YYYY-MM-DD.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// One row per day, model or key.
+    #[arg(long, default_value = "day", value_parser = ["day", "model", "key"])]
+    pub group_by: String,
+}
+
+/// `tollgate invoices`: a tenant's invoice for a month (as `GET /admin/v1/invoices`).
+#[derive(Debug, Args)]
+pub struct InvoicesArgs {
+    /// The tenant billed (ten_...).
+    #[arg(long)]
+    pub tenant: String,
+    /// The calendar month billed (UTC), YYYY-MM.
+    #[arg(long)]
+    pub period: String,
+    /// Print CSV: model,requests,input_tokens,output_tokens,cost_usd, then a `total` row.
+    #[arg(long)]
+    pub csv: bool,
+}
+
 /// Paging of list commands.
 #[derive(Debug, Args)]
 pub struct PageArgs {
@@ -134,6 +176,8 @@ pub enum Command {
     Keys(KeysCommand),
     Plans(PlansCommand),
     Prices(PricesCommand),
+    Usage(UsageArgs),
+    Invoices(InvoicesArgs),
 }
 
 /// Why a command failed; each kind has its own exit code.
@@ -176,6 +220,8 @@ pub async fn run(
         Command::Keys(c) => keys(store, c, &mut printer).await,
         Command::Plans(c) => plans(store, c, &mut printer).await,
         Command::Prices(c) => prices(store, c, &mut printer).await,
+        Command::Usage(args) => usage(store, args, &mut printer).await,
+        Command::Invoices(args) => invoices(store, args, &mut printer).await,
     }
 }
 
@@ -358,6 +404,110 @@ async fn prices(
             p.prices(&page.data)?;
             p.more(page.has_more, page.data.last().map(|x| x.model.as_str()))
         }
+    }
+}
+
+async fn usage(store: &Store, args: UsageArgs, p: &mut Printer<'_>) -> Result<(), CliError> {
+    let params = UsageParams {
+        tenant: args.tenant,
+        key: args.key,
+        model: args.model,
+        from: args.from,
+        to: args.to,
+        group_by: Some(args.group_by),
+    };
+    let (filter, group_by) = params.into_filter()?;
+    if let Some(tenant) = &filter.tenant {
+        existing_tenant(store, tenant).await?;
+    }
+    let rows = store.usage_summary(&filter, group_by).await?;
+    let group = match group_by {
+        UsageGroupBy::Day => "day",
+        UsageGroupBy::Model => "model",
+        UsageGroupBy::Key => "key",
+    };
+    p.rows(
+        &rows,
+        &[
+            group,
+            "requests",
+            "input_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "cost_usd",
+        ],
+        |r| {
+            vec![
+                r.group.clone(),
+                r.requests.to_string(),
+                r.input_tokens.to_string(),
+                r.output_tokens.to_string(),
+                r.cached_tokens.to_string(),
+                r.cost_usd.to_string(),
+            ]
+        },
+    )
+}
+
+async fn invoices(store: &Store, args: InvoicesArgs, p: &mut Printer<'_>) -> Result<(), CliError> {
+    if args.csv && p.json {
+        return Err(CliError::Invalid {
+            field: "csv",
+            message: "--csv and --json exclude each other".to_owned(),
+        });
+    }
+    let period = Period::parse("period", &args.period)?;
+    existing_tenant(store, &args.tenant).await?;
+    let invoice = billing::invoice(store, &args.tenant, period).await?;
+    if p.json {
+        return p.write_json(&invoice);
+    }
+    if args.csv {
+        p.out.write_all(invoice.to_csv().as_bytes())?;
+        return Ok(());
+    }
+    writeln!(
+        p.out,
+        "invoice for tenant {} ({} UTC)\n",
+        invoice.tenant, invoice.period
+    )?;
+    let mut lines = invoice.lines.clone();
+    let sum = |f: fn(&billing::InvoiceLine) -> u64| {
+        invoice.lines.iter().map(f).fold(0_u64, u64::saturating_add)
+    };
+    lines.push(billing::InvoiceLine {
+        model: "TOTAL".to_owned(),
+        requests: sum(|l| l.requests),
+        input_tokens: sum(|l| l.input_tokens),
+        output_tokens: sum(|l| l.output_tokens),
+        cost_usd: invoice.total_usd,
+    });
+    p.rows(
+        &lines,
+        &[
+            "model",
+            "requests",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+        ],
+        |l| {
+            vec![
+                l.model.clone(),
+                l.requests.to_string(),
+                l.input_tokens.to_string(),
+                l.output_tokens.to_string(),
+                l.cost_usd.to_string(),
+            ]
+        },
+    )
+}
+
+/// An existing tenant's id, or a not-found error (exit 3) naming it.
+async fn existing_tenant(store: &Store, id: &str) -> Result<(), CliError> {
+    match store.get_tenant(id).await? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound(format!("no tenant with id '{id}'")).into()),
     }
 }
 

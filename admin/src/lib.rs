@@ -3,11 +3,13 @@
 //!
 //! - [`keys`]: the `tg-<public_id>-<secret>` format, generation and constant-time checks.
 //! - [`store`]: one API over SQLite and Postgres (sqlx `Any`), migrations included.
+//! - [`billing`]: usage reports and invoices from the usage ledger.
 //! - [`api`]: the admin router (`/healthz`, `/readyz`, `/admin/v1/*`).
 //! - [`operator`]: who may call the admin API.
 //! - [`error`]: the OpenAI error shape both planes answer with.
 
 pub mod api;
+pub mod billing;
 pub mod cli;
 pub mod error;
 pub mod keys;

@@ -1,5 +1,5 @@
 //! The admin listener's router: `/healthz`, `/readyz`, `/admin/openapi.json` and
-//! `/admin/v1/*` (tenants, keys, plans, prices).
+//! `/admin/v1/*` (tenants, keys, plans, prices, usage, invoices).
 //!
 //! Handlers are thin: extract (with [`extract`]'s extractors, so bad input is an
 //! OpenAI-shaped 400), check what the [`Caller`] may see, call the store, map
@@ -25,15 +25,18 @@
 //! Who sees what ([`crate::operator::Operator`]): a global operator sees everything; one
 //! bound to a tenant sees that tenant and its keys (any other tenant's objects answer 404,
 //! exactly like objects that do not exist), reads plans and prices, and changes only its
-//! own keys (tenants, plans and prices are 403). Viewers are refused writes before any
+//! own keys (tenants, plans and prices are 403); its usage and invoices are its own
+//! tenant's. Viewers are refused writes before any
 //! handler runs.
 
 pub mod extract;
+mod invoices;
 mod keys;
 mod openapi;
 mod plans;
 mod prices;
 mod tenants;
+mod usage;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
@@ -183,6 +186,20 @@ impl Caller {
             )))
         }
     }
+}
+
+/// The tenant `id` when it exists and the caller may see it; 404 otherwise, the same
+/// answer either way (a scoped operator learns nothing about other tenants).
+async fn visible_tenant(
+    state: &AdminState,
+    caller: &Caller,
+    id: &str,
+) -> Result<crate::store::Tenant, ApiError> {
+    let not_found = || ApiError::not_found(format!("no tenant with id {id:?}"));
+    if !caller.may_see(id) {
+        return Err(not_found());
+    }
+    state.store.get_tenant(id).await?.ok_or_else(not_found)
 }
 
 /// OpenAI's list envelope: `{"object":"list","data":[...],"has_more":bool}`.

@@ -20,7 +20,7 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AdminState, keys, plans, prices, tenants};
+use super::{AdminState, invoices, keys, plans, prices, tenants, usage};
 use crate::error::ApiError;
 
 /// Every error answer, in OpenAI's shape.
@@ -93,8 +93,8 @@ pub(super) fn nullable_plan_name() -> Schema {
 #[openapi(
     info(
         title = "Tollgate admin API",
-        description = "Tenants, API keys, plans and prices of a Tollgate gateway. Every \
-            /admin/v1 call needs an operator token (`Authorization: Bearer <JWT or \
+        description = "Tenants, API keys, plans, prices, usage and invoices of a Tollgate \
+            gateway. Every /admin/v1 call needs an operator token (`Authorization: Bearer <JWT or \
             bootstrap token>`); errors have OpenAI's shape. Lists page with `limit` and \
             `after`. USD amounts are exact decimal strings.",
     ),
@@ -105,6 +105,7 @@ pub(super) fn nullable_plan_name() -> Schema {
         (name = "keys", description = "Data-plane API keys (`tg-...`); the plaintext is shown once."),
         (name = "plans", description = "Limits and monthly budgets; null = unlimited."),
         (name = "prices", description = "USD per 1M tokens (per image for `image`), per model."),
+        (name = "usage", description = "Metered usage and monthly invoices, summed exactly from the usage ledger; days and months are UTC."),
         (name = "probes", description = "Liveness, readiness and this document; no token needed."),
     ),
 )]
@@ -127,6 +128,8 @@ pub(super) fn split() -> (axum::Router<AdminState>, OpenApi) {
         .routes(routes!(plans::get, plans::put))
         .routes(routes!(prices::list))
         .routes(routes!(prices::get, prices::put))
+        .routes(routes!(usage::get))
+        .routes(routes!(invoices::get))
         .split_for_parts();
     finish(&mut doc);
     (router, doc)

@@ -1,4 +1,4 @@
-//! The store: tenants, keys, plans and prices (later usage) in SQLite or Postgres.
+//! The store: tenants, keys, plans, prices and the usage ledger in SQLite or Postgres.
 //!
 //! One code path serves both databases through sqlx's `Any` driver. That works because the
 //! schema keeps to the types `Any` carries on both sides: integers (times are unix seconds,
@@ -17,10 +17,12 @@
 
 mod events;
 mod keys;
+mod ledger;
 mod money;
 mod plans;
 mod prices;
 mod tenants;
+mod usage;
 
 use std::time::Duration;
 
@@ -36,6 +38,7 @@ pub use money::{AmountError, MicroUsd, exact_json};
 pub use plans::{Plan, PlanLimits};
 pub use prices::{NewPrice, Price};
 pub use tenants::{DEFAULT_PLAN, Tenant, TenantUpdate};
+pub use usage::{Usage, UsageFilter, UsageGroupBy, UsageRecord, UsageRow};
 
 /// How long a query waits for a connection before the store counts as unavailable: short,
 /// so a dead database turns into a quick 503 instead of requests piling up.
@@ -175,6 +178,8 @@ pub struct Store {
     events: events::Events,
     /// Whether this store's Postgres listener task runs.
     listening: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Usage partitions (Postgres months) known to exist.
+    partitions: ledger::Partitions,
 }
 
 impl std::fmt::Debug for Store {
@@ -236,6 +241,7 @@ impl Store {
             url: original_url,
             events: events::Events::new(),
             listening: Default::default(),
+            partitions: Default::default(),
         })
     }
 

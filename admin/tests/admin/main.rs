@@ -21,3 +21,5 @@ mod openapi;
 mod plans_prices;
 mod scoping;
 mod store;
+mod usage;
+mod usage_api;

@@ -36,6 +36,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/v1/prices"),
     ("get", "/admin/v1/prices/{model}"),
     ("put", "/admin/v1/prices/{model}"),
+    ("get", "/admin/v1/usage"),
+    ("get", "/admin/v1/invoices"),
 ];
 
 const METHODS: &[&str] = &[
@@ -539,6 +541,28 @@ async fn answers_match_the_document(db: Db) {
         None,
     )
     .await;
+
+    // Usage and invoices (a JSON invoice; its CSV form is checked in usage_api.rs).
+    let record = crate::usage::record("r1", &other, "k1", "m1", 1_767_225_600_000);
+    db.store.insert_usage(&[record]).await.unwrap();
+    let usage = ("get", "/admin/v1/usage");
+    for path in [
+        format!("/admin/v1/usage?tenant={other}&from=2026-01-01"),
+        "/admin/v1/usage?from=2026-01-01&group_by=model".to_owned(),
+        "/admin/v1/usage?from=2026-01-01&to=2026-13-01".to_owned(),
+        "/admin/v1/usage?tenant=ten_nobodyhere00000".to_owned(),
+    ] {
+        c.check(&app, t, usage, &path, None).await;
+    }
+    let invoices = ("get", "/admin/v1/invoices");
+    for path in [
+        format!("/admin/v1/invoices?tenant={other}&period=2026-01"),
+        format!("/admin/v1/invoices?tenant={other}&period=2026-1"),
+        "/admin/v1/invoices?period=2026-01".to_owned(),
+        "/admin/v1/invoices?tenant=ten_nobodyhere00000&period=2026-01".to_owned(),
+    ] {
+        c.check(&app, t, invoices, &path, None).await;
+    }
 
     // Delete, then the store goes away: 503 everywhere it is needed.
     c.check(

@@ -1,0 +1,371 @@
+//! Usage records: one per request that reached the cache or an upstream, written by the
+//! gateway's meter (through its local spool) and read by usage queries and invoices.
+//!
+//! This file holds the shared shape ([`UsageRecord`]) and the one cost rule
+//! ([`Price::cost`]); the tables, the idempotent batch insert ([`Store::insert_usage`]),
+//! retention ([`Store::prune_usage`]) and the reads of the daily rollup live in
+//! [`ledger`](super::ledger).
+
+use serde::{Deserialize, Serialize};
+use sqlx::{AssertSqlSafe, Row};
+use time::Date;
+
+use super::ledger::MS_PER_DAY;
+use super::{MicroUsd, Price, Store, StoreError};
+
+/// One metered request. Serialized as one JSON line in the gateway's spool, so fields are
+/// only ever added (with `#[serde(default)]`), never renamed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// The request id (`x-request-id`): the idempotency key of the ledger.
+    pub request_id: String,
+    pub tenant_id: String,
+    pub key_id: String,
+    /// The client-facing model name (prices are per client-facing model).
+    pub model: String,
+    /// The deployment that served (`x-tollgate-deployment`); `cache` for a cache hit.
+    pub deployment: String,
+    /// `chat_completions`, `completions`, `embeddings`, `images_generations`, `moderations`.
+    pub endpoint: String,
+    /// HTTP status the client got (a stream cut midway keeps its 200).
+    pub status: u16,
+    /// Prompt tokens, cached ones included (as OpenAI reports them).
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// The part of `input_tokens` the provider served from its prompt cache.
+    pub cached_tokens: u64,
+    /// Images generated.
+    #[serde(default)]
+    pub images: u32,
+    /// What this request costs, in integer micro-USD ([`Price::cost`]).
+    pub cost_micro_usd: i64,
+    /// Answered from the gateway's response cache.
+    #[serde(default)]
+    pub cache_hit: bool,
+    /// Whether the token counts come from the upstream's `usage` (else a tokenizer).
+    #[serde(default)]
+    pub usage_reported: bool,
+    /// The client went away before the response ended.
+    #[serde(default)]
+    pub client_disconnected: bool,
+    /// Time from the request to the response's last byte, ms.
+    pub latency_ms: u64,
+    /// Time to the first streamed content byte, ms (streams only).
+    #[serde(default)]
+    pub ttft_ms: Option<u64>,
+    /// When the request started, unix milliseconds (UTC). Usage days and invoice months
+    /// are taken from this.
+    pub created_at_ms: i64,
+}
+
+/// Token and image counts to price.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt tokens, cached ones included.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// The cached part of `input_tokens`, priced at `cached_input`.
+    pub cached_tokens: u64,
+    pub images: u32,
+}
+
+impl Price {
+    /// The cost of `usage`: tokens × USD per 1M tokens, summed exactly and rounded half-up
+    /// once to whole micro-USD, plus images × the per-image price. Saturates instead of
+    /// overflowing (no real request comes near).
+    pub fn cost(&self, usage: &Usage) -> MicroUsd {
+        let cached = usage.cached_tokens.min(usage.input_tokens);
+        let uncached = usage.input_tokens - cached;
+        // micro-USD per 1M tokens × tokens = micro-USD × 1e6, exact in i128.
+        let scaled = i128::from(uncached) * i128::from(self.input.micros())
+            + i128::from(cached) * i128::from(self.cached_input.micros())
+            + i128::from(usage.output_tokens) * i128::from(self.output.micros());
+        let tokens = (scaled + 500_000) / 1_000_000;
+        let images = i128::from(usage.images) * i128::from(self.image.map_or(0, MicroUsd::micros));
+        let total = i64::try_from(tokens + images).unwrap_or(i64::MAX);
+        MicroUsd::from_micros(total).unwrap_or(MicroUsd::ZERO)
+    }
+}
+
+// === reads: the daily rollup ===
+
+/// Julian day number of 1970-01-01: unix day numbers (the rollup's `day`) are Julian day
+/// numbers minus this.
+const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
+
+/// A date as the rollup's `day`: days since 1970-01-01.
+fn unix_day(date: Date) -> i64 {
+    i64::from(date.to_julian_day()) - UNIX_EPOCH_JULIAN_DAY
+}
+
+/// The rollup's `day` as `YYYY-MM-DD`.
+fn day_text(day: i64) -> Result<String, StoreError> {
+    let date = i32::try_from(day + UNIX_EPOCH_JULIAN_DAY)
+        .ok()
+        .and_then(|julian| Date::from_julian_day(julian).ok())
+        .ok_or_else(|| StoreError::corrupt(format!("stored day {day} is out of range")))?;
+    Ok(format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    ))
+}
+
+/// What usage rows sum over: one row per day, model or key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageGroupBy {
+    /// One row per UTC day (`group` = `YYYY-MM-DD`).
+    #[default]
+    Day,
+    /// One row per model (`group` = the client-facing model name).
+    Model,
+    /// One row per API key (`group` = the key's public id).
+    Key,
+}
+
+impl UsageGroupBy {
+    /// From its query-string spelling (`day`, `model`, `key`).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "day" => Some(Self::Day),
+            "model" => Some(Self::Model),
+            "key" => Some(Self::Key),
+            _ => None,
+        }
+    }
+
+    /// The rollup column grouped on: a fixed name, never input.
+    fn column(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Model => "model",
+            Self::Key => "key_id",
+        }
+    }
+}
+
+/// Which usage to sum. `None` fields do not filter. Days are UTC calendar days.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageFilter {
+    pub tenant: Option<String>,
+    /// A key's public id.
+    pub key: Option<String>,
+    pub model: Option<String>,
+    /// The first day included.
+    pub from: Option<Date>,
+    /// The first day *not* included (exclusive end).
+    pub to: Option<Date>,
+}
+
+/// One row of a usage report: the sums of every record in its group.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq, utoipa::ToSchema)]
+pub struct UsageRow {
+    /// What the row sums over: a UTC day (`YYYY-MM-DD`), a model name or a key id.
+    #[schema(examples("2026-01-15"))]
+    pub group: String,
+    #[schema(minimum = 0)]
+    pub requests: u64,
+    /// Prompt tokens, cached ones included.
+    #[schema(minimum = 0)]
+    pub input_tokens: u64,
+    #[schema(minimum = 0)]
+    pub output_tokens: u64,
+    /// The part of `input_tokens` served from the provider's prompt cache.
+    #[schema(minimum = 0)]
+    pub cached_tokens: u64,
+    /// The exact sum of the records' costs (each rounded to a micro-USD when recorded).
+    pub cost_usd: MicroUsd,
+}
+
+/// A stored sum as a count; a negative one means the table was changed by hand.
+fn non_negative(column: &'static str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::corrupt(format!("negative {column} sum: {value}")))
+}
+
+impl Store {
+    /// Usage summed per day, model or key from the daily rollup, in `group` order. Exact:
+    /// the rollup holds the sums of the records, costs included, to the micro-USD.
+    pub async fn usage_summary(
+        &self,
+        filter: &UsageFilter,
+        group_by: UsageGroupBy,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let column = group_by.column();
+        let mut conditions = Vec::new();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if filter.tenant.is_some() {
+            conditions.push(format!("tenant_id = {}", next()));
+        }
+        if filter.key.is_some() {
+            conditions.push(format!("key_id = {}", next()));
+        }
+        if filter.model.is_some() {
+            conditions.push(format!("model = {}", next()));
+        }
+        if filter.from.is_some() {
+            conditions.push(format!("day >= {}", next()));
+        }
+        if filter.to.is_some() {
+            conditions.push(format!("day < {}", next()));
+        }
+        let filter_sql = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        // Fixed column names (from `UsageGroupBy`) and numbered placeholders only: every
+        // value is bound.
+        let sql = format!(
+            "SELECT {column} AS grp, CAST(SUM(requests) AS BIGINT) AS requests,              CAST(SUM(input_tokens) AS BIGINT) AS input_tokens,              CAST(SUM(output_tokens) AS BIGINT) AS output_tokens,              CAST(SUM(cached_tokens) AS BIGINT) AS cached_tokens,              CAST(SUM(cost_micro_usd) AS BIGINT) AS cost_micro_usd              FROM usage_daily{filter_sql} GROUP BY {column} ORDER BY {column}"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for value in [&filter.tenant, &filter.key, &filter.model]
+            .into_iter()
+            .flatten()
+        {
+            query = query.bind(value.as_str());
+        }
+        for date in [filter.from, filter.to].into_iter().flatten() {
+            query = query.bind(unix_day(date));
+        }
+        let rows = query.fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|row| {
+                let group = match group_by {
+                    UsageGroupBy::Day => day_text(row.try_get("grp")?)?,
+                    UsageGroupBy::Model | UsageGroupBy::Key => row.try_get("grp")?,
+                };
+                let cost: i64 = row.try_get("cost_micro_usd")?;
+                Ok(UsageRow {
+                    group,
+                    requests: non_negative("requests", row.try_get("requests")?)?,
+                    input_tokens: non_negative("input_tokens", row.try_get("input_tokens")?)?,
+                    output_tokens: non_negative("output_tokens", row.try_get("output_tokens")?)?,
+                    cached_tokens: non_negative("cached_tokens", row.try_get("cached_tokens")?)?,
+                    cost_usd: MicroUsd::from_micros(cost)
+                        .ok_or_else(|| StoreError::corrupt(format!("negative cost sum: {cost}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// What a tenant (or one of its keys) has spent since `since_ms` (unix ms): cost in
+    /// micro-USD and tokens (input + output), for budgets.
+    ///
+    /// Read from the daily rollup, so at day granularity: it counts every record of the
+    /// UTC day that contains `since_ms` and of every day after it. For a monthly budget
+    /// pass the month's first millisecond, where the two agree exactly. Records still in a
+    /// gateway's spool are not counted until they are flushed.
+    pub async fn spend_since(
+        &self,
+        tenant_id: &str,
+        key_id: Option<&str>,
+        since_ms: i64,
+    ) -> Result<(i64, u64), StoreError> {
+        let day = since_ms.div_euclid(MS_PER_DAY);
+        let query = match key_id {
+            None => sqlx::query(
+                "SELECT CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) AS cost, \
+                 CAST(COALESCE(SUM(input_tokens + output_tokens), 0) AS BIGINT) AS tokens \
+                 FROM usage_daily WHERE tenant_id = $1 AND day >= $2",
+            ),
+            Some(_) => sqlx::query(
+                "SELECT CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) AS cost, \
+                 CAST(COALESCE(SUM(input_tokens + output_tokens), 0) AS BIGINT) AS tokens \
+                 FROM usage_daily WHERE tenant_id = $1 AND day >= $2 AND key_id = $3",
+            ),
+        };
+        let mut query = query.bind(tenant_id).bind(day);
+        if let Some(key) = key_id {
+            query = query.bind(key);
+        }
+        let row = query.fetch_one(self.pool()).await?;
+        let cost: i64 = row.try_get("cost")?;
+        let tokens = non_negative("tokens", row.try_get("tokens")?)?;
+        Ok((cost, tokens))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn price(input: &str, output: &str, cached: &str, image: Option<&str>) -> Price {
+        Price {
+            model: "m".into(),
+            input: input.parse().unwrap(),
+            output: output.parse().unwrap(),
+            cached_input: cached.parse().unwrap(),
+            image: image.map(|i| i.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn cost_is_exact_and_rounds_half_up_once() {
+        let p = price("0.15", "0.60", "0.075", None);
+        // 1000 in × 0.15/1M = 150 µUSD; 500 out × 0.60/1M = 300 µUSD.
+        let u = Usage {
+            input_tokens: 1000,
+            output_tokens: 500,
+            ..Usage::default()
+        };
+        assert_eq!(p.cost(&u).micros(), 450);
+        // 3 in × 0.15 = 0.45 µUSD, 1 out × 0.60 = 0.6: summed 1.05 → 1 (rounded once, not 0 + 1).
+        let u = Usage {
+            input_tokens: 3,
+            output_tokens: 1,
+            ..Usage::default()
+        };
+        assert_eq!(p.cost(&u).micros(), 1);
+        // Exactly half rounds up: 10 in × 0.05 = 0.5 µUSD → 1.
+        let half = price("0.05", "0", "0.05", None);
+        assert_eq!(
+            half.cost(&Usage {
+                input_tokens: 10,
+                ..Usage::default()
+            })
+            .micros(),
+            1
+        );
+        assert_eq!(
+            half.cost(&Usage {
+                input_tokens: 9,
+                ..Usage::default()
+            })
+            .micros(),
+            0
+        );
+        // Cached tokens are part of input and priced at cached_input.
+        let u = Usage {
+            input_tokens: 1000,
+            cached_tokens: 400,
+            output_tokens: 0,
+            images: 0,
+        };
+        assert_eq!(p.cost(&u).micros(), 90 + 30);
+        // More cached than input (a confused upstream) never makes a negative count.
+        let u = Usage {
+            input_tokens: 10,
+            cached_tokens: 50,
+            ..Usage::default()
+        };
+        assert_eq!(p.cost(&u).micros(), 1);
+        // Images.
+        let img = price("0", "0", "0", Some("0.04"));
+        assert_eq!(
+            img.cost(&Usage {
+                images: 3,
+                ..Usage::default()
+            })
+            .micros(),
+            120_000
+        );
+    }
+}
