@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +15,8 @@ use axum::{Extension, Json};
 use http::StatusCode;
 use serde_json::{Value, json};
 use tower::ServiceExt;
+
+use tower_http::request_id::RequestId;
 
 use crate::auth::Principal;
 use crate::call::{Call, CallService};
@@ -79,14 +81,58 @@ async fn unknown_path() -> ApiError {
         .with_code("unknown_url")
 }
 
+/// The `x-request-id` a client sent itself, saved before the request-id layer runs (see
+/// [`mark_client_request_id`]).
+#[derive(Clone, Debug)]
+pub struct ClientRequestId(pub String);
+
+/// Remembers whether the client chose its own `x-request-id`. Sits outside tower-http's
+/// `SetRequestId`, which keeps a client's id and makes one otherwise, and leaves no trace of
+/// which it did.
+pub fn mark_client_request_id(mut request: http::Request<Body>) -> http::Request<Body> {
+    if let Some(id) = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        let id = ClientRequestId(id.to_owned());
+        request.extensions_mut().insert(id);
+    }
+    request
+}
+
+/// The request's id in the usage ledger, which counts each id once.
+///
+/// An id the gateway made is unique and used as it is. An id the client chose is not
+/// trusted to be: a client sending the same `x-request-id` twice (a retry, a fixed value)
+/// must still pay for both requests, so its id gets a unique suffix (`<id>#<uuid>`; the
+/// client's part is kept for lookups, cut to 128 characters).
+fn ledger_id(made: Option<&RequestId>, client: Option<&ClientRequestId>) -> String {
+    let unique = || uuid::Uuid::new_v4().simple().to_string();
+    match (client, made.and_then(|id| id.header_value().to_str().ok())) {
+        (Some(ClientRequestId(id)), _) => {
+            let mut end = id.len().min(128);
+            while !id.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}#{}", &id[..end], unique())
+        }
+        (None, Some(made)) => made.to_owned(),
+        (None, None) => unique(),
+    }
+}
+
 macro_rules! endpoint_handler {
     ($name:ident, $endpoint:expr) => {
         async fn $name(
             State(state): State<AppState>,
             Extension(principal): Extension<Principal>,
+            made: Option<Extension<RequestId>>,
+            client: Option<Extension<ClientRequestId>>,
             body: Result<Bytes, BytesRejection>,
         ) -> Response {
-            handle($endpoint, state, principal, body).await
+            let request_id = ledger_id(made.as_deref(), client.as_deref());
+            handle($endpoint, state, principal, request_id, body).await
         }
     };
 }
@@ -101,9 +147,10 @@ async fn handle(
     endpoint: Endpoint,
     state: AppState,
     principal: Principal,
+    request_id: String,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let call = match prepare(endpoint, &state, principal, body) {
+    let call = match prepare(endpoint, &state, principal, request_id, body) {
         Ok(call) => call,
         Err(e) => return e.into_response(),
     };
@@ -117,6 +164,7 @@ fn prepare(
     endpoint: Endpoint,
     state: &AppState,
     principal: Principal,
+    request_id: String,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Call, ApiError> {
     let bytes = body.map_err(|rejection| {
@@ -141,6 +189,7 @@ fn prepare(
         return Err(error::model_not_allowed(&route.name));
     }
     Ok(Call {
+        request_id,
         principal,
         request,
         route,

@@ -2,9 +2,17 @@
 //! extensions, or 401 `invalid_api_key`.
 //!
 //! The key is looked up by its public id and the SHA-256 of its secret compared in constant
-//! time. Successful lookups are cached in memory for [`CACHE_TTL`], so a known key costs no
-//! store round trip; the secret is still verified against the cached hash on every request.
-//! A store failure on a cache miss is a 503, never a wrong 401.
+//! time, on every request. Lookups are cached in memory:
+//!
+//! - an entry is *fresh* for `auth.cache_ttl_s`: no store round trip;
+//! - a revocation, rotation or tenant change removes entries at once on every replica (the
+//!   store's invalidation feed, [`Keys::run_background`]); the TTL is only the backstop;
+//! - while the store is unreachable, an entry younger than `auth.stale_if_store_down_s`
+//!   keeps its key working; an unknown key then gets 503, never a wrong 401.
+//!
+//! `last_used_at` is recorded off the request path: a request flips a flag in its cache
+//! entry, and a background task writes the flagged keys in one batch every
+//! [`TOUCH_INTERVAL`].
 //!
 //! ```text
 //! let app = ServiceBuilder::new().layer(AuthLayer::new(keys)).service(router);
@@ -12,20 +20,24 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use http::{Request, header};
 use tollgate_admin::keys;
-use tollgate_admin::store::{KeyAuth, Store};
+use tollgate_admin::store::{Invalidation, KeyAuth, Store, StoreError};
 
+use crate::config::AuthConfig;
 use crate::error::ApiError;
 
-/// How long a successful lookup is trusted before the store is asked again. It bounds how
-/// long a revoked key keeps working on a replica.
-pub const CACHE_TTL: Duration = Duration::from_secs(5);
+/// After the store failed a lookup, how long known keys skip it (see `store_down_until_ms`).
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// How often `last_used_at` is written for the keys used since the last write.
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Who is calling: set by the auth layer, read by everything below it.
 #[derive(Clone, Debug)]
@@ -47,22 +59,60 @@ impl Principal {
     }
 }
 
+/// A cached lookup.
+struct Entry {
+    record: KeyAuth,
+    /// The principal this key authenticates as, built once per lookup.
+    principal: Principal,
+    /// When the store said so, on [`Keys::clock`].
+    fetched_ms: u64,
+    /// Used since the last `last_used_at` write.
+    used: AtomicBool,
+}
+
 /// Key lookups with an in-memory cache in front of the store.
 #[derive(Clone)]
 pub struct Keys {
+    inner: Arc<KeysInner>,
+}
+
+struct KeysInner {
     store: Store,
-    cache: moka::sync::Cache<String, Arc<KeyAuth>>,
+    cache: moka::sync::Cache<String, Arc<Entry>>,
+    fresh_for: Duration,
+    stale_for: Duration,
+    /// Entries fetched before this instant (ms on `clock`) are no longer fresh: set when
+    /// invalidations may have been missed, without dropping the store-down fallback.
+    stale_before_ms: AtomicU64,
+    /// After a failed lookup, known keys are served from the cache until this instant
+    /// without asking the store again, so an outage costs one timeout, not one per request.
+    store_down_until_ms: AtomicU64,
+    clock: Instant,
 }
 
 impl Keys {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, config: &AuthConfig) -> Self {
+        let fresh_for = Duration::from_secs_f64(config.cache_ttl_s);
+        let stale_for = Duration::from_secs_f64(config.stale_if_store_down_s).max(fresh_for);
         Self {
-            store,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(CACHE_TTL)
-                .build(),
+            inner: Arc::new(KeysInner {
+                store,
+                cache: moka::sync::Cache::builder()
+                    .max_capacity(config.cache_capacity)
+                    .time_to_live(stale_for)
+                    .support_invalidation_closures()
+                    .build(),
+                fresh_for,
+                stale_for,
+                stale_before_ms: AtomicU64::new(0),
+                store_down_until_ms: AtomicU64::new(0),
+                clock: Instant::now(),
+            }),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Authenticates an `Authorization` header value.
@@ -78,26 +128,8 @@ impl Keys {
             .map(str::trim)
             .ok_or_else(incorrect_key)?;
         let (public_id, secret) = keys::parse(key).ok_or_else(incorrect_key)?;
-        let record = match self.cache.get(public_id) {
-            Some(record) => record,
-            None => {
-                let found = self.store.lookup_key(public_id).await.map_err(|e| {
-                    tracing::error!(error = %e, "key lookup failed: store unavailable");
-                    ApiError::unavailable(
-                        "The service is temporarily unable to verify API keys. Retry shortly.",
-                    )
-                })?;
-                let Some(record) = found else {
-                    return Err(incorrect_key());
-                };
-                let record = Arc::new(record);
-                if keys::verify(secret, &record.secret_hash) {
-                    // Only keys whose secret matched are cached: guesses cannot fill the cache.
-                    self.cache.insert(public_id.to_owned(), record.clone());
-                }
-                record
-            }
-        };
+        let entry = self.entry(public_id, secret).await?;
+        let record = &entry.record;
         if !keys::verify(secret, &record.secret_hash) {
             return Err(incorrect_key());
         }
@@ -114,12 +146,141 @@ impl Keys {
         {
             return Err(ApiError::invalid_api_key("This API key has expired."));
         }
-        Ok(Principal {
-            tenant_id: record.tenant_id.clone(),
-            key_id: record.key_id.clone(),
-            plan: record.plan.clone(),
-            models: record.models.clone().into(),
-        })
+        entry.used.store(true, Ordering::Relaxed);
+        Ok(entry.principal.clone())
+    }
+
+    /// The cached entry when fresh; else the store's answer; else, while the store is
+    /// down, a stale entry within `stale_if_store_down_s`.
+    async fn entry(&self, public_id: &str, secret: &str) -> Result<Arc<Entry>, ApiError> {
+        let now = self.now_ms();
+        let cached = self.inner.cache.get(public_id);
+        if let Some(entry) = &cached {
+            let age = Duration::from_millis(now.saturating_sub(entry.fetched_ms));
+            if age < self.inner.fresh_for
+                && entry.fetched_ms >= self.inner.stale_before_ms.load(Ordering::Relaxed)
+            {
+                return Ok(entry.clone());
+            }
+            if now < self.inner.store_down_until_ms.load(Ordering::Relaxed)
+                && age < self.inner.stale_for
+            {
+                return Ok(entry.clone());
+            }
+        }
+        match self.inner.store.lookup_key(public_id).await {
+            Ok(Some(record)) => {
+                let entry = Arc::new(Entry {
+                    principal: Principal {
+                        tenant_id: record.tenant_id.clone(),
+                        key_id: record.key_id.clone(),
+                        plan: record.plan.clone(),
+                        models: record.models.clone().into(),
+                    },
+                    record,
+                    fetched_ms: now,
+                    used: AtomicBool::new(
+                        cached
+                            .as_ref()
+                            .is_some_and(|c| c.used.load(Ordering::Relaxed)),
+                    ),
+                });
+                // Only keys whose secret matched are cached: guesses cannot fill the cache.
+                if keys::verify(secret, &entry.record.secret_hash) {
+                    self.inner.cache.insert(public_id.to_owned(), entry.clone());
+                }
+                Ok(entry)
+            }
+            Ok(None) => {
+                self.inner.cache.invalidate(public_id);
+                Err(incorrect_key())
+            }
+            Err(e) => {
+                if matches!(e, StoreError::Unavailable(_)) {
+                    self.inner
+                        .store_down_until_ms
+                        .store(now + STORE_RETRY.as_millis() as u64, Ordering::Relaxed);
+                }
+                if let Some(entry) = cached {
+                    let age = Duration::from_millis(now.saturating_sub(entry.fetched_ms));
+                    if age < self.inner.stale_for {
+                        tracing::warn!(error = %e, age_s = age.as_secs(), "store unavailable: serving a known key from the auth cache");
+                        return Ok(entry);
+                    }
+                }
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "key lookup failed");
+                Err(store_error(&e))
+            }
+        }
+    }
+
+    /// Applies one invalidation from the store's feed.
+    fn invalidate(&self, event: Invalidation) {
+        match event {
+            Invalidation::Key(id) => self.inner.cache.invalidate(&id),
+            Invalidation::Tenant(tenant) => {
+                if let Err(e) = self
+                    .inner
+                    .cache
+                    .invalidate_entries_if(move |_, entry| entry.record.tenant_id == tenant)
+                {
+                    tracing::warn!(error = %e, "auth cache: tenant invalidation failed; expiring everything");
+                    self.inner
+                        .stale_before_ms
+                        .store(self.now_ms() + 1, Ordering::Relaxed);
+                }
+            }
+            // Events may have been missed: nothing cached is fresh any more, but entries
+            // stay as the fallback for a store outage.
+            Invalidation::All => self
+                .inner
+                .stale_before_ms
+                .store(self.now_ms() + 1, Ordering::Relaxed),
+        }
+    }
+
+    /// Background work for the life of the process: applies the store's invalidations and
+    /// writes `last_used_at` in batches.
+    pub async fn run_background(self) {
+        let mut feed = self.inner.store.subscribe();
+        let mut ticker = tokio::time::interval(TOUCH_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = feed.recv() => match event {
+                    Some(event) => self.invalidate(event),
+                    None => return,
+                },
+                _ = ticker.tick() => self.touch_used().await,
+            }
+        }
+    }
+
+    /// Writes `last_used_at` for the keys used since the last call.
+    async fn touch_used(&self) {
+        let ids: Vec<String> = self
+            .inner
+            .cache
+            .iter()
+            .filter(|(_, entry)| entry.used.swap(false, Ordering::Relaxed))
+            .map(|(id, _)| (*id).clone())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.inner.store.touch_keys(&ids, now_unix()).await {
+            // Best effort: a lost last_used_at update is not worth retrying forever.
+            tracing::warn!(error = %e, keys = ids.len(), "could not record last_used_at");
+        }
+    }
+}
+
+fn store_error(e: &StoreError) -> ApiError {
+    match e {
+        StoreError::Unavailable(_) => ApiError::unavailable(
+            "The service is temporarily unable to verify API keys. Retry shortly.",
+        ),
+        _ => ApiError::internal(),
     }
 }
 

@@ -12,6 +12,8 @@ use crate::router::ModelRoute;
 /// One client request, authenticated, parsed and resolved to a configured model.
 #[derive(Debug, Clone)]
 pub struct Call {
+    /// The request's id in the usage ledger: its `x-request-id` (see `api::ledger_id`).
+    pub request_id: String,
     pub principal: Principal,
     pub request: openai::Request,
     /// The model's deployments, resolved by the handler (404/403 happen there).

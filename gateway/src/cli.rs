@@ -1,9 +1,14 @@
-//! Command line: `tollgate serve | migrate`. Every flag also reads a `TOLLGATE_*`
-//! variable; flags and variables override the config file.
+//! Command line: `tollgate serve | migrate | tenants | keys | plans | prices | usage |
+//! invoices`. Every flag also reads a `TOLLGATE_*` variable; flags and variables override
+//! the config file. The operator subcommands are defined and implemented in
+//! `tollgate_admin::cli`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use tollgate_admin::cli::{
+    InvoicesArgs, KeysCommand, PlansCommand, PricesCommand, TenantsCommand, UsageArgs,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,16 +27,73 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply the store's migrations and exit (`serve` also applies them at start).
     Migrate(StoreArgs),
+    /// Manage tenants in the store.
+    Tenants {
+        #[command(flatten)]
+        store: OperatorArgs,
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+    /// Manage data-plane keys.
+    Keys {
+        #[command(flatten)]
+        store: OperatorArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage plans (limits and budgets).
+    Plans {
+        #[command(flatten)]
+        store: OperatorArgs,
+        #[command(subcommand)]
+        command: PlansCommand,
+    },
+    /// Manage model prices.
+    Prices {
+        #[command(flatten)]
+        store: OperatorArgs,
+        #[command(subcommand)]
+        command: PricesCommand,
+    },
+    /// Show usage per day, model or key (default: this month, per day).
+    Usage {
+        #[command(flatten)]
+        store: OperatorArgs,
+        #[command(flatten)]
+        args: UsageArgs,
+    },
+    /// Show a tenant's invoice for a month (table, --json or --csv).
+    Invoices {
+        #[command(flatten)]
+        store: OperatorArgs,
+        #[command(flatten)]
+        args: InvoicesArgs,
+    },
+}
+
+/// Store selection and output format of the operator subcommands.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print JSON (the admin API's shapes) instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 /// Where the configuration comes from, shared by every subcommand.
 #[derive(Debug, Args)]
 pub struct StoreArgs {
     /// YAML config file. Without one, the embedded default runs (SQLite file ./tollgate.db).
-    #[arg(long, env = "TOLLGATE_CONFIG")]
+    #[arg(long, env = "TOLLGATE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Store URL: sqlite://FILE or postgres://... (overrides `database_url`).
-    #[arg(long, env = "TOLLGATE_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TOLLGATE_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url: Option<String>,
 }
 

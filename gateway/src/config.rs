@@ -78,6 +78,9 @@ pub struct Config {
     /// Operator authentication.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Data-plane key cache.
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// Rate-limit engine behaviour. Accepted now; used once the quota layer lands.
     #[serde(default)]
     pub limits: Option<yaml_serde::Value>,
@@ -87,18 +90,75 @@ pub struct Config {
     /// Models clients may name, each with its deployments.
     #[serde(default)]
     pub models: Vec<ModelConfig>,
-    /// Prices that seed the store. Accepted now; used once metering lands.
+    /// Prices (USD per 1M input / output / cached-input tokens, per image) that seed the
+    /// store at start: a model that has no price in the store yet gets this one; prices set
+    /// through the admin API or CLI win across restarts.
     #[serde(default)]
-    pub prices: Option<yaml_serde::Value>,
+    pub prices: std::collections::BTreeMap<String, tollgate_admin::store::NewPrice>,
     /// Largest accepted request body, in MiB (413 beyond it).
     #[serde(default = "default_max_body_mb")]
     pub max_body_mb: u64,
     /// Overall deadline for a request to get its response headers, in seconds.
     #[serde(default = "default_request_timeout_s")]
     pub request_timeout_s: u64,
-    /// Folder of the local usage spool. Accepted now; used once metering lands.
+    /// Folder of the meter's local usage spool (relative to the working directory), where
+    /// usage records are made durable before a response ends and kept until the store has
+    /// them. One gateway process per folder.
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: String,
+    /// Usage metering and its spool.
     #[serde(default)]
-    pub spool_dir: Option<String>,
+    pub meter: MeterConfig,
+}
+
+/// `meter:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterConfig {
+    /// Most MiB of usage records the spool holds while the store cannot take them. When it
+    /// is full, new requests are refused with 503 `service_unavailable` (and `retry-after`)
+    /// instead of being served unmetered, until the store is back and the spool drains.
+    #[serde(default = "default_spool_max_mb")]
+    pub spool_max_mb: u64,
+    /// Milliseconds the flusher lets new records gather before it sends them to the store:
+    /// larger batches under load, at most this much delay before usage is queryable.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// What a cache hit is charged: `none` (recorded with its tokens at cost 0) or `full`
+    /// (the same cost as the upstream answer would have had).
+    #[serde(default)]
+    pub cache_hit_charge: CacheHitCharge,
+}
+
+impl Default for MeterConfig {
+    fn default() -> Self {
+        Self {
+            spool_max_mb: default_spool_max_mb(),
+            flush_interval_ms: default_flush_interval_ms(),
+            cache_hit_charge: CacheHitCharge::default(),
+        }
+    }
+}
+
+/// `meter.cache_hit_charge`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheHitCharge {
+    /// Cache hits cost nothing.
+    #[default]
+    None,
+    /// Cache hits cost what the answer cost when it came from the upstream.
+    Full,
+}
+
+fn default_spool_dir() -> String {
+    "./tollgate-spool".to_owned()
+}
+fn default_spool_max_mb() -> u64 {
+    512
+}
+fn default_flush_interval_ms() -> u64 {
+    200
 }
 
 /// `admin:` section.
@@ -108,9 +168,46 @@ pub struct AdminConfig {
     /// A static admin token (`Authorization: Bearer ...` on the admin plane).
     #[serde(default)]
     pub bootstrap_token: Option<Secret>,
-    /// Operator JWTs. Accepted now; verified once the control-plane issue lands.
+    /// Operator JWTs (HS256 shared secret, or an RS256/ES256 public key).
     #[serde(default)]
-    pub jwt: Option<yaml_serde::Value>,
+    pub jwt: Option<tollgate_admin::operator::JwtConfig>,
+}
+
+/// `auth:` section: how long key lookups are trusted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Seconds a cached key lookup is used without asking the store. Revocations reach
+    /// every replica at once through the store's invalidation feed; this is the backstop.
+    #[serde(default = "default_cache_ttl_s")]
+    pub cache_ttl_s: f64,
+    /// While the store is unreachable, a key looked up within this many seconds keeps
+    /// working. Unknown keys get 503 meanwhile.
+    #[serde(default = "default_stale_if_store_down_s")]
+    pub stale_if_store_down_s: f64,
+    /// Most keys kept in the cache.
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            cache_ttl_s: default_cache_ttl_s(),
+            stale_if_store_down_s: default_stale_if_store_down_s(),
+            cache_capacity: default_cache_capacity(),
+        }
+    }
+}
+
+fn default_cache_ttl_s() -> f64 {
+    10.0
+}
+fn default_stale_if_store_down_s() -> f64 {
+    900.0
+}
+fn default_cache_capacity() -> u64 {
+    100_000
 }
 
 /// One entry of `models:`.
@@ -169,20 +266,19 @@ pub struct DeploymentConfig {
     /// Upstream deadline: time to response headers, and the longest gap between stream chunks.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: f64,
-    /// Azure's `api-version`.
-    #[allow(
-        dead_code,
-        reason = "read by the azure provider, not in this build yet"
-    )]
+    /// Azure's `api-version` query value, e.g. `2024-10-21` (required for `azure`, refused
+    /// elsewhere): Azure versions its API per request, not per URL.
     #[serde(default)]
     pub api_version: Option<String>,
-    /// Azure's deployment name.
-    #[allow(
-        dead_code,
-        reason = "read by the azure provider, not in this build yet"
-    )]
+    /// Azure's deployment name (required for `azure`, refused elsewhere): on Azure the
+    /// deployment in the URL picks the model, not `model` in the body.
     #[serde(default)]
     pub deployment: Option<String>,
+    /// `max_tokens` sent to Anthropic when the client sets neither `max_tokens` nor
+    /// `max_completion_tokens` (`anthropic` only; default 4096): the Messages API requires
+    /// it, OpenAI's does not.
+    #[serde(default)]
+    pub max_tokens_default: Option<u32>,
     /// Local model folder (`provider: local`).
     #[allow(
         dead_code,
@@ -223,13 +319,15 @@ impl Default for Config {
             database_url: default_database_url(),
             redis_url: None,
             admin: AdminConfig::default(),
+            auth: AuthConfig::default(),
             limits: None,
             cache: None,
             models: Vec::new(),
-            prices: None,
+            prices: Default::default(),
             max_body_mb: default_max_body_mb(),
             request_timeout_s: default_request_timeout_s(),
-            spool_dir: None,
+            spool_dir: default_spool_dir(),
+            meter: MeterConfig::default(),
         }
     }
 }
@@ -286,9 +384,48 @@ impl Config {
                 "must be between 1 and 1024",
             ));
         }
+        let auth = &self.auth;
+        if !(auth.cache_ttl_s.is_finite() && auth.cache_ttl_s >= 0.0 && auth.cache_ttl_s <= 3600.0)
+        {
+            return Err(ConfigError::new(
+                "auth.cache_ttl_s",
+                "must be between 0 and 3600 seconds",
+            ));
+        }
+        if !(auth.stale_if_store_down_s.is_finite()
+            && auth.stale_if_store_down_s >= 0.0
+            && auth.stale_if_store_down_s <= 7.0 * 86_400.0)
+        {
+            return Err(ConfigError::new(
+                "auth.stale_if_store_down_s",
+                "must be between 0 and 604800 seconds",
+            ));
+        }
         if self.request_timeout_s == 0 {
             return Err(ConfigError::new("request_timeout_s", "must be at least 1"));
         }
+        if self.spool_dir.trim().is_empty() {
+            return Err(ConfigError::new("spool_dir", "must not be empty"));
+        }
+        if !(1..=1_048_576).contains(&self.meter.spool_max_mb) {
+            return Err(ConfigError::new(
+                "meter.spool_max_mb",
+                "must be between 1 and 1048576 (1 TiB)",
+            ));
+        }
+        if !(1..=60_000).contains(&self.meter.flush_interval_ms) {
+            return Err(ConfigError::new(
+                "meter.flush_interval_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        // Builds the verifier once to check the keys; `serve` builds it again to use it.
+        tollgate_admin::operator::OperatorAuth::with_jwt(None, self.admin.jwt.as_ref()).map_err(
+            |message| match message.split_once(": ") {
+                Some((path, rest)) if path.starts_with("admin.jwt") => ConfigError::new(path, rest),
+                _ => ConfigError::new("admin.jwt", message),
+            },
+        )?;
         let mut names = HashSet::new();
         for (i, model) in self.models.iter().enumerate() {
             let at = format!("models[{i}]");
@@ -334,48 +471,91 @@ impl Config {
         if self.cache.is_some() {
             out.push("cache");
         }
-        if self.prices.is_some() {
-            out.push("prices");
-        }
-        if self.spool_dir.is_some() {
-            out.push("spool_dir");
-        }
-        if self.admin.jwt.is_some() {
-            out.push("admin.jwt");
-        }
         out
     }
 }
 
 fn validate_deployment(at: &str, d: &DeploymentConfig) -> Result<(), ConfigError> {
+    let field = |name: &str| format!("{at}.{name}");
     match d.provider {
         ProviderKind::Openai => {
             let Some(url) = d.base_url.as_deref() else {
-                return Err(ConfigError::new(format!("{at}.base_url"), "missing"));
+                return Err(ConfigError::new(field("base_url"), "missing"));
             };
-            validate_base_url(&format!("{at}.base_url"), url)?;
+            validate_base_url(&field("base_url"), url)?;
+        }
+        ProviderKind::Azure => {
+            let Some(url) = d.base_url.as_deref() else {
+                return Err(ConfigError::new(
+                    field("base_url"),
+                    "missing (the resource endpoint, e.g. https://myres.openai.azure.com)",
+                ));
+            };
+            validate_base_url(&field("base_url"), url)?;
+            // Both go into the URL as they are: limiting them to the characters Azure
+            // allows means nothing needs escaping and nothing can change the URL's shape.
+            required_token(&field("deployment"), d.deployment.as_deref(), b"-_.")?;
+            required_token(&field("api_version"), d.api_version.as_deref(), b"-.")?;
+            required_key(&field("api_key"), d)?;
+        }
+        ProviderKind::Anthropic => {
+            // Optional: the provider defaults to https://api.anthropic.com/v1.
+            if let Some(url) = d.base_url.as_deref() {
+                validate_base_url(&field("base_url"), url)?;
+            }
+            required_key(&field("api_key"), d)?;
         }
         other => {
             // Accepted by the schema so DESIGN.md's full example parses, but refused at start
             // until its provider exists: serving a model that cannot answer would be worse.
             return Err(ConfigError::new(
-                format!("{at}.provider"),
+                field("provider"),
                 format!(
-                    "'{}' is not available in this build yet (supported: openai)",
+                    "'{}' is not available in this build yet (supported: openai, azure, anthropic)",
                     other.as_str()
                 ),
             ));
         }
     }
-    if d.weight == 0 {
+    // Fields of one provider on another are refused: they would silently do nothing.
+    let only_for = [
+        ("deployment", d.deployment.is_some(), ProviderKind::Azure),
+        ("api_version", d.api_version.is_some(), ProviderKind::Azure),
+        (
+            "max_tokens_default",
+            d.max_tokens_default.is_some(),
+            ProviderKind::Anthropic,
+        ),
+    ];
+    for (name, set, provider) in only_for {
+        if set && d.provider != provider {
+            return Err(ConfigError::new(
+                field(name),
+                format!("only used by provider: {}", provider.as_str()),
+            ));
+        }
+    }
+    if d.max_tokens_default == Some(0) {
         return Err(ConfigError::new(
-            format!("{at}.weight"),
+            field("max_tokens_default"),
             "must be at least 1",
         ));
     }
+    if let Some(key) = &d.api_key
+        && !key.expose().bytes().all(|b| b.is_ascii_graphic())
+    {
+        // Checked here so a key with a stray newline fails at start, not on every request.
+        return Err(ConfigError::new(
+            field("api_key"),
+            "must be printable ASCII without spaces (it is sent as a header; the value is not shown)",
+        ));
+    }
+    if d.weight == 0 {
+        return Err(ConfigError::new(field("weight"), "must be at least 1"));
+    }
     if !(d.timeout_s.is_finite() && d.timeout_s > 0.0 && d.timeout_s <= 86_400.0) {
         return Err(ConfigError::new(
-            format!("{at}.timeout_s"),
+            field("timeout_s"),
             "must be between 0 and 86400 seconds",
         ));
     }
@@ -383,11 +563,40 @@ fn validate_deployment(at: &str, d: &DeploymentConfig) -> Result<(), ConfigError
         && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()))
     {
         return Err(ConfigError::new(
-            format!("{at}.name"),
+            field("name"),
             "must be non-empty printable ASCII without spaces (it is sent as a header)",
         ));
     }
     Ok(())
+}
+
+/// A required, non-empty value made of ASCII letters, digits and `extra`.
+fn required_token(at: &str, value: Option<&str>, extra: &[u8]) -> Result<(), ConfigError> {
+    let Some(value) = value else {
+        return Err(ConfigError::new(at, "missing"));
+    };
+    if value.is_empty()
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    {
+        let allowed: String = extra.iter().map(|&b| char::from(b)).collect();
+        return Err(ConfigError::new(
+            at,
+            format!("must be non-empty: letters, digits and '{allowed}' only"),
+        ));
+    }
+    Ok(())
+}
+
+/// Hosted providers always need a key; an empty one (an unset `${VAR:-}`) is refused at
+/// start rather than answered with the upstream's 401 on every request.
+fn required_key(at: &str, d: &DeploymentConfig) -> Result<(), ConfigError> {
+    match &d.api_key {
+        Some(key) if !key.expose().is_empty() => Ok(()),
+        Some(_) => Err(ConfigError::new(at, "must not be empty")),
+        None => Err(ConfigError::new(at, "missing")),
+    }
 }
 
 fn validate_base_url(at: &str, url: &str) -> Result<(), ConfigError> {
@@ -640,9 +849,9 @@ models:
             e.starts_with("models[0].deployments[0].base_url: must be"),
             "{e}"
         );
-        let e = parse_err("models: [ { name: a, deployments: [ { provider: anthropic } ] } ]");
+        let e = parse_err("models: [ { name: a, deployments: [ { provider: local } ] } ]");
         assert!(
-            e.starts_with("models[0].deployments[0].provider: 'anthropic'"),
+            e.starts_with("models[0].deployments[0].provider: 'local'"),
             "{e}"
         );
         let e = parse_err(
@@ -655,6 +864,114 @@ models:
         );
         let dup = "models: [ { name: a, deployments: [ { provider: openai, base_url: 'http://x' } ] }, { name: a, deployments: [ { provider: openai, base_url: 'http://x' } ] } ]";
         assert_eq!(parse_err(dup), "models[1].name: duplicate model name 'a'");
+    }
+
+    #[test]
+    fn azure_and_anthropic_fields_are_checked() {
+        let one = |d: &str| parse_err(&format!("models: [ {{ name: a, deployments: [ {d} ] }} ]"));
+        let azure = "provider: azure, base_url: 'https://r.openai.azure.com', api_key: k";
+        assert_eq!(
+            one(&format!(
+                "{{ {azure}, api_version: 2024-10-21, deployment: d }}"
+            )),
+            "ok"
+        );
+        assert_eq!(
+            one(&format!("{{ {azure}, api_version: 2024-10-21 }}")),
+            "models[0].deployments[0].deployment: missing"
+        );
+        assert_eq!(
+            one(&format!("{{ {azure}, deployment: d }}")),
+            "models[0].deployments[0].api_version: missing"
+        );
+        let e = one(&format!(
+            "{{ {azure}, api_version: '2024&x=1', deployment: d }}"
+        ));
+        assert!(
+            e.starts_with("models[0].deployments[0].api_version: must be"),
+            "{e}"
+        );
+        let e = one(&format!(
+            "{{ {azure}, api_version: 2024-10-21, deployment: 'a/b' }}"
+        ));
+        assert!(
+            e.starts_with("models[0].deployments[0].deployment: must be"),
+            "{e}"
+        );
+        assert_eq!(
+            one("{ provider: azure, base_url: 'https://r', api_version: v1, deployment: d }"),
+            "models[0].deployments[0].api_key: missing"
+        );
+
+        assert_eq!(one("{ provider: anthropic, api_key: k }"), "ok");
+        assert_eq!(
+            one(
+                "{ provider: anthropic, api_key: k, max_tokens_default: 1000, base_url: 'http://x/v1' }"
+            ),
+            "ok"
+        );
+        assert_eq!(
+            one("{ provider: anthropic }"),
+            "models[0].deployments[0].api_key: missing"
+        );
+        assert_eq!(
+            one("{ provider: anthropic, api_key: '' }"),
+            "models[0].deployments[0].api_key: must not be empty"
+        );
+        assert_eq!(
+            one("{ provider: anthropic, api_key: k, max_tokens_default: 0 }"),
+            "models[0].deployments[0].max_tokens_default: must be at least 1"
+        );
+        assert_eq!(
+            one("{ provider: anthropic, api_key: k, deployment: d }"),
+            "models[0].deployments[0].deployment: only used by provider: azure"
+        );
+        assert_eq!(
+            one("{ provider: openai, base_url: 'http://x', max_tokens_default: 5 }"),
+            "models[0].deployments[0].max_tokens_default: only used by provider: anthropic"
+        );
+        let e = one("{ provider: anthropic, api_key: \"a\\nb\" }");
+        assert!(
+            e.starts_with("models[0].deployments[0].api_key: must be"),
+            "{e}"
+        );
+        assert!(!e.contains("a\nb"), "{e}");
+    }
+
+    #[test]
+    fn meter_settings_are_checked() {
+        let c = Config::parse("", &no_env).unwrap().validate().unwrap();
+        assert_eq!(c.spool_dir, "./tollgate-spool");
+        assert_eq!(c.meter.spool_max_mb, 512);
+        assert_eq!(c.meter.cache_hit_charge, CacheHitCharge::None);
+        let c = Config::parse(
+            "spool_dir: /var/spool/tg\nmeter: { spool_max_mb: 64, flush_interval_ms: 50, cache_hit_charge: full }",
+            &no_env,
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(
+            (
+                c.spool_dir.as_str(),
+                c.meter.spool_max_mb,
+                c.meter.flush_interval_ms,
+                c.meter.cache_hit_charge
+            ),
+            ("/var/spool/tg", 64, 50, CacheHitCharge::Full)
+        );
+        assert!(parse_err("meter: { spool_max_mb: 0 }").starts_with("meter.spool_max_mb: must be"));
+        assert!(
+            parse_err("meter: { flush_interval_ms: 0 }").starts_with("meter.flush_interval_ms")
+        );
+        assert!(
+            parse_err("meter: { cache_hit_charge: half }").starts_with("meter.cache_hit_charge")
+        );
+        assert_eq!(
+            parse_err("meter: { spool_mb: 1 }"),
+            "meter.spool_mb: unknown field"
+        );
+        assert_eq!(parse_err("spool_dir: ''"), "spool_dir: must not be empty");
     }
 
     #[test]
@@ -721,11 +1038,18 @@ models:
     #[test]
     fn the_example_config_is_valid() {
         let env = |k: &str| {
-            (k == "TOLLGATE_ADMIN_TOKEN" || k == "OPENAI_API_KEY").then(|| "x".to_owned())
+            [
+                "TOLLGATE_ADMIN_TOKEN",
+                "OPENAI_API_KEY",
+                "AZURE_OPENAI_API_KEY",
+                "ANTHROPIC_API_KEY",
+            ]
+            .contains(&k)
+            .then(|| "x".to_owned())
         };
         let text = include_str!("../../deploy/tollgate.example.yaml");
         let c = Config::parse(text, &env).unwrap().validate().unwrap();
-        assert_eq!(c.models.len(), 2);
+        assert_eq!(c.models.len(), 3);
         assert_eq!(
             c.models[0].deployments[0].name.as_deref(),
             Some("openai-primary")

@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 pub use tollgate_admin::error::ApiError;
 
+use crate::openai::Endpoint;
+
 /// Marks a response whose body came from an upstream, so [`shape`] leaves it untouched:
 /// upstream errors pass through with their own status and body.
 #[derive(Clone, Copy, Debug)]
@@ -37,6 +39,44 @@ pub fn model_not_allowed(model: &str) -> ApiError {
     .with_code("model_not_allowed")
 }
 
+/// 400 `unsupported_endpoint`: the model exists, but its provider has no such endpoint
+/// (Anthropic serves chat completions only; Azure OpenAI has no moderations). `reason`
+/// finishes the sentence for the client. No upstream is called.
+pub fn endpoint_not_supported(model: &str, endpoint: Endpoint, reason: &str) -> ApiError {
+    ApiError::invalid_request(
+        format!(
+            "The model '{model}' does not support /v1{}: {reason}",
+            endpoint.path()
+        ),
+        None,
+    )
+    .with_code("unsupported_endpoint")
+}
+
+/// 503 `service_unavailable` when usage cannot be recorded: the meter's spool is full
+/// (the store has been unreachable for long) or cannot be written. A request is refused
+/// rather than served unmetered; `retry-after` says when to try again.
+pub fn metering_unavailable() -> ApiError {
+    ApiError::unavailable("The gateway cannot record usage right now. Please retry shortly.")
+        .with_retry_after(5)
+}
+
+/// 503 for a request still waiting on its upstream when the gateway stops (after the
+/// drain deadline).
+pub fn shutting_down() -> ApiError {
+    ApiError::unavailable("The gateway is shutting down. Please retry.")
+}
+
+/// 502 when an upstream's answer broke off while it was being read.
+pub fn upstream_broke_off(deployment: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "server_error",
+        format!("The upstream '{deployment}' sent an incomplete response."),
+    )
+    .with_code("upstream_error")
+}
+
 /// Why an upstream call failed, by cause: the status follows from it (502 / 504).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -49,6 +89,10 @@ pub enum UpstreamError {
     /// The upstream answered something that is not HTTP we can relay.
     #[error("upstream answered badly")]
     BadResponse(#[source] reqwest::Error),
+    /// The upstream answered HTTP, but not in its protocol's shape (a translating provider
+    /// could not read it).
+    #[error("upstream answered badly: {0}")]
+    Malformed(&'static str),
     /// The gateway could not build the upstream request or the relayed response.
     #[error("gateway could not relay the call: {0}")]
     Internal(&'static str),
@@ -82,7 +126,7 @@ impl UpstreamError {
                 format!("The upstream '{deployment}' did not answer in time."),
             )
             .with_code("upstream_timeout"),
-            Self::BadResponse(_) => ApiError::new(
+            Self::BadResponse(_) | Self::Malformed(_) => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "server_error",
                 format!("The upstream '{deployment}' sent an invalid response."),

@@ -3,34 +3,26 @@
 //! Exit codes: 64 for a bad configuration (the message names the field), 69 when the store
 //! is unreachable at start, 1 for anything else.
 
-mod api;
-mod auth;
-mod call;
-mod cli;
-mod config;
-mod error;
-mod openai;
-mod providers;
-mod router;
-mod server;
-mod stack;
-mod trace;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use tollgate_admin::cli as admin_cli;
 use tollgate_admin::store::StoreError;
 
-use crate::cli::{Cli, Command, ServeArgs, StoreArgs};
-use crate::config::{Config, ConfigError, Secret};
-use crate::server::{ServeError, Startup};
+use tollgate_gateway::cli::{Cli, Command, OperatorArgs, ServeArgs, StoreArgs};
+use tollgate_gateway::config::{Config, ConfigError, Secret};
+use tollgate_gateway::server::{self, ServeError, Startup};
 
 const EXIT_CONFIG: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The server logs its requests; the other commands only what went wrong.
+    init_tracing(match cli.command {
+        Command::Serve(_) => "info,sqlx=warn",
+        _ => "warn",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,10 +35,42 @@ fn main() -> ExitCode {
     };
     // reqwest is built without a default TLS provider (the aws-lc C build); use ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(run_serve(args)),
-        Command::Migrate(args) => runtime.block_on(run_migrate(args)),
+    let (args, command) = match cli.command {
+        Command::Serve(args) => return exit(runtime.block_on(run_serve(args))),
+        Command::Migrate(args) => return exit(runtime.block_on(run_migrate(args))),
+        Command::Tenants { store, command } => (store, admin_cli::Command::Tenants(command)),
+        Command::Keys { store, command } => (store, admin_cli::Command::Keys(command)),
+        Command::Plans { store, command } => (store, admin_cli::Command::Plans(command)),
+        Command::Prices { store, command } => (store, admin_cli::Command::Prices(command)),
+        Command::Usage { store, args } => (store, admin_cli::Command::Usage(args)),
+        Command::Invoices { store, args } => (store, admin_cli::Command::Invoices(args)),
     };
+    runtime.block_on(run_operator(args, command))
+}
+
+/// Runs an operator subcommand on the store; errors go to stderr with their exit code.
+async fn run_operator(args: OperatorArgs, command: admin_cli::Command) -> ExitCode {
+    let config = match load_config(&args.store).and_then(Config::validate) {
+        Ok(config) => config,
+        Err(e) => return exit(Err(e.into())),
+    };
+    let store = match server::open_store(&config).await {
+        Ok(store) => store,
+        Err(e) => return exit(Err(e)),
+    };
+    let mut out = std::io::stdout().lock();
+    let result = admin_cli::run(&store, command, args.json, &mut out).await;
+    store.close().await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn exit(result: Result<(), ServeError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -60,9 +84,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

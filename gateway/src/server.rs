@@ -4,6 +4,11 @@
 //! (`tollgate: data plane listening on http://ADDR`), so scripts and tests that ask for
 //! port 0 learn the real address. On SIGINT/SIGTERM it stops accepting, lets requests in
 //! flight finish for up to [`DRAIN`], then exits.
+//!
+//! Metering: before the listeners open, the usage spool is opened (what an earlier run
+//! left in it is replayed to the store in the background). At shutdown, after the drain,
+//! every record still queued is synced and the spool is flushed to the store for up to
+//! [`FLUSH_GRACE`]; whatever the store cannot take by then waits in the spool.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -16,12 +21,16 @@ use tollgate_admin::store::{Store, StoreError};
 
 use crate::auth::Keys;
 use crate::config::{Config, ConfigError, DEFAULT_DATABASE_URL};
+use crate::meter::{Ledger, MeterError};
+use crate::metrics;
 use crate::providers::ProviderSet;
 use crate::router::Models;
 use crate::stack;
 
 /// How long shutdown waits for requests in flight (long streams) before exiting anyway.
 pub const DRAIN: Duration = Duration::from_secs(30);
+/// How long shutdown keeps flushing usage records to the store after the drain.
+pub const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +39,8 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("meter: {0}")]
+    Meter(#[from] MeterError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -60,6 +71,14 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     let data_addr = config.listen_addr()?;
     let admin_addr = config.admin_listen_addr()?;
     let store = open_store(&config).await?;
+    if !config.prices.is_empty() {
+        let prices: Vec<_> = config
+            .prices
+            .iter()
+            .map(|(m, p)| (m.clone(), p.clone()))
+            .collect();
+        store.seed_prices(&prices).await?;
+    }
     let providers =
         ProviderSet::new().map_err(|e| ServeError::Other(format!("http client: {e}")))?;
     let models = Arc::new(Models::from_config(&config, &providers).map_err(ServeError::Other)?);
@@ -70,15 +89,26 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
         );
     }
 
-    let data = stack::data_plane(&config, Keys::new(store.clone()), models);
+    let registry = prometheus::Registry::new();
+    let (ledger, meter_tasks) = Ledger::start(store.clone(), &config, &registry).await?;
+
+    let keys = Keys::new(store.clone(), &config.auth);
+    tokio::spawn(keys.clone().run_background());
+    let data = stack::data_plane(&config, keys, models, ledger);
     let bootstrap_token = config
         .admin
         .bootstrap_token
         .as_ref()
         .map(|t| t.expose().to_owned());
     let token_for_banner = bootstrap_token.clone();
-    let auth = Arc::new(tollgate_admin::operator::OperatorAuth::new(bootstrap_token));
-    let admin = tollgate_admin::api::router(AdminState { store, auth });
+    let auth = tollgate_admin::operator::OperatorAuth::with_jwt(
+        bootstrap_token,
+        config.admin.jwt.as_ref(),
+    )
+    .map_err(ServeError::Other)?;
+    let auth = Arc::new(auth);
+    let admin =
+        tollgate_admin::api::router(AdminState { store, auth }).merge(metrics::router(registry));
 
     let data_listener = bind(data_addr).await?;
     let admin_listener = bind(admin_addr).await?;
@@ -107,23 +137,28 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
         tokio::try_join!(data_server.into_future(), admin_server.into_future())
     });
 
-    tokio::select! {
-        result = &mut servers => return finish(result),
-        () = shutdown_signal() => {}
-    }
-    tracing::info!("shutting down: draining requests in flight");
-    let _ = stop_tx.send(true);
-    match tokio::time::timeout(DRAIN, &mut servers).await {
-        Ok(result) => finish(result),
-        Err(_) => {
-            tracing::warn!(
-                seconds = DRAIN.as_secs(),
-                "drain timed out; exiting with requests in flight"
-            );
-            servers.abort();
-            Ok(())
+    let result = tokio::select! {
+        result = &mut servers => finish(result),
+        () = shutdown_signal() => {
+            tracing::info!("shutting down: draining requests in flight");
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(DRAIN, &mut servers).await {
+                Ok(result) => finish(result),
+                Err(_) => {
+                    tracing::warn!(
+                        seconds = DRAIN.as_secs(),
+                        "drain timed out; exiting with requests in flight"
+                    );
+                    servers.abort();
+                    // Streams cut by the abort queue their records as their bodies drop.
+                    let _ = (&mut servers).await;
+                    Ok(())
+                }
+            }
         }
-    }
+    };
+    meter_tasks.shutdown(FLUSH_GRACE).await;
+    result
 }
 
 fn finish(

@@ -8,10 +8,10 @@
 //! 6. deadline (`request_timeout_s`) for the response headers → 504
 //! 7. auth → `Principal`, or 401
 //! 8. `/v1/*` handlers (`api.rs`): parse once into a `Call`, then the inner stack
-//! 9. inner stack: route → provider
+//! 9. inner stack: meter → route → provider
 //!
-//! Limits, metering and the cache will sit in the inner stack, between the handlers and the
-//! router, so they all work on the typed `Call`.
+//! Limits and the cache will sit in the inner stack too, so they all work on the typed
+//! `Call`: quota above the meter, the cache between the meter and the router.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,13 +31,22 @@ use crate::auth::{AuthLayer, Keys};
 use crate::call::CallService;
 use crate::config::Config;
 use crate::error;
+use crate::meter::{Ledger, MeterLayer};
 use crate::router::{self, Models};
 use crate::trace;
 
 /// Builds the data-plane application.
-pub fn data_plane(config: &Config, keys: Keys, models: Arc<Models>) -> axum::Router {
+pub fn data_plane(
+    config: &Config,
+    keys: Keys,
+    models: Arc<Models>,
+    ledger: Ledger,
+) -> axum::Router {
     let calls: CallService = BoxCloneSyncService::new(
         ServiceBuilder::new()
+            // One usage record per answer (stream end, upstream error, client gone), durable
+            // before the answer ends; above the cache so that hits are metered too.
+            .layer(MeterLayer::new(ledger))
             // Innermost: pick a deployment, let its provider answer.
             .service(router::Router),
     );
@@ -45,6 +54,8 @@ pub fn data_plane(config: &Config, keys: Keys, models: Arc<Models>) -> axum::Rou
     let max_body =
         usize::try_from(config.max_body_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
     let edge = ServiceBuilder::new()
+        // Before the id is set: the ledger must know whether the client chose it.
+        .map_request(api::mark_client_request_id)
         // Outermost, so every response below (errors and panics included) carries the id.
         .set_x_request_id(MakeRequestUuid)
         .propagate_x_request_id()

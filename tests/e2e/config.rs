@@ -6,7 +6,7 @@ use tollgate_tests::harness::{Backend, Gateway, tollgate_bin};
 
 use crate::on_both_stores;
 
-on_both_stores!(migrate_then_serve,);
+on_both_stores!(migrate_then_serve, config_prices_seed_the_store_once);
 
 /// Runs `tollgate ARGS` to completion in `dir`; returns (exit code, stdout, stderr).
 async fn run(
@@ -175,4 +175,39 @@ async fn unreachable_store_exits_69() {
     let (code, _out, err) = run(dir.path(), &["migrate", "--database-url", &url], &[]).await;
     assert_eq!(code, Some(69), "{err}");
     assert!(err.contains("store"), "{err}");
+}
+
+async fn config_prices_seed_the_store_once(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = tollgate_tests::harness::database_url(backend, dir.path()).await else {
+        return;
+    };
+    let config = "prices:\n  gpt-4o-mini: { input: 0.15, output: '0.60', cached_input: 0.075 }\n  dall-e-3: { input: 0, output: 0, image: 0.04 }\n";
+    let gw = Gateway::start_on(&url, config).await;
+    let (status, price) = gw
+        .admin(reqwest::Method::GET, "/admin/v1/prices/gpt-4o-mini", None)
+        .await;
+    assert_eq!(status, 200, "{price}");
+    assert_eq!(price["input"], "0.150000");
+    assert_eq!(price["output"], "0.600000");
+    assert_eq!(price["cached_input"], "0.075000");
+    let (_, image) = gw
+        .admin(reqwest::Method::GET, "/admin/v1/prices/dall-e-3", None)
+        .await;
+    assert_eq!(image["image"], "0.040000");
+    // An operator's price wins over the config's across a restart.
+    let (status, _) = gw
+        .admin(
+            reqwest::Method::PUT,
+            "/admin/v1/prices/gpt-4o-mini",
+            Some(serde_json::json!({"input": "0.20", "output": "0.80"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    gw.kill().await;
+    let gw = Gateway::start_on(&url, config).await;
+    let (_, price) = gw
+        .admin(reqwest::Method::GET, "/admin/v1/prices/gpt-4o-mini", None)
+        .await;
+    assert_eq!(price["input"], "0.200000");
 }

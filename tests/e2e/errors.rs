@@ -200,30 +200,30 @@ async fn oversized_bodies_are_413(backend: Backend) {
         return;
     };
     let key = gw.tenant_key(&[]).await;
-    let big = format!(
-        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
-        "x".repeat(1024 * 1024 + 10)
-    );
-    // With Content-Length.
-    let (status, answer) = post(&gw, &key, "/v1/chat/completions", big.clone()).await;
-    assert_eq!(status, 413);
-    assert_error_shape(&answer);
-    // Chunked, no Content-Length: refused while reading.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big
-        .into_bytes()
-        .chunks(64 * 1024)
-        .map(|c| Ok(c.to_vec()))
-        .collect();
-    let stream = futures_util::stream::iter(chunks);
-    let (status, answer) = post(
-        &gw,
-        &key,
-        "/v1/chat/completions",
-        reqwest::Body::wrap_stream(stream),
+    let limit = 1024 * 1024;
+    let head = |framing: &str| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\n{framing}\r\n"
+        )
+    };
+    // A Content-Length over the limit is refused before a byte of the body is sent.
+    let (status, body) = raw_http(
+        &gw.url,
+        head(&format!("content-length: {}\r\n", limit + 10)).into_bytes(),
     )
     .await;
-    assert_eq!(status, 413);
-    assert_error_shape(&answer);
+    assert_eq!(status, 413, "{body}");
+    assert_error_shape(&serde_json::from_str(&body).unwrap());
+    // Chunked, no length: refused once what was read passes the limit. The one chunk that
+    // crosses it is all that is sent, so the gateway has read everything when it answers.
+    let mut request = head("transfer-encoding: chunked\r\n").into_bytes();
+    let chunk = vec![b'x'; limit + 10];
+    request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+    request.extend_from_slice(&chunk);
+    request.extend_from_slice(b"\r\n");
+    let (status, body) = raw_http(&gw.url, request).await;
+    assert_eq!(status, 413, "{body}");
+    assert_error_shape(&serde_json::from_str(&body).unwrap());
     assert!(upstream.requests().is_empty());
     // Just under the limit still works.
     let fits = format!(
@@ -232,4 +232,51 @@ async fn oversized_bodies_are_413(backend: Backend) {
     );
     let (status, _) = post(&gw, &key, "/v1/chat/completions", fits).await;
     assert_eq!(status, 200);
+}
+
+/// Writes `request` on a fresh connection to `url` and reads one response; returns its
+/// status and body (the gateway closes the connection after an error like 413).
+async fn raw_http(url: &str, request: Vec<u8>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&request).await.unwrap();
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            response.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&response);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_owned)
+                    })
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if length.is_some_and(|n| body.len() >= n) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no complete response");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

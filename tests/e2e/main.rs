@@ -10,9 +10,14 @@
 )]
 
 mod auth;
+mod cli;
 mod config;
 mod errors;
+mod meter;
+mod operators;
+mod providers;
 mod proxy;
+mod replicas;
 
 use serde_json::Value;
 use tollgate_tests::harness::{Backend, Gateway, closed_port};

@@ -8,6 +8,7 @@ skips the tests; with CI=true it fails them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -246,13 +247,13 @@ def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockUpst
 # ---- Postgres -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """A fresh, empty Postgres database for this session's gateway."""
+@contextlib.contextmanager
+def fresh_database(prefix: str = "tg_sdk") -> Iterator[str]:
+    """A fresh, empty Postgres database on the test server; dropped afterwards."""
     server = require_env("TOLLGATE_TEST_POSTGRES_URL")
     import psycopg
 
-    name = f"tg_sdk_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server, autocommit=True, connect_timeout=10) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     parts = urllib.parse.urlsplit(server)
@@ -262,6 +263,13 @@ def database_url() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     except Exception as e:  # the server is thrown away anyway
         print(f"note: could not drop {name}: {e}")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh, empty Postgres database for this session's gateway."""
+    with fresh_database() as url:
+        yield url
 
 
 # ---- the gateway ----------------------------------------------------------------------
@@ -311,15 +319,13 @@ def gateway_config(mock: MockUpstream, database_url: str, dead_port: int) -> str
     return "".join(lines)
 
 
-@pytest.fixture(scope="session")
-def gateway(
-    mock_upstream: MockUpstream, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
+@contextlib.contextmanager
+def launch_gateway(config_text: str, workdir: Path, dead_port: int = 0) -> Iterator[Gateway]:
+    """Runs `tollgate serve` with `config_text` (which reads TOLLGATE_ADMIN_TOKEN) in
+    `workdir` until the block ends."""
     binary = require_binary("TOLLGATE_BIN")
-    workdir = tmp_path_factory.mktemp("gateway")
-    dead_port = free_port()
     config = workdir / "tollgate.yaml"
-    config.write_text(gateway_config(mock_upstream, database_url, dead_port))
+    config.write_text(config_text)
     token = f"admin-{secrets.token_urlsafe(24)}"
     env = {
         k: v
@@ -335,15 +341,27 @@ def gateway(
         env=env,
         cwd=workdir,
     )
-    found = p.wait_for(
-        {
-            "data": re.compile(r"tollgate: data plane listening on (http://\S+)"),
-            "admin": re.compile(r"tollgate: admin plane listening on (http://\S+)"),
-        },
-        STARTUP_TIMEOUT_S,
-    )
-    yield Gateway(found["data"].rstrip("/"), found["admin"].rstrip("/"), token, dead_port, p)
-    p.stop()
+    try:
+        found = p.wait_for(
+            {
+                "data": re.compile(r"tollgate: data plane listening on (http://\S+)"),
+                "admin": re.compile(r"tollgate: admin plane listening on (http://\S+)"),
+            },
+            STARTUP_TIMEOUT_S,
+        )
+        yield Gateway(found["data"].rstrip("/"), found["admin"].rstrip("/"), token, dead_port, p)
+    finally:
+        p.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    mock_upstream: MockUpstream, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    dead_port = free_port()
+    config = gateway_config(mock_upstream, database_url, dead_port)
+    with launch_gateway(config, tmp_path_factory.mktemp("gateway"), dead_port) as gw:
+        yield gw
 
 
 # ---- tenants, keys, clients -------------------------------------------------------------

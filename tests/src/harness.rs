@@ -79,8 +79,24 @@ impl Gateway {
     pub async fn start(backend: Backend, config: &str) -> Option<Gateway> {
         let dir = tempfile::tempdir().expect("temp dir");
         let database_url = database_url(backend, dir.path()).await?;
+        Some(Self::start_in(dir, database_url, config).await)
+    }
+
+    /// Starts a gateway on an existing store, e.g. a second replica on the same Postgres.
+    pub async fn start_on(database_url: &str, config: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, database_url.to_owned(), config).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, database_url: String, config: &str) -> Gateway {
+        // A test that configures `admin:` itself keeps `${TEST_ADMIN_TOKEN}` as the token.
+        let admin = if config.lines().any(|l| l.starts_with("admin:")) {
+            ""
+        } else {
+            "admin: { bootstrap_token: '${TEST_ADMIN_TOKEN}' }\n"
+        };
         let full = format!(
-            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ndatabase_url: '{database_url}'\nadmin: {{ bootstrap_token: '${{TEST_ADMIN_TOKEN}}' }}\n{config}"
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ndatabase_url: '{database_url}'\n{admin}{config}"
         );
         let path = dir.path().join("tollgate.yaml");
         std::fs::write(&path, full).expect("write config");
@@ -97,7 +113,7 @@ impl Gateway {
         )
         .await
         {
-            Ok(gw) => Some(gw),
+            Ok(gw) => gw,
             Err(exited) => panic!("gateway did not start: {exited:?}"),
         }
     }
@@ -229,6 +245,37 @@ impl Gateway {
         key["key"].as_str().expect("plaintext key").to_owned()
     }
 
+    /// Any admin call with the bootstrap token; returns (status, JSON body or Null).
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.admin_url))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("admin request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET /v1/models` with `key`; returns the status (a cheap authenticated call).
+    pub async fn probe_key(&self, key: &str) -> u16 {
+        self.http
+            .get(format!("{}/v1/models", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("data-plane request")
+            .status()
+            .as_u16()
+    }
+
     async fn admin_post(&self, path: &str, body: Value) -> Value {
         let response = self
             .http
@@ -248,6 +295,55 @@ impl Gateway {
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// `kill -9`: no drain, no final flush. Keeps the folder (config, SQLite file, spool)
+    /// so the gateway can be started again on it with [`Gateway::restart`].
+    pub async fn crash(mut self) -> Stopped {
+        let _ = self.child.kill().await;
+        self.into_stopped()
+    }
+
+    /// SIGTERM, then waits (up to 60 s) for the process to drain and exit. Keeps the
+    /// folder like [`Gateway::crash`].
+    pub async fn stop(mut self) -> Stopped {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => panic!(
+                "gateway did not exit within 60 s of SIGTERM:\n{}",
+                self.logs()
+            ),
+        }
+        self.into_stopped()
+    }
+
+    fn into_stopped(self) -> Stopped {
+        let logs = self.logs();
+        Stopped {
+            dir: self.dir,
+            database_url: self.database_url,
+            logs,
+        }
+    }
+
+    /// Starts a gateway again in a stopped one's folder (same spool, same SQLite file),
+    /// with `config`, on `database_url` (the same store, maybe by another route).
+    pub async fn restart(stopped: Stopped, database_url: &str, config: &str) -> Gateway {
+        Self::start_in(stopped.dir, database_url.to_owned(), config).await
+    }
+}
+
+/// What is left of a stopped gateway: its folder and its store.
+pub struct Stopped {
+    pub dir: tempfile::TempDir,
+    pub database_url: String,
+    /// What it logged before it stopped.
+    pub logs: String,
 }
 
 /// A plain HTTP client for tests (no retries, no proxy).

@@ -9,4 +9,5 @@
 
 pub mod db;
 pub mod harness;
+pub mod tcp_proxy;
 pub mod upstream;

@@ -12,6 +12,11 @@
 //! `/openai/deployments/{deployment}/...` paths (the model defaults to the deployment name
 //! there), so the gateway's Azure provider can be tested against the same fake.
 //!
+//! Anthropic: `POST /v1/messages` speaks Anthropic's Messages API instead (JSON and SSE,
+//! Anthropic's error shape, `x-api-key` and `anthropic-version` required, unknown fields
+//! refused as Anthropic does); see `upstream/anthropic.rs`. Its knobs ride in the `system` prompt
+//! (`mock:{...}`), because the gateway translates the body and drops unknown fields.
+//!
 //! Scripting: a request body may carry `"mock": {...}` (the gateway passes unknown fields
 //! through) to script the answer; see [`Knobs`] for the fields. Unknown knob fields are
 //! refused with a 400 so that a typo in a test never silently does nothing.
@@ -44,6 +49,8 @@ use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
+
+mod anthropic;
 
 /// What a chat or completion answers when the request does not script `mock.content`.
 pub const DEFAULT_CONTENT: &str = "Hello from the mock upstream.";
@@ -314,8 +321,20 @@ struct Knobs {
     headers: Option<Map<String, Value>>,
     /// Overrides the computed `usage.prompt_tokens`.
     prompt_tokens: Option<u64>,
-    /// Reported as `usage.prompt_tokens_details.cached_tokens` (part of prompt_tokens).
+    /// Reported as `usage.prompt_tokens_details.cached_tokens` (part of prompt_tokens);
+    /// Anthropic: `usage.cache_read_input_tokens` (and `prompt_tokens` is `input_tokens`,
+    /// which excludes cached tokens there).
     cached_tokens: Option<u64>,
+    /// Anthropic only: `usage.cache_creation_input_tokens`.
+    cache_creation_tokens: Option<u64>,
+    /// Anthropic only: answer with these tool calls (`tool_use` blocks, stop reason
+    /// `tool_use`); text comes first only when `content` is set too.
+    tool_calls: Option<Vec<anthropic::ToolCallKnob>>,
+    /// Anthropic only: after this many stream events, send an `error` event
+    /// (`overloaded_error`) and end the stream, as Anthropic does when it fails mid-answer.
+    error_after: Option<usize>,
+    /// Anthropic only: frame stream events with `\r\n` line endings.
+    crlf: bool,
 }
 
 /// An OpenAI-shaped error answer.
@@ -406,6 +425,8 @@ enum Payload {
     Json(StatusCode, Value),
     /// SSE events, each already framed as `data: ...\n\n`; `[DONE]` is added on sending.
     Sse(Vec<Bytes>),
+    /// SSE events sent as they are, without `[DONE]` (Anthropic's streams end with an event).
+    EventStream(Vec<Bytes>),
 }
 
 impl From<ApiError> for Payload {
@@ -455,13 +476,20 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             None,
             None,
         )),
-        Ok(_) => match parse_knobs(&body) {
-            Err(e) => Reply::plain(e),
-            Ok(knobs) => {
-                delay += Duration::from_millis(knobs.delay_ms);
-                Reply::scripted(&shared, &parts.method, path, &body, knobs)
+        Ok(_) => {
+            let knobs = if anthropic::is_messages(path) {
+                anthropic::knobs(&body)
+            } else {
+                parse_knobs(&body)
+            };
+            match knobs {
+                Err(e) => Reply::plain(e),
+                Ok(knobs) => {
+                    delay += Duration::from_millis(knobs.delay_ms);
+                    Reply::scripted(&shared, &parts, &body, knobs)
+                }
             }
-        },
+        }
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -489,7 +517,9 @@ impl Reply {
         }
     }
 
-    fn scripted(shared: &Shared, method: &Method, path: &str, body: &Value, knobs: Knobs) -> Self {
+    fn scripted(shared: &Shared, parts: &http::request::Parts, body: &Value, knobs: Knobs) -> Self {
+        let (method, path) = (&parts.method, parts.uri.path());
+        let anthropic = anthropic::is_messages(path);
         let headers = match knob_headers(knobs.headers.as_ref()) {
             Ok(h) => h,
             Err(e) => return Reply::plain(e),
@@ -509,14 +539,23 @@ impl Reply {
                 let s = s.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let body = match error {
                     Value::Object(o) if o.contains_key("error") => error.clone(),
+                    _ if anthropic => json!({ "type": "error", "error": error }),
                     _ => json!({ "error": error }),
                 };
                 Payload::Json(s, body)
             }
+            (Some(s), None) if s.as_u16() >= 400 && anthropic => {
+                anthropic::error_for_status(s).into()
+            }
             (Some(s), None) if s.as_u16() >= 400 => ApiError::for_status(s).into(),
             (s, None) => {
                 status_override = s;
-                route(shared, method, path, body, &knobs).unwrap_or_else(Payload::from)
+                let answer = if anthropic {
+                    anthropic::messages(shared, parts, body, &knobs)
+                } else {
+                    route(shared, method, path, body, &knobs)
+                };
+                answer.unwrap_or_else(Payload::from)
             }
         };
         Reply {
@@ -538,14 +577,21 @@ impl Reply {
                 });
                 (status, "application/json", vec![bytes], abort)
             }
-            Payload::Sse(mut events) => {
+            payload @ (Payload::Sse(_) | Payload::EventStream(_)) => {
+                let (mut events, done) = match payload {
+                    Payload::Sse(events) => (events, true),
+                    Payload::EventStream(events) => (events, false),
+                    Payload::Json(..) => (Vec::new(), false),
+                };
                 let abort = match self.drop_after {
                     Some(n) => {
                         events.truncate(n);
                         true
                     }
                     None => {
-                        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+                        if done {
+                            events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+                        }
                         false
                     }
                 };

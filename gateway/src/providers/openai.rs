@@ -5,25 +5,23 @@
 //! deployment's upstream model; the upstream key comes from config and the client's key is
 //! never forwarded, nor any other client header. Streams are relayed chunk by chunk as they
 //! arrive, so the first token reaches the client when the upstream sends it.
+//!
+//! `forward` is that relay for any server speaking OpenAI's wire format; Azure OpenAI
+//! uses it too, with its own URL and key header.
 
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::response::Response;
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, header};
 use serde::Serialize;
 use serde::ser::SerializeMap;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::config::{DeploymentConfig, Secret};
-use crate::error::{Passthrough, UpstreamError};
+use super::relay;
+use crate::config::DeploymentConfig;
+use crate::error::UpstreamError;
 use crate::openai::Request;
-
-/// Upstream response headers worth relaying to the client.
-const RELAYED_HEADERS: [header::HeaderName; 2] = [header::CONTENT_TYPE, header::RETRY_AFTER];
 
 #[derive(Debug)]
 pub struct OpenAi {
@@ -31,7 +29,7 @@ pub struct OpenAi {
     /// `base_url` without a trailing slash.
     base_url: String,
     /// `Bearer <api_key>`, made once; `None` for servers that need no key.
-    authorization: Option<Secret>,
+    authorization: Option<HeaderValue>,
     timeout: Duration,
 }
 
@@ -49,7 +47,7 @@ impl OpenAi {
                 .api_key
                 .as_ref()
                 .filter(|k| !k.expose().is_empty())
-                .map(|k| Secret::new(format!("Bearer {}", k.expose()))),
+                .and_then(|k| relay::secret_header(&format!("Bearer {}", k.expose()))),
             timeout: Duration::from_secs_f64(d.timeout_s),
         }
     }
@@ -59,79 +57,37 @@ impl OpenAi {
         request: &Request,
         upstream_model: &str,
     ) -> Result<Response, UpstreamError> {
-        let deadline = Instant::now() + self.timeout;
-        let body = serde_json::to_vec(&WithModel {
-            body: &request.body,
-            model: upstream_model,
-        })
-        .map_err(|_| UpstreamError::Internal("serialize request"))?;
         let url = format!("{}{}", self.base_url, request.endpoint.path());
-        let mut builder = self
-            .client
-            .post(url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body);
-        if request.stream {
-            builder = builder.header(header::ACCEPT, "text/event-stream");
-        }
+        let mut builder = self.client.post(url);
         if let Some(auth) = &self.authorization {
-            builder = builder.header(header::AUTHORIZATION, auth.expose());
+            builder = builder.header(header::AUTHORIZATION, auth.clone());
         }
-        let upstream = tokio::time::timeout_at(deadline, builder.send())
-            .await
-            .map_err(|_| UpstreamError::Timeout)?
-            .map_err(UpstreamError::from_reqwest)?;
-
-        let status = upstream.status();
-        let mut response = Response::builder().status(status);
-        if let Some(headers) = response.headers_mut() {
-            for name in RELAYED_HEADERS {
-                if let Some(value) = upstream.headers().get(&name) {
-                    headers.insert(name, value.clone());
-                }
-            }
-            if request.stream && status.is_success() {
-                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            }
-        }
-        let body = if request.stream && status.is_success() {
-            Body::from_stream(idle_timeout(upstream.bytes_stream(), self.timeout))
-        } else {
-            let bytes = tokio::time::timeout_at(deadline, upstream.bytes())
-                .await
-                .map_err(|_| UpstreamError::Timeout)?
-                .map_err(UpstreamError::from_reqwest)?;
-            Body::from(bytes)
-        };
-        let mut response = response
-            .body(body)
-            .map_err(|_| UpstreamError::Internal("build response"))?;
-        response.extensions_mut().insert(Passthrough);
-        Ok(response)
+        forward(builder, request, upstream_model, self.timeout).await
     }
 }
 
-/// Ends a relayed stream with an error when the upstream goes quiet for `gap`, so a stalled
-/// upstream cannot hold a client connection forever.
-fn idle_timeout(
-    stream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
-    gap: Duration,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    futures_util::stream::unfold(Some(Box::pin(stream)), move |state| async move {
-        let mut stream = state?;
-        match tokio::time::timeout(gap, stream.next()).await {
-            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(stream))),
-            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
-            Ok(None) => None,
-            Err(_) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "upstream stream stalled",
-                )),
-                None,
-            )),
-        }
+/// Sends the client's body (with `model` replaced) on `builder`, which already carries the
+/// URL and the upstream's credentials, and relays the answer as it is.
+pub(super) async fn forward(
+    builder: reqwest::RequestBuilder,
+    request: &Request,
+    upstream_model: &str,
+    timeout: Duration,
+) -> Result<Response, UpstreamError> {
+    let deadline = Instant::now() + timeout;
+    let body = serde_json::to_vec(&WithModel {
+        body: &request.body,
+        model: upstream_model,
     })
+    .map_err(|_| UpstreamError::Internal("serialize request"))?;
+    let mut builder = builder
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body);
+    if request.stream {
+        builder = builder.header(header::ACCEPT, "text/event-stream");
+    }
+    let upstream = relay::send(builder, deadline).await?;
+    relay::passthrough(upstream, request.stream, deadline, timeout).await
 }
 
 /// Serializes the client's body with `model` replaced, without copying the body.

@@ -1,0 +1,120 @@
+//! `provider: azure`: Azure OpenAI. The wire format is OpenAI's, so the body and the answer
+//! are relayed exactly as `openai` does (`openai::forward`); only the address and
+//! the credentials differ:
+//!
+//! - URL: `{base_url}/openai/deployments/{deployment}/{path}?api-version={api_version}`,
+//!   where `base_url` is the resource endpoint (`https://myres.openai.azure.com`) and
+//!   `path` is `chat/completions`, `completions`, `embeddings` or `images/generations`.
+//! - Key: the `api-key` header (Azure does not read `Authorization: Bearer` for keys).
+//! - `model` in the body is rewritten like everywhere else; Azure ignores it (the
+//!   deployment decides the model), so this only keeps the behaviour uniform.
+//!
+//! Azure OpenAI has no moderations endpoint (its content filters run on every request), so
+//! `/v1/moderations` on an Azure-backed model is a 400 `unsupported_endpoint` answered
+//! here, without calling the upstream.
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use http::HeaderValue;
+
+use super::{openai, relay};
+use crate::config::DeploymentConfig;
+use crate::error::{self, UpstreamError};
+use crate::openai::{Endpoint, Request};
+
+/// The header Azure OpenAI reads the key from.
+const API_KEY_HEADER: &str = "api-key";
+
+#[derive(Debug)]
+pub struct Azure {
+    client: reqwest::Client,
+    /// `{base_url}/openai/deployments/{deployment}`, made once.
+    deployment_url: String,
+    /// The `api-version` query value (config validation allows only URL-safe characters).
+    api_version: String,
+    api_key: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+impl Azure {
+    pub fn new(client: reqwest::Client, d: &DeploymentConfig) -> Self {
+        let base = d
+            .base_url
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/');
+        let deployment = d.deployment.as_deref().unwrap_or_default();
+        Self {
+            client,
+            deployment_url: format!("{base}/openai/deployments/{deployment}"),
+            api_version: d.api_version.clone().unwrap_or_default(),
+            api_key: d
+                .api_key
+                .as_ref()
+                .and_then(|k| relay::secret_header(k.expose())),
+            timeout: Duration::from_secs_f64(d.timeout_s),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        request: &Request,
+        upstream_model: &str,
+    ) -> Result<Response, UpstreamError> {
+        if request.endpoint == Endpoint::Moderations {
+            return Ok(error::endpoint_not_supported(
+                &request.model,
+                request.endpoint,
+                "Azure OpenAI has no moderations endpoint (its content filters apply to every request).",
+            )
+            .into_response());
+        }
+        let url = self.url(request.endpoint);
+        let mut builder = self.client.post(url);
+        if let Some(key) = &self.api_key {
+            builder = builder.header(API_KEY_HEADER, key.clone());
+        }
+        openai::forward(builder, request, upstream_model, self.timeout).await
+    }
+
+    fn url(&self, endpoint: Endpoint) -> String {
+        format!(
+            "{}{}?api-version={}",
+            self.deployment_url,
+            endpoint.path(),
+            self.api_version
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn azure(base_url: &str) -> Azure {
+        let yaml = format!(
+            "models: [ {{ name: m, deployments: [ {{ provider: azure, base_url: '{base_url}', api_key: k, deployment: my-dep, api_version: 2024-10-21 }} ] }} ]"
+        );
+        let config = Config::parse(&yaml, &|_| None).unwrap().validate().unwrap();
+        // The binary installs the TLS provider in main; a test has to do it itself.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Azure::new(reqwest::Client::new(), &config.models[0].deployments[0])
+    }
+
+    #[test]
+    fn urls_follow_azure_deployment_paths() {
+        let a = azure("https://res.openai.azure.com/");
+        assert_eq!(
+            a.url(Endpoint::ChatCompletions),
+            "https://res.openai.azure.com/openai/deployments/my-dep/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(
+            a.url(Endpoint::ImagesGenerations),
+            "https://res.openai.azure.com/openai/deployments/my-dep/images/generations?api-version=2024-10-21"
+        );
+        assert!(a.api_key.as_ref().unwrap().is_sensitive());
+    }
+}
