@@ -128,6 +128,10 @@ pub struct MeterConfig {
     /// (the same cost as the upstream answer would have had).
     #[serde(default)]
     pub cache_hit_charge: CacheHitCharge,
+    /// Days raw usage records are kept; older ones are pruned once a day (the daily
+    /// rollups that usage queries and invoices read are kept). `null`: keep everything.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: Option<u32>,
 }
 
 impl Default for MeterConfig {
@@ -136,6 +140,7 @@ impl Default for MeterConfig {
             spool_max_mb: default_spool_max_mb(),
             flush_interval_ms: default_flush_interval_ms(),
             cache_hit_charge: CacheHitCharge::default(),
+            retention_days: default_retention_days(),
         }
     }
 }
@@ -156,6 +161,9 @@ fn default_spool_dir() -> String {
 }
 fn default_spool_max_mb() -> u64 {
     512
+}
+fn default_retention_days() -> Option<u32> {
+    Some(400)
 }
 fn default_flush_interval_ms() -> u64 {
     200
@@ -411,6 +419,12 @@ impl Config {
             return Err(ConfigError::new(
                 "meter.spool_max_mb",
                 "must be between 1 and 1048576 (1 TiB)",
+            ));
+        }
+        if self.meter.retention_days == Some(0) {
+            return Err(ConfigError::new(
+                "meter.retention_days",
+                "must be at least 1 (or null to keep every record)",
             ));
         }
         if !(1..=60_000).contains(&self.meter.flush_interval_ms) {
@@ -964,6 +978,7 @@ models:
         assert!(
             parse_err("meter: { flush_interval_ms: 0 }").starts_with("meter.flush_interval_ms")
         );
+        assert!(parse_err("meter: { retention_days: 0 }").starts_with("meter.retention_days"));
         assert!(
             parse_err("meter: { cache_hit_charge: half }").starts_with("meter.cache_hit_charge")
         );

@@ -92,6 +92,9 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     let registry = prometheus::Registry::new();
     let (ledger, meter_tasks) = Ledger::start(store.clone(), &config, &registry).await?;
 
+    if let Some(days) = config.meter.retention_days {
+        tokio::spawn(prune_usage_daily(store.clone(), days));
+    }
     let keys = Keys::new(store.clone(), &config.auth);
     tokio::spawn(keys.clone().run_background());
     let data = stack::data_plane(&config, keys, models, ledger);
@@ -168,6 +171,29 @@ fn finish(
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(ServeError::Other(format!("server error: {e}"))),
         Err(e) => Err(ServeError::Other(format!("server task failed: {e}"))),
+    }
+}
+
+/// Raw-row retention (`meter.retention_days`): prunes usage records older than that, at
+/// start and then once a day. Every replica does it; the store makes that safe, and the
+/// rollups behind usage queries and invoices are kept.
+async fn prune_usage_daily(store: Store, days: u32) {
+    const DAY_MS: i64 = 86_400_000;
+    let mut ticker = tokio::time::interval(Duration::from_secs(86_400));
+    loop {
+        ticker.tick().await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let cutoff = now_ms.saturating_sub(i64::from(days).saturating_mul(DAY_MS));
+        match store.prune_usage(cutoff).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, days, "pruned raw usage records past retention"),
+            Err(e) => {
+                tracing::warn!(error = %e, "usage retention: prune failed; retrying tomorrow")
+            }
+        }
     }
 }
 
