@@ -641,6 +641,9 @@ async fn kill_9_during_a_burst_loses_nothing() {
     }
 }
 
+/// How long the store stays unreachable under load.
+const STORE_OUTAGE: Duration = Duration::from_secs(60);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_loses_nothing_and_doubles_nothing() {
     let Some((direct, proxied, proxy)) = proxied_postgres().await else {
@@ -683,7 +686,9 @@ async fn a_store_outage_loses_nothing_and_doubles_nothing() {
             (ids, failed)
         }));
     }
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // As long as the issue asks: past the auth cache's and the price cache's refresh, so
+    // both keep serving from what they had.
+    tokio::time::sleep(STORE_OUTAGE).await;
     // The spool holds what the store cannot take.
     let metrics = gw
         .http
