@@ -241,8 +241,8 @@ fn banner(
         let _ = writeln!(
             out,
             "tollgate: embedded default (store {DEFAULT_DATABASE_URL} unless overridden). Create a tenant and a key:\n  \
-             curl -s -X POST http://{admin}/admin/v1/tenants -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"name\":\"acme\"}}'\n  \
-             curl -s -X POST http://{admin}/admin/v1/tenants/<tenant id>/keys -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"name\":\"dev\"}}'\n\
+             curl -s -X POST http://{admin}/admin/v1/tenants -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"name\":\"acme\"}}'\n  \
+             curl -s -X POST http://{admin}/admin/v1/tenants/<tenant id>/keys -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"name\":\"dev\"}}'\n\
              tollgate: then call http://{data}/v1 with the key; add models with --config (see README.md)"
         );
     }
