@@ -18,6 +18,7 @@ mod operators;
 mod providers;
 mod proxy;
 mod replicas;
+mod routing;
 
 use serde_json::Value;
 use tollgate_tests::harness::{Backend, Gateway, closed_port};

@@ -1,22 +1,34 @@
 //! Route: model name → its deployments → one deployment → its provider.
 //!
 //! Deployments share traffic by `weight` with a deterministic weighted round robin (no
-//! randomness, so a test can predict it). Retries, fallbacks and circuit breaking build on
-//! this module.
+//! randomness, so a test can predict it), over the deployments whose breaker is closed
+//! ([`balance`]). A failed attempt moves on to another deployment, then to the model's
+//! fallback models ([`retry`]); a run of failures ejects a deployment for a cool-down
+//! ([`breaker`]).
+//!
+//! This layer is the innermost one: retrying here, below the meter and the cache, means
+//! a client call is metered and cached once, whatever number of upstream attempts it took.
+
+mod balance;
+pub mod breaker;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::future::BoxFuture;
 use http::HeaderValue;
 
 use crate::call::Call;
-use crate::config::{Config, ModelConfig};
+use crate::config::{BreakerConfig, Config, ModelConfig};
 use crate::providers::{Provider, ProviderSet};
+use breaker::Breaker;
+use retry::RetryPolicy;
 
 /// The header that names the deployment that served.
 pub const DEPLOYMENT_HEADER: &str = "x-tollgate-deployment";
@@ -32,6 +44,8 @@ pub struct Deployment {
     pub upstream_model: String,
     pub weight: u64,
     pub provider: Provider,
+    /// Ejects this deployment after a run of failures; also holds its `retry-after`.
+    pub breaker: Breaker,
 }
 
 /// A client-facing model and its deployments.
@@ -39,12 +53,20 @@ pub struct Deployment {
 pub struct ModelRoute {
     pub name: String,
     pub deployments: Vec<Deployment>,
-    total_weight: u64,
     next: AtomicU64,
+    retry: RetryPolicy,
+    /// Set once all models exist (fallbacks may point forward). Weak, because fallbacks
+    /// may point at each other and `Models` owns every route anyway.
+    fallbacks: OnceLock<Vec<Weak<ModelRoute>>>,
 }
 
 impl ModelRoute {
-    fn new(model: &ModelConfig, providers: &ProviderSet) -> Result<Self, String> {
+    fn new(
+        model: &ModelConfig,
+        providers: &ProviderSet,
+        default_breaker: &BreakerConfig,
+    ) -> Result<Self, String> {
+        let breaker = model.breaker.as_ref().unwrap_or(default_breaker);
         let mut deployments = Vec::with_capacity(model.deployments.len());
         for d in &model.deployments {
             let upstream_model = d.model.clone().unwrap_or_else(|| model.name.clone());
@@ -58,27 +80,50 @@ impl ModelRoute {
                 upstream_model,
                 weight: u64::from(d.weight),
                 provider: providers.build(d),
+                breaker: Breaker::new(
+                    breaker.failures,
+                    Duration::from_secs_f64(breaker.cooldown_s),
+                ),
             });
         }
-        let total_weight = deployments.iter().map(|d| d.weight).sum::<u64>().max(1);
+        let retry = match &model.retries {
+            Some(r) => RetryPolicy {
+                max_attempts: r.max_attempts.max(1),
+                backoff: Duration::from_millis(r.backoff_ms),
+                max_backoff: Duration::from_millis(r.max_backoff_ms),
+                max_retry_after: Duration::from_secs_f64(r.max_retry_after_s),
+            },
+            // Unconfigured: each deployment once (at most 3), so a single-deployment model
+            // still makes exactly one upstream call per request.
+            None => RetryPolicy {
+                max_attempts: u32::try_from(deployments.len()).unwrap_or(3).clamp(1, 3),
+                backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_secs(2),
+                max_retry_after: Duration::from_secs(30),
+            },
+        };
         Ok(Self {
             name: model.name.clone(),
             deployments,
-            total_weight,
             next: AtomicU64::new(0),
+            retry,
+            fallbacks: OnceLock::new(),
         })
     }
 
-    /// The next deployment by weighted round robin.
+    /// The next deployment for a first attempt: weighted round robin over those the
+    /// breaker lets through (claiming a half-open probe if it picks one).
     pub fn pick(&self) -> Option<&Deployment> {
-        let mut slot = self.next.fetch_add(1, Ordering::Relaxed) % self.total_weight;
-        for d in &self.deployments {
-            if slot < d.weight {
-                return Some(d);
-            }
-            slot -= d.weight;
-        }
-        self.deployments.first()
+        let choice = self.choose(&[], tokio::time::Instant::now())?;
+        self.deployments.get(choice.index())
+    }
+
+    /// The fallback models, in config order.
+    pub fn fallbacks(&self) -> Vec<Arc<ModelRoute>> {
+        self.fallbacks
+            .get()
+            .map(|f| f.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -93,9 +138,21 @@ impl Models {
     pub fn from_config(config: &Config, providers: &ProviderSet) -> Result<Self, String> {
         let mut models = Self::default();
         for model in &config.models {
-            let route = Arc::new(ModelRoute::new(model, providers)?);
+            let route = Arc::new(ModelRoute::new(model, providers, &config.breaker)?);
             models.by_name.insert(model.name.clone(), route.clone());
             models.order.push(route);
+        }
+        for model in &config.models {
+            let Some(route) = models.by_name.get(&model.name) else {
+                continue;
+            };
+            // Unknown names were refused by config validation; skipped here, never a panic.
+            let fallbacks = model
+                .fallbacks
+                .iter()
+                .filter_map(|name| models.by_name.get(name).map(Arc::downgrade))
+                .collect();
+            let _ = route.fallbacks.set(fallbacks);
         }
         Ok(models)
     }
@@ -109,7 +166,8 @@ impl Models {
     }
 }
 
-/// The innermost service: picks a deployment and lets its provider answer.
+/// The innermost service: picks a deployment and lets its provider answer, moving on to
+/// other deployments and fallback models on retryable failures ([`retry::serve`]).
 #[derive(Clone, Debug, Default)]
 pub struct Router;
 
@@ -123,33 +181,6 @@ impl tower::Service<Call> for Router {
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        Box::pin(async move {
-            let Some(deployment) = call.route.pick() else {
-                // Config validation requires a deployment per model; kept as an answer, not a panic.
-                return Ok(crate::error::model_not_found(&call.route.name).into_response());
-            };
-            let mut response = match deployment
-                .provider
-                .send(&call.request, &deployment.upstream_model)
-                .await
-            {
-                Ok(response) => response,
-                Err(e) => {
-                    tracing::warn!(
-                        deployment = %deployment.name,
-                        endpoint = call.request.endpoint.label(),
-                        tenant = %call.principal.tenant_id,
-                        error = %e,
-                        source = ?std::error::Error::source(&e),
-                        "upstream call failed"
-                    );
-                    e.to_api(&deployment.name).into_response()
-                }
-            };
-            response
-                .headers_mut()
-                .insert(DEPLOYMENT_HEADER, deployment.header.clone());
-            Ok(response)
-        })
+        Box::pin(async move { Ok(retry::serve(&call).await) })
     }
 }

@@ -1,0 +1,351 @@
+//! Routing: retries across deployments, fallbacks across models, the circuit breaker.
+//!
+//! The healthy backend is the mock upstream; the failing ones are [`Stub`]s, tiny servers
+//! that answer every request the same scripted way. (The mock's knobs ride in the request
+//! body, which every deployment receives alike, so they cannot make just one fail.)
+//! Routing does not touch the store, so these run on SQLite only.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use serde_json::{Value, json};
+use tollgate_tests::harness::{Backend, Gateway, closed_port};
+use tollgate_tests::upstream::MockUpstream;
+
+/// How a [`Stub`] answers.
+#[derive(Clone, Debug)]
+enum Script {
+    /// This status with an OpenAI-shaped error body and these extra headers.
+    Error(u16, Vec<(&'static str, &'static str)>),
+    /// 200 `text/event-stream` headers, then the connection breaks before any event.
+    DieBeforeFirstChunk,
+    /// A plain, valid chat completion.
+    Ok,
+    /// A plain, valid chat completion after this long (before the headers).
+    Slow(Duration),
+}
+
+struct Stub {
+    base_url: String,
+    hits: Arc<AtomicUsize>,
+    script: Arc<Mutex<Script>>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Stub {
+    async fn start(script: Script) -> Stub {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let script = Arc::new(Mutex::new(script));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (h, s) = (hits.clone(), script.clone());
+        let app = axum::Router::new().fallback(move || {
+            let (h, s) = (h.clone(), s.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                let script = s.lock().unwrap().clone();
+                if let Script::Slow(delay) = script {
+                    tokio::time::sleep(delay).await;
+                    return answer(Script::Ok);
+                }
+                answer(script)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Stub {
+            base_url: format!("http://{addr}/v1"),
+            hits,
+            script,
+            _shutdown: tx,
+        }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, script: Script) {
+        *self.script.lock().unwrap() = script;
+    }
+}
+
+fn answer(script: Script) -> Response {
+    match script {
+        Script::Error(status, headers) => {
+            let mut builder = Response::builder()
+                .status(status)
+                .header("content-type", "application/json");
+            for (name, value) in headers {
+                builder = builder.header(name, value);
+            }
+            let body = json!({"error": {"message": format!("stub says {status}"),
+                "type": "server_error", "param": null, "code": format!("stub_{status}")}});
+            builder.body(Body::from(body.to_string())).unwrap()
+        }
+        Script::DieBeforeFirstChunk => {
+            let broken = futures_util::stream::once(async {
+                Err::<bytes::Bytes, _>(std::io::Error::other("stub dies"))
+            });
+            Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(broken))
+                .unwrap()
+        }
+        Script::Ok | Script::Slow(_) => {
+            let body = json!({"id": "chatcmpl-stub", "object": "chat.completion", "created": 1,
+                "model": "stub", "choices": [{"index": 0, "message": {"role": "assistant",
+                "content": "stub"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}});
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap()
+        }
+    }
+}
+
+/// One deployment entry in flow style.
+fn dep(name: &str, base_url: &str) -> String {
+    format!(
+        "{{ provider: openai, base_url: '{base_url}', api_key: sk-x, model: gpt-4o-mini, name: {name} }}"
+    )
+}
+
+async fn gateway(config: &str) -> Gateway {
+    Gateway::start(Backend::Sqlite, config)
+        .await
+        .expect("sqlite is always available")
+}
+
+async fn chat(gw: &Gateway, key: &str, model: &str, stream: bool) -> (u16, String, String) {
+    let response = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(key)
+        .json(&json!({"model": model, "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let deployment = response
+        .headers()
+        .get("x-tollgate-deployment")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.text().await.unwrap();
+    (status, deployment, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_is_served_by_the_next_deployment() {
+    let bad = Stub::start(Script::Error(500, vec![])).await;
+    let good = MockUpstream::start().await;
+    let gw = gateway(&format!(
+        "models:\n  - name: m\n    retries: {{ max_attempts: 2, backoff_ms: 1 }}\n    deployments: [ {}, {} ]\n",
+        dep("bad", &bad.base_url),
+        dep("good", &good.base_url())
+    ))
+    .await;
+    let key = gw.tenant_key(&[]).await;
+    // Round robin starts at the first deployment, so the first request meets the 500.
+    let (status, deployment, body) = chat(&gw, &key, "m", false).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(deployment, "good");
+    assert_eq!(bad.hits(), 1);
+    assert_eq!(good.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_moves_on_and_skips_the_deployment() {
+    let limited = Stub::start(Script::Error(429, vec![("retry-after", "5")])).await;
+    let good = MockUpstream::start().await;
+    let gw = gateway(&format!(
+        "models:\n  - name: m\n    retries: {{ max_attempts: 2, backoff_ms: 1 }}\n    deployments: [ {}, {} ]\n",
+        dep("limited", &limited.base_url),
+        dep("good", &good.base_url())
+    ))
+    .await;
+    let key = gw.tenant_key(&[]).await;
+    let (status, deployment, _) = chat(&gw, &key, "m", false).await;
+    assert_eq!((status, deployment.as_str()), (200, "good"));
+    assert_eq!(limited.hits(), 1);
+    // The deployment asked for 5 s of peace: the next requests all skip it.
+    for _ in 0..4 {
+        let (status, deployment, _) = chat(&gw, &key, "m", false).await;
+        assert_eq!((status, deployment.as_str()), (200, "good"));
+    }
+    assert_eq!(limited.hits(), 1);
+    assert_eq!(good.requests().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_400_is_returned_without_retrying() {
+    let picky = Stub::start(Script::Error(400, vec![])).await;
+    let good = MockUpstream::start().await;
+    let gw = gateway(&format!(
+        "models:\n  - name: m\n    retries: {{ max_attempts: 3, backoff_ms: 1 }}\n    deployments: [ {}, {} ]\n",
+        dep("picky", &picky.base_url),
+        dep("good", &good.base_url())
+    ))
+    .await;
+    let key = gw.tenant_key(&[]).await;
+    let (status, deployment, body) = chat(&gw, &key, "m", false).await;
+    assert_eq!((status, deployment.as_str()), (400, "picky"));
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "stub_400", "passed through as sent");
+    assert_eq!(picky.hits(), 1);
+    assert!(good.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_all_fail_the_last_failure_is_returned() {
+    let a = Stub::start(Script::Error(500, vec![])).await;
+    let b = Stub::start(Script::Error(503, vec![])).await;
+    let gw = gateway(&format!(
+        "models:\n  - name: m\n    retries: {{ max_attempts: 2, backoff_ms: 1 }}\n    deployments: [ {}, {} ]\n",
+        dep("a", &a.base_url),
+        dep("b", &b.base_url)
+    ))
+    .await;
+    let key = gw.tenant_key(&[]).await;
+    let (status, deployment, body) = chat(&gw, &key, "m", false).await;
+    assert_eq!((status, deployment.as_str()), (503, "b"));
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "stub_503");
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_model_serves_when_the_primary_fails() {
+    let a = Stub::start(Script::Error(502, vec![])).await;
+    let b = Stub::start(Script::Error(500, vec![])).await;
+    let good = MockUpstream::start().await;
+    let gw = gateway(&format!(
+        "models:
+  - name: primary
+    fallbacks: [ backup ]
+    retries: {{ max_attempts: 2, backoff_ms: 1 }}
+    deployments: [ {}, {} ]
+  - name: backup
+    deployments: [ {{ provider: openai, base_url: '{}', api_key: sk-x, model: backup-upstream, name: backup-dep }} ]
+",
+        dep("a", &a.base_url),
+        dep("b", &b.base_url),
+        good.base_url()
+    ))
+    .await;
+    let key = gw.tenant_key(&[]).await;
+    let (status, deployment, body) = chat(&gw, &key, "primary", false).await;
+    assert_eq!((status, deployment.as_str()), (200, "backup-dep"), "{body}");
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+    let seen = good.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body["model"], "backup-upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_deployment_is_ejected_then_probed_back() {
+    let flaky = Stub::start(Script::Error(500, vec![])).await;
+    let good = MockUpstream::start().await;
+    let gw = gateway(&format!(
+        "models:
+  - name: m
+    retries: {{ max_attempts: 2, backoff_ms: 1 }}
+    breaker: {{ failures: 2, cooldown_s: 1 }}
+    deployments: [ {}, {} ]
+",
+        dep("flaky", &flaky.base_url),
+        dep("good", &good.base_url())
+    ))
+    .await;
+    let key = gw.tenant_key(&[]).await;
+    for _ in 0..8 {
+        let (status, deployment, _) = chat(&gw, &key, "m", false).await;
+        assert_eq!((status, deployment.as_str()), (200, "good"));
+    }
+    // Two failures opened the breaker; the other requests never reached it.
+    assert_eq!(flaky.hits(), 2);
+
+    flaky.set(Script::Ok);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut served = Vec::new();
+    for _ in 0..4 {
+        let (status, deployment, _) = chat(&gw, &key, "m", false).await;
+        assert_eq!(status, 200);
+        served.push(deployment);
+    }
+    assert!(
+        served.iter().filter(|d| *d == "flaky").count() >= 2,
+        "probed back and closed again: {served:?}"
+    );
+    assert!(flaky.hits() >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_dies_before_its_first_chunk_fails_over() {
+    let dying = Stub::start(Script::DieBeforeFirstChunk).await;
+    let good = MockUpstream::start().await;
+    let gw = gateway(&format!(
+        "models:\n  - name: m\n    retries: {{ max_attempts: 2, backoff_ms: 1 }}\n    deployments: [ {}, {} ]\n",
+        dep("dying", &dying.base_url),
+        dep("good", &good.base_url())
+    ))
+    .await;
+    let key = gw.tenant_key(&[]).await;
+    let (status, deployment, body) = chat(&gw, &key, "m", true).await;
+    assert_eq!((status, deployment.as_str()), (200, "good"), "{body}");
+    assert!(body.contains("chat.completion.chunk"), "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert_eq!(dying.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_error_or_a_timeout_fails_over() {
+    let dead = format!("http://127.0.0.1:{}/v1", closed_port());
+    let slow = Stub::start(Script::Slow(Duration::from_secs(3))).await;
+    let good = MockUpstream::start().await;
+    let gw = gateway(&format!(
+        "models:
+  - name: refused
+    retries: {{ max_attempts: 2, backoff_ms: 1 }}
+    deployments: [ {}, {} ]
+  - name: timed-out
+    retries: {{ max_attempts: 2, backoff_ms: 1 }}
+    deployments:
+      - {{ provider: openai, base_url: '{}', api_key: sk-x, name: slow, timeout_s: 0.3 }}
+      - {}
+",
+        dep("dead", &dead),
+        dep("good", &good.base_url()),
+        slow.base_url,
+        dep("good", &good.base_url())
+    ))
+    .await;
+    let key = gw.tenant_key(&[]).await;
+    let (status, deployment, body) = chat(&gw, &key, "refused", false).await;
+    assert_eq!((status, deployment.as_str()), (200, "good"), "{body}");
+
+    let started = std::time::Instant::now();
+    let (status, deployment, body) = chat(&gw, &key, "timed-out", false).await;
+    assert_eq!((status, deployment.as_str()), (200, "good"), "{body}");
+    assert_eq!(slow.hits(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(good.requests().len(), 2);
+}
