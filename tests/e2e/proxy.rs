@@ -15,6 +15,7 @@ on_both_stores!(
     stream_is_relayed_event_by_event,
     request_id_is_kept_or_made,
     models_are_listed_per_key,
+    a_stream_that_breaks_off_ends_with_an_error_event,
 );
 
 async fn chat_is_proxied_with_the_upstream_key(backend: Backend) {
@@ -314,5 +315,45 @@ async fn models_are_listed_per_key(backend: Backend) {
         assert_eq!(missing.status(), 404, "{id}");
         let body: Value = missing.json().await.unwrap();
         assert_eq!(body["error"]["code"], "model_not_found");
+    }
+}
+
+/// An upstream that dies after some chunks: the client gets what was sent, then an
+/// OpenAI-style error event, and no `[DONE]` (never a clean-looking end).
+async fn a_stream_that_breaks_off_ends_with_an_error_event(backend: Backend) {
+    let Some((_upstream, gw)) = setup(backend).await else {
+        return;
+    };
+    let key = gw.tenant_key(&[]).await;
+    let text = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&key)
+        .json(&json!({
+            "model": "gpt-4o-mini", "stream": true,
+            "messages": [{"role": "user", "content": "hi"}],
+            "mock": {"chunks": 8, "chunk_delay_ms": 20, "drop_after": 4}
+        }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: "))
+        .collect();
+    assert!(events.len() >= 3, "{text}");
+    assert!(
+        !events.contains(&"[DONE]"),
+        "a broken stream must not end with [DONE]: {text}"
+    );
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["type"], "server_error", "{text}");
+    assert_eq!(last["error"]["code"], "upstream_stream_error");
+    for event in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        assert_eq!(chunk["object"], "chat.completion.chunk");
     }
 }

@@ -188,3 +188,23 @@ def test_upstream_gets_the_configured_key_never_the_clients(
     for key in (api_key["key"], restricted_key["key"]):
         assert key not in everything
         assert key.split("-")[2] not in everything, "the key's secret part leaked upstream"
+
+
+def test_a_stream_that_breaks_off_raises_in_the_sdk(client: openai.OpenAI) -> None:
+    """An upstream that dies mid-stream: the SDK gets the chunks sent so far, then raises
+    (the gateway ends the stream with an error event, never a clean end)."""
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        extra_body={"mock": {"chunks": 8, "chunk_delay_ms": 20, "drop_after": 4}},
+    )
+    received = []
+    try:
+        for chunk in stream:
+            received.append(chunk)
+    except openai.APIError as e:
+        assert "stopped in the middle" in str(e)
+    else:
+        raise AssertionError(f"the stream ended cleanly after {len(received)} chunks")
+    assert 1 <= len(received) < 8

@@ -60,7 +60,10 @@ pub(super) async fn passthrough(
         }
     }
     let body = if streaming {
-        Body::from_stream(idle_timeout(upstream.bytes_stream(), gap))
+        Body::from_stream(error_event_after_start(idle_timeout(
+            upstream.bytes_stream(),
+            gap,
+        )))
     } else {
         Body::from(read_all(upstream, deadline).await?)
     };
@@ -113,6 +116,47 @@ pub(super) fn idle_timeout(
     })
 }
 
+/// The SSE event a relayed stream ends with when its upstream breaks off after it began:
+/// OpenAI's error shape, so SDKs raise instead of seeing a clean end, and no `[DONE]`.
+const BROKE_OFF_EVENT: &str = "data: {\"error\":{\"message\":\"The upstream stopped in the middle of the stream.\",\"type\":\"server_error\",\"param\":null,\"code\":\"upstream_stream_error\"}}\n\n";
+
+/// Honest endings for relayed streams. Before the first chunk a failure stays an error, so
+/// the router can still fail over; after it, the failure becomes [`BROKE_OFF_EVENT`] and
+/// the stream ends. A chunk cut inside an event is closed first (the half event then
+/// fails to parse on the client, which is an error too, never a silent end).
+pub(super) fn error_event_after_start(
+    stream: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    // (stream, relayed anything, last chunk ended on an event boundary)
+    futures_util::stream::unfold(
+        (Some(Box::pin(stream)), false, true),
+        |(state, started, at_boundary)| async move {
+            let mut stream = state?;
+            match stream.next().await {
+                Some(Ok(chunk)) => {
+                    let boundary = if chunk.is_empty() {
+                        at_boundary
+                    } else {
+                        chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n")
+                    };
+                    Some((Ok(chunk), (Some(stream), true, boundary)))
+                }
+                Some(Err(e)) if started => {
+                    tracing::warn!(error = %e, "upstream stream broke off; ending it with an error event");
+                    let mut event = String::with_capacity(BROKE_OFF_EVENT.len() + 2);
+                    if !at_boundary {
+                        event.push_str("\n\n");
+                    }
+                    event.push_str(BROKE_OFF_EVENT);
+                    Some((Ok(Bytes::from(event)), (None, true, true)))
+                }
+                Some(Err(e)) => Some((Err(e), (None, started, at_boundary))),
+                None => None,
+            }
+        },
+    )
+}
+
 /// A header value that hyper and reqwest treat as sensitive (never printed in their debug
 /// output), or `None` when the text cannot be a header value. Config validation refuses
 /// such keys, so `None` does not happen for configured keys.
@@ -120,4 +164,61 @@ pub(super) fn secret_header(value: &str) -> Option<HeaderValue> {
     let mut value = HeaderValue::from_str(value).ok()?;
     value.set_sensitive(true);
     Some(value)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    async fn run(items: Vec<Result<&'static str, ()>>) -> Vec<Result<String, ()>> {
+        let stream = futures_util::stream::iter(items.into_iter().map(|i| {
+            i.map(|s| Bytes::from_static(s.as_bytes()))
+                .map_err(|()| std::io::Error::other("cut"))
+        }));
+        error_event_after_start(stream)
+            .map(|r| {
+                r.map(|b| String::from_utf8(b.to_vec()).unwrap())
+                    .map_err(|_| ())
+            })
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_failure_before_the_first_chunk_stays_an_error() {
+        assert_eq!(run(vec![Err(())]).await, vec![Err(())]);
+    }
+
+    #[tokio::test]
+    async fn a_failure_after_the_start_ends_with_an_error_event_and_no_done() {
+        let out = run(vec![
+            Ok("data: {\"a\":1}\n\n"),
+            Err(()),
+            Ok("data: [DONE]\n\n"),
+        ])
+        .await;
+        assert_eq!(
+            out,
+            vec![
+                Ok("data: {\"a\":1}\n\n".to_owned()),
+                Ok(BROKE_OFF_EVENT.to_owned())
+            ]
+        );
+        let event: serde_json::Value =
+            serde_json::from_str(BROKE_OFF_EVENT.trim().strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(event["error"]["type"], "server_error");
+    }
+
+    #[tokio::test]
+    async fn a_half_event_is_closed_before_the_error_event() {
+        let out = run(vec![Ok("data: {\"a\":1}\n\ndata: {\"b\""), Err(())]).await;
+        assert_eq!(out[1], Ok(format!("\n\n{BROKE_OFF_EVENT}")));
+    }
+
+    #[tokio::test]
+    async fn a_clean_stream_is_untouched() {
+        let out = run(vec![Ok("data: {}\n\n"), Ok("data: [DONE]\n\n")]).await;
+        assert_eq!(out.len(), 2);
+    }
 }
