@@ -91,6 +91,8 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
 
     let registry = prometheus::Registry::new();
     let (ledger, meter_tasks) = Ledger::start(store.clone(), &config, &registry).await?;
+    crate::router::metrics::CircuitMetrics::register(models.clone(), &registry)
+        .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;
 
     if let Some(days) = config.meter.retention_days {
         tokio::spawn(prune_usage_daily(store.clone(), days));

@@ -278,6 +278,8 @@ async fn a_failing_deployment_is_ejected_then_probed_back() {
     }
     // Two failures opened the breaker; the other requests never reached it.
     assert_eq!(flaky.hits(), 2);
+    assert_eq!(circuit_state(&gw, "flaky").await, 2, "open in /metrics");
+    assert_eq!(circuit_state(&gw, "good").await, 0, "closed in /metrics");
 
     flaky.set(Script::Ok);
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -292,6 +294,29 @@ async fn a_failing_deployment_is_ejected_then_probed_back() {
         "probed back and closed again: {served:?}"
     );
     assert!(flaky.hits() >= 4);
+    assert_eq!(
+        circuit_state(&gw, "flaky").await,
+        0,
+        "closed again in /metrics"
+    );
+}
+
+/// `tollgate_circuit_state{model="m",deployment=NAME}` from the admin listener's /metrics.
+async fn circuit_state(gw: &Gateway, deployment: &str) -> i64 {
+    let text = gw
+        .http
+        .get(format!("{}/metrics", gw.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("tollgate_circuit_state{{deployment=\"{deployment}\",model=\"m\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

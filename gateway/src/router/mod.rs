@@ -11,6 +11,7 @@
 
 mod balance;
 pub mod breaker;
+pub mod metrics;
 pub mod retry;
 
 use std::collections::HashMap;
