@@ -77,8 +77,7 @@ async fn get_model(
 }
 
 async fn unknown_path() -> ApiError {
-    ApiError::not_found("Unknown request URL. See the API reference for valid endpoints.")
-        .with_code("unknown_url")
+    error::unknown_url()
 }
 
 /// The `x-request-id` a client sent itself, saved before the request-id layer runs (see
@@ -169,12 +168,7 @@ fn prepare(
 ) -> Result<Call, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "The request body is too large (see max_body_mb).",
-            )
-            .with_code("request_too_large")
+            error::body_too_large()
         } else {
             ApiError::invalid_request("The request body could not be read.", None)
         }

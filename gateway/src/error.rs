@@ -30,6 +30,22 @@ pub fn model_not_found(model: &str) -> ApiError {
     .with_code("model_not_found")
 }
 
+/// 413: the body is over `max_body_mb` (from the limit layer, or found while reading).
+pub fn body_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "The request body is too large (see max_body_mb).",
+    )
+    .with_code("request_too_large")
+}
+
+/// 404 for a path the data plane does not serve.
+pub fn unknown_url() -> ApiError {
+    ApiError::not_found("Unknown request URL. See the API reference for valid endpoints.")
+        .with_code("unknown_url")
+}
+
 /// 403: the key may not use this model.
 pub fn model_not_allowed(model: &str) -> ApiError {
     ApiError::permission_denied(format!(
@@ -169,16 +185,8 @@ where
         return response.map(Body::new);
     }
     let error = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            status,
-            "invalid_request_error",
-            "The request body is too large (see max_body_mb).",
-        )
-        .with_code("request_too_large"),
-        StatusCode::NOT_FOUND => {
-            ApiError::not_found("Unknown request URL. See the API reference for valid endpoints.")
-                .with_code("unknown_url")
-        }
+        StatusCode::PAYLOAD_TOO_LARGE => body_too_large(),
+        StatusCode::NOT_FOUND => unknown_url(),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
             status,
             "invalid_request_error",

@@ -112,13 +112,6 @@ impl ModelRoute {
         })
     }
 
-    /// The next deployment for a first attempt: weighted round robin over those the
-    /// breaker lets through (claiming a half-open probe if it picks one).
-    pub fn pick(&self) -> Option<&Deployment> {
-        let choice = self.choose(&[], tokio::time::Instant::now())?;
-        self.deployments.get(choice.index())
-    }
-
     /// The fallback models, in config order.
     pub fn fallbacks(&self) -> Vec<Arc<ModelRoute>> {
         self.fallbacks
