@@ -72,7 +72,8 @@ pub struct Config {
     /// `sqlite://FILE` (relative to the working directory) or `postgres://...`.
     #[serde(default = "default_database_url")]
     pub database_url: Secret,
-    /// Shared limits and cache across replicas. Accepted now; used once those layers land.
+    /// Shared limits and cache across replicas (`redis://host:port/db`). Unset: both are
+    /// in-process.
     #[serde(default)]
     pub redis_url: Option<Secret>,
     /// Operator authentication.
@@ -615,9 +616,6 @@ impl Config {
     /// Names of accepted sections that this build does not act on yet, so `serve` can say so.
     pub fn inert_sections(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if self.redis_url.is_some() {
-            out.push("redis_url");
-        }
         if self.limits.is_some() {
             out.push("limits");
         }

@@ -13,6 +13,7 @@ pub mod meter;
 pub mod metrics;
 pub mod openai;
 pub mod providers;
+pub mod redis;
 pub mod router;
 pub mod server;
 pub mod stack;

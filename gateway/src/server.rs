@@ -23,6 +23,7 @@ use crate::auth::Keys;
 use crate::config::{Config, ConfigError, DEFAULT_DATABASE_URL};
 use crate::meter::{Ledger, MeterError};
 use crate::metrics;
+use crate::redis::Redis;
 use crate::providers::ProviderSet;
 use crate::router::Models;
 use crate::stack;
@@ -99,7 +100,20 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     }
     let keys = Keys::new(store.clone(), &config.auth);
     tokio::spawn(keys.clone().run_background());
-    let data = stack::data_plane(&config, keys, models, ledger);
+    let redis = match config.redis_url.as_ref() {
+        Some(url) => Some(Redis::start(url.expose(), &registry).map_err(ServeError::Other)?),
+        None => None,
+    };
+    let data = stack::data_plane(
+        &config,
+        stack::Parts {
+            keys,
+            models,
+            ledger,
+            redis,
+            registry: registry.clone(),
+        },
+    );
     let bootstrap_token = config
         .admin
         .bootstrap_token

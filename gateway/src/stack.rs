@@ -32,16 +32,30 @@ use crate::call::CallService;
 use crate::config::Config;
 use crate::error;
 use crate::meter::{Ledger, MeterLayer};
+use crate::redis::Redis;
 use crate::router::{self, Models};
 use crate::trace;
 
+/// What the server built before the stack: shared state the layers hold.
+pub struct Parts {
+    pub keys: Keys,
+    pub models: Arc<Models>,
+    pub ledger: Ledger,
+    /// The shared Redis connection when `redis_url` is set.
+    pub redis: Option<Redis>,
+    /// Where layers register their metrics (served at `/metrics`).
+    pub registry: prometheus::Registry,
+}
+
 /// Builds the data-plane application.
-pub fn data_plane(
-    config: &Config,
-    keys: Keys,
-    models: Arc<Models>,
-    ledger: Ledger,
-) -> axum::Router {
+pub fn data_plane(config: &Config, parts: Parts) -> axum::Router {
+    let Parts {
+        keys,
+        models,
+        ledger,
+        redis: _,
+        registry: _,
+    } = parts;
     let calls: CallService = BoxCloneSyncService::new(
         ServiceBuilder::new()
             // One usage record per answer (stream end, upstream error, client gone), durable

@@ -63,3 +63,10 @@ pub async fn fresh_postgres() -> Option<String> {
     };
     Some(format!("{base}/{name}"))
 }
+
+/// URL of the test Redis, or `None` (outside CI) when none is configured. Tests share the
+/// server; they stay apart because every key the gateway writes carries a tenant id, and
+/// each test makes its own tenants.
+pub fn redis_url() -> Option<String> {
+    service_url(REDIS_ENV)
+}
