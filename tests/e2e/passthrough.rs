@@ -1,0 +1,343 @@
+//! Passthrough: files, fine-tuning jobs and batches forwarded to the configured upstream,
+//! scoped per tenant (the mock keeps every object in one account, as OpenAI would), metered
+//! once per request.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tollgate_tests::harness::{Backend, Gateway};
+use tollgate_tests::upstream::MockUpstream;
+
+use crate::on_both_stores;
+
+fn config(upstream: &str) -> String {
+    format!(
+        "max_body_mb: 1
+passthrough:
+  deployment: {{ provider: openai, base_url: '{upstream}', api_key: sk-upstream-secret, name: openai-files }}
+"
+    )
+}
+
+/// A tenant and one key: (tenant id, key).
+async fn tenant(gw: &Gateway, name: &str) -> (String, String) {
+    let tenant = gw.create_tenant(name).await;
+    let id = tenant["id"].as_str().unwrap().to_owned();
+    let key = gw.create_key(&id, json!({"name": "k"})).await;
+    (id, key["key"].as_str().unwrap().to_owned())
+}
+
+const BOUNDARY: &str = "tollgate-test-boundary-7d1f";
+
+fn multipart(purpose: &str, filename: &str, content: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n\
+             --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(content);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+async fn upload(gw: &Gateway, key: &str, content: &[u8]) -> reqwest::Response {
+    gw.http
+        .post(format!("{}/v1/files", gw.url))
+        .bearer_auth(key)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(multipart("fine-tune", "train.jsonl", content))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn call(
+    gw: &Gateway,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = gw
+        .http
+        .request(method, format!("{}{path}", gw.url))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+on_both_stores!(objects_are_scoped_per_tenant_and_metered);
+
+async fn objects_are_scoped_per_tenant_and_metered(backend: Backend) {
+    let upstream = MockUpstream::start().await;
+    let Some(gw) = Gateway::start(backend, &config(&upstream.base_url())).await else {
+        return;
+    };
+    let (a_id, a) = tenant(&gw, "tenant-a").await;
+    let (_, b) = tenant(&gw, "tenant-b").await;
+
+    // Upload: streamed through intact (every byte value), created as tenant A's.
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let response = upload(&gw, &a, &content).await;
+    assert_eq!(response.status().as_u16(), 200, "{:?}", response.headers());
+    assert_eq!(response.headers()["x-tollgate-deployment"], "openai-files");
+    let file: Value = response.json().await.unwrap();
+    assert_eq!(file["object"], "file");
+    assert_eq!(file["bytes"], content.len());
+    let file_a = file["id"].as_str().unwrap().to_owned();
+    let seen = upstream.requests();
+    let sent = seen.last().unwrap();
+    assert_eq!(
+        sent.header("authorization"),
+        Some("Bearer sk-upstream-secret")
+    );
+    let b_file: Value = upload(&gw, &b, b"{}\n").await.json().await.unwrap();
+    let file_b = b_file["id"].as_str().unwrap().to_owned();
+
+    let downloaded = gw
+        .http
+        .get(format!("{}/v1/files/{file_a}/content", gw.url))
+        .bearer_auth(&a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(downloaded.status().as_u16(), 200);
+    assert_eq!(
+        downloaded.bytes().await.unwrap().as_ref(),
+        content.as_slice()
+    );
+
+    // Lists: each tenant sees its own file only.
+    let (status, list) = call(&gw, &a, Method::GET, "/v1/files", None).await;
+    assert_eq!((status, ids(&list)), (200, vec![file_a.clone()]), "{list}");
+    let (_, list) = call(&gw, &b, Method::GET, "/v1/files", None).await;
+    assert_eq!(ids(&list), vec![file_b.clone()]);
+    assert_eq!(list["first_id"], json!(file_b));
+
+    // Another tenant's object is a 404, exactly like one that does not exist.
+    for (method, path) in [
+        (Method::GET, format!("/v1/files/{file_a}")),
+        (Method::GET, format!("/v1/files/{file_a}/content")),
+        (Method::DELETE, format!("/v1/files/{file_a}")),
+        (Method::GET, "/v1/files/file-nope".to_owned()),
+    ] {
+        let (status, body) = call(&gw, &b, method.clone(), &path, None).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    }
+    // B cannot fine-tune or batch on A's file either.
+    let (status, body) = call(
+        &gw,
+        &b,
+        Method::POST,
+        "/v1/fine_tuning/jobs",
+        Some(json!({"model": "gpt-4o-mini", "training_file": file_a})),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["param"], "training_file");
+    let (status, _) = call(
+        &gw,
+        &b,
+        Method::POST,
+        "/v1/batches",
+        Some(json!({"input_file_id": file_a,
+        "endpoint": "/v1/chat/completions", "completion_window": "24h"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Fine-tuning jobs: create, list, get, events, cancel; B sees none of it.
+    let (status, job) = call(
+        &gw,
+        &a,
+        Method::POST,
+        "/v1/fine_tuning/jobs",
+        Some(json!({"model": "gpt-4o-mini", "training_file": file_a})),
+    )
+    .await;
+    assert_eq!(status, 200, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let (_, list) = call(&gw, &a, Method::GET, "/v1/fine_tuning/jobs", None).await;
+    assert_eq!(ids(&list), vec![job_id.clone()]);
+    let (_, list) = call(&gw, &b, Method::GET, "/v1/fine_tuning/jobs", None).await;
+    assert!(ids(&list).is_empty(), "{list}");
+    let (status, events) = call(
+        &gw,
+        &a,
+        Method::GET,
+        &format!("/v1/fine_tuning/jobs/{job_id}/events"),
+        None,
+    )
+    .await;
+    assert_eq!((status, events["object"].clone()), (200, json!("list")));
+    for path in [
+        format!("/v1/fine_tuning/jobs/{job_id}"),
+        format!("/v1/fine_tuning/jobs/{job_id}/events"),
+    ] {
+        assert_eq!(
+            call(&gw, &b, Method::GET, &path, None).await.0,
+            404,
+            "{path}"
+        );
+    }
+    let cancel = format!("/v1/fine_tuning/jobs/{job_id}/cancel");
+    assert_eq!(call(&gw, &b, Method::POST, &cancel, None).await.0, 404);
+    let (status, job) = call(&gw, &a, Method::POST, &cancel, None).await;
+    assert_eq!((status, job["status"].clone()), (200, json!("cancelled")));
+
+    // Batches: create, list, get, cancel.
+    let (status, batch) = call(
+        &gw,
+        &a,
+        Method::POST,
+        "/v1/batches",
+        Some(json!({"input_file_id": file_a,
+        "endpoint": "/v1/chat/completions", "completion_window": "24h"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{batch}");
+    let batch_id = batch["id"].as_str().unwrap().to_owned();
+    let (_, list) = call(&gw, &a, Method::GET, "/v1/batches", None).await;
+    assert_eq!(ids(&list), vec![batch_id.clone()]);
+    let (_, list) = call(&gw, &b, Method::GET, "/v1/batches", None).await;
+    assert!(ids(&list).is_empty());
+    assert_eq!(
+        list["last_id"],
+        Value::Null,
+        "never another tenant's id: {list}"
+    );
+    assert_eq!(
+        call(
+            &gw,
+            &b,
+            Method::GET,
+            &format!("/v1/batches/{batch_id}"),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    let (status, batch) = call(
+        &gw,
+        &a,
+        Method::POST,
+        &format!("/v1/batches/{batch_id}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, batch["status"].clone()),
+        (200, json!("cancelling"))
+    );
+
+    // Delete: A's own file goes; then it is gone for A too.
+    let (status, deleted) = call(
+        &gw,
+        &a,
+        Method::DELETE,
+        &format!("/v1/files/{file_a}"),
+        None,
+    )
+    .await;
+    assert_eq!((status, deleted["deleted"].clone()), (200, json!(true)));
+    assert_eq!(
+        call(&gw, &a, Method::GET, &format!("/v1/files/{file_a}"), None)
+            .await
+            .0,
+        404
+    );
+
+    // Metered: one record per forwarded request of A, cost 0; refusals are not recorded.
+    // A's forwarded requests: upload, content, file list, job create, job list, events,
+    // job cancel, batch create, batch list, batch cancel, delete, get after delete = 12.
+    let usage = wait_usage(&gw, &a_id, 12).await;
+    assert_eq!(usage["cost_usd"], "0.000000", "{usage}");
+    assert_eq!(usage["input_tokens"], 0);
+}
+
+/// Tenant `tenant`'s usage row for model `passthrough`, once it counts `n` requests.
+async fn wait_usage(gw: &Gateway, tenant: &str, n: u64) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, body) = gw
+            .admin(
+                Method::GET,
+                &format!("/admin/v1/usage?tenant={tenant}&group_by=model"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let row = body["data"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["group"] == "passthrough"))
+            .cloned();
+        if let Some(row) = &row
+            && row["requests"].as_u64() >= Some(n)
+        {
+            assert_eq!(row["requests"].as_u64(), Some(n), "{row}");
+            return row.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "usage so far: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_over_max_body_mb_are_refused_and_unconfigured_passthrough_is_404() {
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::start(Backend::Sqlite, &config(&upstream.base_url()))
+        .await
+        .unwrap();
+    let (_, key) = tenant(&gw, "big").await;
+    let response = upload(&gw, &key, &vec![b'x'; 1024 * 1024 + 1]).await;
+    assert_eq!(response.status().as_u16(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert!(upstream.requests().iter().all(|r| r.path != "/v1/files"));
+    // No key, no passthrough.
+    let response = gw
+        .http
+        .get(format!("{}/v1/files", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+
+    let plain = Gateway::start(Backend::Sqlite, "").await.unwrap();
+    let (_, key) = tenant(&plain, "none").await;
+    let (status, body) = call(&plain, &key, Method::GET, "/v1/files", None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("passthrough"),
+        "{body}"
+    );
+}
