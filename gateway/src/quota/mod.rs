@@ -1,0 +1,836 @@
+//! Quota: requests and tokens per minute, requests in flight, monthly budgets (USD and
+//! tokens), per tenant (its plan) and per key (its own `rpm` / `tpm`), holding exactly in
+//! one process and across replicas.
+//!
+//! The layer sits in the inner stack above the meter. For each request whose tenant or key
+//! has any limit it:
+//!
+//! 1. estimates what the request may use ([`tokens`]): prompt tokens by the tokenizer plus
+//!    `max_completion_tokens` / `max_tokens` (or `limits.default_max_tokens`), and their
+//!    cost at the model's price (the meter's price cache);
+//! 2. checks and reserves in one atomic step, both scopes at once ([`engine`]): in process
+//!    ([`local`]) by default, in Redis ([`redis`], one Lua script) when `redis_url` is set;
+//! 3. refuses with 429 and `retry-after`: `rate_limit_exceeded` for rpm, tpm and
+//!    `max_concurrent`, `insufficient_quota` for monthly budgets and tokens (refusals never
+//!    reach the meter, so are not recorded; `tollgate_limiter_rejections_total{scope,limit}`
+//!    counts them);
+//! 4. or forwards, adds OpenAI's `x-ratelimit-*` headers, and holds the reservation in the
+//!    response body ([`Held`]): when the body ends, fails, or is dropped (client gone), the
+//!    meter's [`ChargeReport`] says what the request really used and the reservation is
+//!    settled to it; its concurrency slot is given back.
+//!
+//! A month's spend is seeded from the ledger (`Store::spend_since`) the first time an
+//! engine needs it, then kept by settlements. While Redis is unreachable,
+//! `limits.redis_failure` applies: `fail_open` serves with the in-process engine as a
+//! per-replica guard, `fail_closed` answers 503 `service_unavailable` with `retry-after: 1`
+//! at once (a failed Redis call makes the next second skip Redis, so an outage costs one
+//! timeout, not one per request).
+//!
+//! Budgets admit while spend + reservations are below the limit, so concurrent requests
+//! overshoot by at most one reservation. A stream the client did not bound (no
+//! `max_tokens`) under a monthly limit is watched as it passes ([`Watch`]): past its
+//! reservation it reserves more, and ends with an `insufficient_quota` error event when
+//! nothing is left.
+
+pub mod engine;
+pub mod local;
+pub mod plans;
+pub mod redis;
+pub mod tokens;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http_body::{Frame, SizeHint};
+use prometheus::{IntCounterVec, Opts, Registry};
+use tokio::sync::oneshot;
+use tollgate_admin::store::Store;
+
+use crate::call::Call;
+use crate::config::{LimitsConfig, RedisFailure};
+use crate::error::ApiError;
+use crate::meter::prices::Prices;
+use crate::meter::{ChargeReport, Charged};
+use engine::{Ask, Counts, Decision, Limit, Month, Scope, ScopeLimits, Taken, WINDOW_MS};
+use local::LocalEngine;
+use plans::Plans;
+use redis::RedisEngine;
+
+/// After a Redis failure, how long requests skip Redis (and get the failure policy).
+const REDIS_BACKOFF_MS: i64 = 1000;
+/// After the store failed to give a month's spend, how long requests do not ask again.
+const SPEND_BACKOFF_MS: i64 = 5000;
+/// How long a settlement waits for the meter's report before assuming the reservation
+/// was used in full.
+const REPORT_WAIT: Duration = Duration::from_secs(30);
+/// Settlement attempts against Redis (with doubling pauses from 250 ms) before giving up.
+const SETTLE_TRIES: u32 = 6;
+
+/// What the quota layer shares across requests.
+#[derive(Clone)]
+pub struct Quota {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    plans: Arc<Plans>,
+    prices: Arc<Prices>,
+    local: LocalEngine,
+    redis: Option<RedisEngine>,
+    policy: RedisFailure,
+    default_max_tokens: u64,
+    /// Unix ms until which Redis is skipped after a failure.
+    redis_down_until: AtomicI64,
+    /// Unix ms until which the month's spend is not asked of the store after it failed
+    /// to answer (monthly limits are not applied meanwhile).
+    spend_down_until: AtomicI64,
+    /// `None` only when registering failed (a second stack on one registry, in tests).
+    rejections: Option<IntCounterVec>,
+}
+
+/// Which engine holds a reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EngineKind {
+    Local,
+    Redis,
+}
+
+/// Why a request is not admitted.
+enum Refusal {
+    Limited {
+        scope: Scope,
+        limit: Limit,
+        counts: Counts,
+    },
+    /// Redis is unreachable under `fail_closed`.
+    Unavailable,
+}
+
+impl Quota {
+    /// `redis`: the shared handle when `redis_url` is set. Starts following plan changes
+    /// when called inside a runtime.
+    pub fn new(
+        config: &LimitsConfig,
+        store: Store,
+        prices: Arc<Prices>,
+        redis: Option<crate::redis::Redis>,
+        registry: &Registry,
+    ) -> Quota {
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "tollgate_limiter_rejections_total",
+                "Requests refused by a limit, by scope (tenant, key, redis) and limit",
+            ),
+            &["scope", "limit"],
+        )
+        .and_then(|c| registry.register(Box::new(c.clone())).map(|()| c))
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot register the limiter's metrics"))
+        .ok();
+        let plans = Plans::new(store.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(plans.clone().run_invalidations());
+        }
+        Quota {
+            inner: Arc::new(Inner {
+                store,
+                plans,
+                prices,
+                local: LocalEngine::new(),
+                redis: redis.map(RedisEngine::new),
+                policy: config.redis_failure,
+                default_max_tokens: config.default_max_tokens,
+                redis_down_until: AtomicI64::new(0),
+                spend_down_until: AtomicI64::new(0),
+                rejections,
+            }),
+        }
+    }
+
+    /// Both scopes' limits for this call.
+    async fn limits(&self, call: &Call) -> [ScopeLimits; 2] {
+        let p = &call.principal;
+        let tenant = self.inner.plans.get(&p.plan).await;
+        let key = ScopeLimits {
+            rpm: p.rpm.map(u64::from),
+            tpm: p.tpm.map(u64::from),
+            ..ScopeLimits::default()
+        };
+        [tenant, key]
+    }
+
+    /// Checks and reserves with the engine in charge; see the module docs.
+    async fn admit(&self, ask: &mut Ask) -> Result<(EngineKind, Counts), Refusal> {
+        let inner = &self.inner;
+        if let Some(redis) = &inner.redis {
+            if ask.now_ms >= inner.redis_down_until.load(Ordering::Relaxed) {
+                match self.reserve_redis(redis, ask).await {
+                    Ok(decision) => return decided(decision, EngineKind::Redis),
+                    Err(e) => {
+                        inner
+                            .redis_down_until
+                            .store(engine::now_ms() + REDIS_BACKOFF_MS, Ordering::Relaxed);
+                        tracing::warn!(error = %e, policy = ?inner.policy, "limits: redis unavailable");
+                    }
+                }
+            }
+            if inner.policy == RedisFailure::FailClosed {
+                return Err(Refusal::Unavailable);
+            }
+        }
+        for _ in 0..3 {
+            match inner.local.reserve(ask) {
+                Decision::Unseeded(scope) => {
+                    let (cost, tokens) = self.spend(ask, scope).await;
+                    inner.local.seed(ask, scope, cost, tokens);
+                }
+                decision => return decided(decision, EngineKind::Local),
+            }
+        }
+        decided(inner.local.reserve(ask), EngineKind::Local)
+    }
+
+    async fn reserve_redis(
+        &self,
+        redis: &RedisEngine,
+        ask: &mut Ask,
+    ) -> Result<Decision, crate::redis::RedisError> {
+        for _ in 0..3 {
+            match redis.reserve(ask).await? {
+                Decision::Unseeded(scope) => {
+                    let (cost, tokens) = self.spend(ask, scope).await;
+                    redis.seed(ask, scope, cost, tokens).await?;
+                }
+                decision => return Ok(decision),
+            }
+        }
+        redis.reserve(ask).await
+    }
+
+    /// The month's spend of `scope` from the ledger. When the store cannot say, the
+    /// scope's monthly limits are not applied to this request (`ask` loses them): serving
+    /// goes on, and the store is asked again after [`SPEND_BACKOFF_MS`]. Only a scope not
+    /// yet seeded (first use after a start, or in Redis this month) asks at all.
+    async fn spend(&self, ask: &mut Ask, scope: Scope) -> (i64, u64) {
+        let key = (scope == Scope::Key).then_some(ask.key.as_str());
+        let since = Month::of(ask.now_ms).start_ms();
+        let down = &self.inner.spend_down_until;
+        if ask.now_ms >= down.load(Ordering::Relaxed) {
+            match self.inner.store.spend_since(&ask.tenant, key, since).await {
+                Ok(spent) => return spent,
+                Err(e) => {
+                    down.store(engine::now_ms() + SPEND_BACKOFF_MS, Ordering::Relaxed);
+                    tracing::warn!(error = %e, scope = scope.label(), "cannot read the month's spend; monthly limits not applied for now");
+                }
+            }
+        }
+        let limits = &mut ask.limits[scope as usize];
+        limits.budget = None;
+        limits.monthly_tokens = None;
+        (0, 0)
+    }
+
+    /// Gives back a reservation and counts what was used.
+    async fn settle(&self, engine: EngineKind, taken: &Taken, charged: Charged) {
+        let cost = charged.cost.micros();
+        match (engine, &self.inner.redis) {
+            (EngineKind::Redis, Some(redis)) => {
+                let mut pause = Duration::from_millis(250);
+                for attempt in 1..=SETTLE_TRIES {
+                    match redis.settle(taken, charged.tokens, cost).await {
+                        Ok(()) => return,
+                        Err(e) if attempt == SETTLE_TRIES => {
+                            tracing::error!(error = %e, tenant = %taken.tenant, "limits: could not settle a reservation in redis; it expires by itself");
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(pause).await;
+                            pause *= 2;
+                        }
+                    }
+                }
+            }
+            _ => self.inner.local.settle(taken, charged.tokens, cost),
+        }
+    }
+
+    fn count_rejection(&self, scope: &str, limit: &str) {
+        if let Some(c) = &self.inner.rejections {
+            c.with_label_values(&[scope, limit]).inc();
+        }
+    }
+
+    fn refuse(&self, ask: &Ask, refusal: Refusal) -> Response {
+        let (scope, limit, counts) = match refusal {
+            Refusal::Unavailable => {
+                self.count_rejection("redis", "unavailable");
+                return ApiError::unavailable(
+                    "Rate limits cannot be checked right now. Please retry shortly.",
+                )
+                .into_response();
+            }
+            Refusal::Limited {
+                scope,
+                limit,
+                counts,
+            } => (scope, limit, counts),
+        };
+        self.count_rejection(scope.label(), limit.label());
+        let whose = match scope {
+            Scope::Tenant => "your organization",
+            Scope::Key => "this API key",
+        };
+        let window_left = window_left_ms(ask.now_ms);
+        let limits = ask.limits[scope as usize];
+        let (message, retry_after_ms) = match limit {
+            Limit::Requests => (
+                format!(
+                    "Rate limit reached for requests per minute (rpm) of {whose}: limit {}. Please retry after {}.",
+                    limits.rpm.unwrap_or(0),
+                    reset(window_left)
+                ),
+                window_left,
+            ),
+            Limit::Tokens => (
+                format!(
+                    "Rate limit reached for tokens per minute (tpm) of {whose}: limit {}, this request reserves {} (prompt + max_tokens). Please retry after {} or lower max_tokens.",
+                    limits.tpm.unwrap_or(0),
+                    ask.tokens,
+                    reset(window_left)
+                ),
+                window_left,
+            ),
+            Limit::Concurrent => (
+                format!(
+                    "Too many concurrent requests for {whose}: limit {}. Please retry when one finishes.",
+                    limits.concurrent.unwrap_or(0)
+                ),
+                1000,
+            ),
+            Limit::Budget | Limit::MonthlyTokens => (
+                format!(
+                    "You exceeded the monthly {} of {whose}. It renews at the start of next month (UTC).",
+                    if limit == Limit::Budget {
+                        "budget"
+                    } else {
+                        "token quota"
+                    }
+                ),
+                Month::of(ask.now_ms).end_ms() - ask.now_ms,
+            ),
+        };
+        let error = if limit.is_quota() {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message)
+                .with_code("insufficient_quota")
+        } else {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "requests", message)
+                .with_code("rate_limit_exceeded")
+        };
+        let retry_after = u64::try_from((retry_after_ms.max(1) + 999) / 1000).unwrap_or(1);
+        let mut response = error.with_retry_after(retry_after).into_response();
+        rate_headers(response.headers_mut(), ask, &counts, Some((scope, limit)));
+        response
+    }
+}
+
+fn decided(decision: Decision, engine: EngineKind) -> Result<(EngineKind, Counts), Refusal> {
+    match decision {
+        Decision::Admit(counts) => Ok((engine, counts)),
+        Decision::Reject {
+            scope,
+            limit,
+            counts,
+        } => Err(Refusal::Limited {
+            scope,
+            limit,
+            counts,
+        }),
+        // Seeding did not stick (the month hash expired meanwhile): let it through.
+        Decision::Unseeded(_) => Ok((engine, Counts::default())),
+    }
+}
+
+fn window_left_ms(now_ms: i64) -> i64 {
+    (now_ms.div_euclid(WINDOW_MS) + 1) * WINDOW_MS - now_ms
+}
+
+/// OpenAI's reset format: `20ms`, `1s`, `6m0s`.
+pub fn reset(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = (ms + 999) / 1000;
+    if s < 60 {
+        format!("{s}s")
+    } else {
+        format!("{}m{}s", s / 60, s % 60)
+    }
+}
+
+/// `x-ratelimit-*` for requests and tokens: of the scope with the least left. `refused`
+/// marks the limit that refused (its remaining is 0).
+fn rate_headers(
+    headers: &mut HeaderMap,
+    ask: &Ask,
+    counts: &Counts,
+    refused: Option<(Scope, Limit)>,
+) {
+    let window_left = reset(window_left_ms(ask.now_ms));
+    let mut put =
+        |names: [HeaderName; 3], limits: [Option<u64>; 2], used: [u64; 2], limit: Limit| {
+            let tightest = [Scope::Tenant, Scope::Key]
+                .into_iter()
+                .filter_map(|s| {
+                    let l = limits[s as usize]?;
+                    let left = if refused == Some((s, limit)) {
+                        0
+                    } else {
+                        l.saturating_sub(used[s as usize])
+                    };
+                    Some((l, left))
+                })
+                .min_by_key(|&(_, left)| left);
+            if let Some((limit, left)) = tightest {
+                let [limit_name, remaining_name, reset_name] = names;
+                headers.insert(limit_name, HeaderValue::from(limit));
+                headers.insert(remaining_name, HeaderValue::from(left));
+                if let Ok(v) = HeaderValue::from_str(&window_left) {
+                    headers.insert(reset_name, v);
+                }
+            }
+        };
+    put(
+        [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ],
+        ask.limits.map(|l| l.rpm),
+        counts.requests,
+        Limit::Requests,
+    );
+    put(
+        [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ],
+        ask.limits.map(|l| l.tpm),
+        counts.tokens,
+        Limit::Tokens,
+    );
+}
+
+// === the reservation a response holds ===
+
+/// An admitted request's reservation, carried in its response body: settled when the body
+/// ends, fails or is dropped, or when the request is dropped before its answer.
+pub struct Held {
+    quota: Quota,
+    engine: EngineKind,
+    taken: Option<Taken>,
+    report: Option<oneshot::Receiver<Charged>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(taken) = self.taken.take() else {
+            return;
+        };
+        let report = self.report.take();
+        let quota = self.quota.clone();
+        let engine = self.engine;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            if engine == EngineKind::Local {
+                quota.inner.local.settle(&taken, 0, 0);
+            }
+            return;
+        };
+        runtime.spawn(async move {
+            let charged = match report {
+                // Not metered (no record): nothing was used.
+                None => Charged::default(),
+                Some(report) => match tokio::time::timeout(REPORT_WAIT, report).await {
+                    Ok(Ok(charged)) => charged,
+                    Ok(Err(_)) => Charged::default(),
+                    Err(_) => Charged {
+                        tokens: taken.tokens,
+                        cost: tollgate_admin::store::MicroUsd::from_micros(taken.cost)
+                            .unwrap_or_default(),
+                    },
+                },
+            };
+            quota.settle(engine, &taken, charged).await;
+        });
+    }
+}
+
+/// A response body that holds a reservation until it ends, and, for a watched stream,
+/// stops it when its output would pass what is left ([`Watch`]).
+struct Guarded {
+    body: Body,
+    held: Option<Held>,
+    watch: Option<Watch>,
+    /// A frame held back while more output is being reserved for it.
+    pending: Option<(Frame<Bytes>, BoxFuture<'static, bool>)>,
+    /// The stream was cut: nothing more to send.
+    done: bool,
+}
+
+/// Output tokens reserved at a time when a watched stream needs more.
+const STEP: u64 = 256;
+
+/// The error event that ends a stream the budget cannot pay for.
+const QUOTA_EVENT: &str = "\n\ndata: {\"error\":{\"message\":\"You exceeded the monthly quota of your organization or API key while this answer was streaming; it was stopped.\",\"type\":\"insufficient_quota\",\"param\":null,\"code\":\"insufficient_quota\"}}\n\n";
+
+/// A stream whose length the client did not bound (no `max_tokens` /
+/// `max_completion_tokens`) under a monthly budget or token quota: its reservation covers
+/// `limits.default_max_tokens`. Delivered output is counted with the tokenizer as it
+/// passes; past what is reserved, [`STEP`] more is reserved under the same rule as an
+/// admission (something left), else the stream ends with an `insufficient_quota` error
+/// event instead of running on unpaid. What was delivered is metered as usual.
+struct Watch {
+    quota: Quota,
+    engine: EngineKind,
+    limits: [ScopeLimits; 2],
+    model: String,
+    /// Output tokens reserved so far.
+    covered: u64,
+    /// Output tokens delivered so far.
+    delivered: u64,
+    /// What [`STEP`] output tokens cost.
+    step_cost: i64,
+    /// An SSE line split across frames.
+    line: Vec<u8>,
+}
+
+impl Watch {
+    /// Counts the output tokens in `data` (complete `data:` lines; a partial line waits
+    /// for the next frame).
+    fn count(&mut self, data: &[u8]) -> u64 {
+        self.line.extend_from_slice(data);
+        let Some(last) = self.line.iter().rposition(|b| *b == b'\n') else {
+            return 0;
+        };
+        let rest = self.line.split_off(last + 1);
+        let complete = std::mem::replace(&mut self.line, rest);
+        let mut tokens = 0;
+        for line in complete.split(|b| *b == b'\n') {
+            let Some(json) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let Ok(event) = serde_json::from_slice::<serde_json::Value>(json.trim_ascii()) else {
+                continue;
+            };
+            let Some(choices) = event.get("choices").and_then(|c| c.as_array()) else {
+                continue;
+            };
+            for choice in choices {
+                let text = choice
+                    .get("delta")
+                    .and_then(|d| d.get("content"))
+                    .or_else(|| choice.get("text"))
+                    .and_then(|t| t.as_str());
+                if let Some(text) = text {
+                    tokens += crate::meter::usage::count_tokens(&self.model, text);
+                }
+            }
+        }
+        tokens
+    }
+}
+
+impl Guarded {
+    /// Starts reserving more output for `frame` (held back meanwhile).
+    fn extend(&mut self, frame: Frame<Bytes>) {
+        let (Some(watch), Some(taken)) = (
+            self.watch.as_ref(),
+            self.held.as_ref().and_then(|h| h.taken.clone()),
+        ) else {
+            return;
+        };
+        let quota = watch.quota.clone();
+        let (engine, limits, cost) = (watch.engine, watch.limits, watch.step_cost);
+        let grant = Box::pin(async move { quota.extend(engine, &taken, &limits, cost).await });
+        self.pending = Some((frame, grant));
+    }
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if let Some((_, grant)) = this.pending.as_mut() {
+                let granted = match grant.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(granted) => granted,
+                };
+                let Some((frame, _)) = this.pending.take() else {
+                    continue;
+                };
+                let (Some(watch), true) = (this.watch.as_mut(), granted) else {
+                    // Refused: the upstream and the meter see a client that went away
+                    // (what was delivered is recorded); the client sees why.
+                    this.done = true;
+                    this.body = Body::empty();
+                    this.held = None;
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                        QUOTA_EVENT.as_bytes(),
+                    )))));
+                };
+                watch.covered += STEP;
+                let step_cost = watch.step_cost;
+                let still_over = watch.delivered > watch.covered;
+                if let Some(taken) = this.held.as_mut().and_then(|h| h.taken.as_mut()) {
+                    taken.tokens += STEP;
+                    taken.cost += step_cost;
+                }
+                if still_over {
+                    this.extend(frame);
+                    continue;
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            let poll = Pin::new(&mut this.body).poll_frame(cx);
+            match poll {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let over = match (this.watch.as_mut(), frame.data_ref()) {
+                        (Some(watch), Some(data)) => {
+                            watch.delivered += watch.count(data);
+                            watch.delivered > watch.covered
+                        }
+                        _ => false,
+                    };
+                    if over {
+                        this.extend(frame);
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(None | Some(Err(_))) => {
+                    this.held = None;
+                    return poll;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || (self.pending.is_none() && self.body.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.watch.is_some() {
+            SizeHint::default()
+        } else {
+            self.body.size_hint()
+        }
+    }
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+// === the layer ===
+
+/// Adds [`QuotaService`] to a stack.
+#[derive(Clone)]
+pub struct QuotaLayer {
+    quota: Quota,
+}
+
+impl QuotaLayer {
+    pub fn new(quota: Quota) -> Self {
+        Self { quota }
+    }
+}
+
+impl<S> tower::Layer<S> for QuotaLayer {
+    type Service = QuotaService<S>;
+
+    fn layer(&self, inner: S) -> QuotaService<S> {
+        QuotaService {
+            inner,
+            quota: self.quota.clone(),
+        }
+    }
+}
+
+/// The quota service: see the module docs.
+#[derive(Clone)]
+pub struct QuotaService<S> {
+    inner: S,
+    quota: Quota,
+}
+
+impl<S> tower::Service<Call> for QuotaService<S>
+where
+    S: tower::Service<Call, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let quota = self.quota.clone();
+        Box::pin(async move {
+            let limits = quota.limits(&call).await;
+            if limits.iter().all(ScopeLimits::is_unlimited) {
+                return inner.call(call).await;
+            }
+            let (mut ask, covered, step_cost) = quota.ask(&call, limits).await;
+            let watched = call.request.stream
+                && !tokens::bounded(&call.request)
+                && ask.limits.iter().any(ScopeLimits::has_monthly);
+            let model = call.request.model.clone();
+            let (engine, counts) = match quota.admit(&mut ask).await {
+                Ok(admitted) => admitted,
+                Err(refusal) => return Ok(quota.refuse(&ask, refusal)),
+            };
+            // From here the reservation is held: dropped with this future (client gone
+            // before the answer) it is given back.
+            let mut held = Held {
+                quota: quota.clone(),
+                engine,
+                taken: Some(Taken::of(&ask)),
+                report: None,
+            };
+            let response = match inner.call(call).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            let (mut parts, body) = response.into_parts();
+            held.report = parts
+                .extensions
+                .get::<ChargeReport>()
+                .and_then(ChargeReport::take);
+            rate_headers(&mut parts.headers, &ask, &counts, None);
+            let watch = (watched && parts.status.is_success() && is_event_stream(&parts.headers))
+                .then(|| Watch {
+                    quota: quota.clone(),
+                    engine,
+                    limits: ask.limits,
+                    model,
+                    covered,
+                    delivered: 0,
+                    step_cost,
+                    line: Vec::new(),
+                });
+            let body = Guarded {
+                body,
+                held: Some(held),
+                watch,
+                pending: None,
+                done: false,
+            };
+            Ok(Response::from_parts(parts, Body::new(body)))
+        })
+    }
+}
+
+impl Quota {
+    /// The reservation for `call`: tokens only when a token limit or budget needs them.
+    /// Also: the output tokens it covers and what [`STEP`] more output costs (for
+    /// [`Watch`]).
+    async fn ask(&self, call: &Call, limits: [ScopeLimits; 2]) -> (Ask, u64, i64) {
+        let needs_tokens = limits.iter().any(|l| l.tpm.is_some() || l.has_monthly());
+        let needs_cost = limits.iter().any(|l| l.budget.is_some());
+        let (tokens, cost, output, step_cost) = if needs_tokens {
+            let usage = tokens::estimate(&call.request, self.inner.default_max_tokens);
+            let price = if needs_cost {
+                self.inner.prices.get(&call.request.model).await
+            } else {
+                None
+            };
+            let cost = price.as_ref().map_or(0, |p| p.cost(&usage).micros());
+            let step = tollgate_admin::store::Usage {
+                output_tokens: STEP,
+                ..Default::default()
+            };
+            let step_cost = price.as_ref().map_or(0, |p| p.cost(&step).micros());
+            (
+                usage.input_tokens.saturating_add(usage.output_tokens),
+                cost,
+                usage.output_tokens,
+                step_cost,
+            )
+        } else {
+            (0, 0, 0, 0)
+        };
+        let ask = Ask {
+            tenant: call.principal.tenant_id.clone(),
+            key: call.principal.key_id.clone(),
+            limits,
+            tokens,
+            cost,
+            now_ms: engine::now_ms(),
+        };
+        (ask, output, step_cost)
+    }
+
+    /// Reserves [`STEP`] more output for a watched stream; see [`Watch`]. While Redis is
+    /// unreachable the failure policy decides (open: granted, closed: refused).
+    async fn extend(
+        &self,
+        engine: EngineKind,
+        taken: &Taken,
+        limits: &[ScopeLimits; 2],
+        cost: i64,
+    ) -> bool {
+        match (engine, &self.inner.redis) {
+            (EngineKind::Redis, Some(redis)) => {
+                match redis.extend(taken, limits, STEP, cost).await {
+                    Ok(granted) => granted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "limits: cannot extend a stream's reservation in redis");
+                        self.inner.policy == RedisFailure::FailOpen
+                    }
+                }
+            }
+            _ => self.inner.local.extend(taken, limits, STEP, cost),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_format() {
+        assert_eq!(reset(20), "20ms");
+        assert_eq!(reset(1000), "1s");
+        assert_eq!(reset(1001), "2s");
+        assert_eq!(reset(360_000), "6m0s");
+        assert_eq!(reset(61_500), "1m2s");
+    }
+}

@@ -1,0 +1,96 @@
+//! What a request reserves before it is forwarded: its prompt tokens, counted with the
+//! meter's tokenizer (`o200k_base` for the GPT-4o / o-series / GPT-4.1 / GPT-5 families,
+//! `cl100k_base` for GPT-4 / GPT-3.5 / embeddings, and `cl100k_base` as the documented
+//! estimate for every other model), plus the most it may generate: `max_completion_tokens`,
+//! else `max_tokens`, else `limits.default_max_tokens`, times `n`.
+//!
+//! The estimate only has to be an upper bound that is close: the reservation is settled
+//! to the meter's real count when the answer ends.
+
+use serde_json::Value;
+use tollgate_admin::store::Usage;
+
+use crate::meter::usage::Prompt;
+use crate::openai::{Endpoint, Request};
+
+/// Most completions one request may ask for (`n`) that the estimate believes; more is the
+/// upstream's problem to refuse.
+const MAX_N: u64 = 128;
+
+/// Tokens and images one request reserves.
+pub fn estimate(request: &Request, default_max_tokens: u64) -> Usage {
+    let input_tokens = Prompt::of(request).count(&request.model);
+    let body = &request.body;
+    let n = body
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, MAX_N);
+    let (output_tokens, images) = match request.endpoint {
+        Endpoint::ChatCompletions | Endpoint::Completions => {
+            let max = ["max_completion_tokens", "max_tokens"]
+                .iter()
+                .find_map(|f| body.get(*f).and_then(Value::as_u64))
+                .unwrap_or(default_max_tokens);
+            (max.saturating_mul(n), 0)
+        }
+        Endpoint::ImagesGenerations => (0, u32::try_from(n).unwrap_or(1)),
+        Endpoint::Embeddings | Endpoint::Moderations => (0, 0),
+    };
+    Usage {
+        input_tokens,
+        output_tokens,
+        cached_tokens: 0,
+        images,
+    }
+}
+
+/// Whether the client bounded the output (`max_completion_tokens` or `max_tokens`), so the
+/// reservation covers whatever the upstream may send.
+pub fn bounded(request: &Request) -> bool {
+    ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .any(|f| request.body.get(*f).and_then(Value::as_u64).is_some())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn req(endpoint: Endpoint, body: Value) -> Request {
+        Request::parse(endpoint, body.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn prompt_plus_max_tokens() {
+        let chat = |extra: Value| {
+            let mut body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello there"}]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            estimate(&req(Endpoint::ChatCompletions, body), 1000)
+        };
+        let plain = chat(json!({}));
+        // "user" + "Hello there" (o200k: 1 + 2) + 3 per message + 3 per reply.
+        assert_eq!(plain.input_tokens, 9);
+        assert_eq!(plain.output_tokens, 1000);
+        assert_eq!(chat(json!({"max_tokens": 50})).output_tokens, 50);
+        assert_eq!(
+            chat(json!({"max_tokens": 50, "max_completion_tokens": 70})).output_tokens,
+            70
+        );
+        assert_eq!(chat(json!({"max_tokens": 50, "n": 3})).output_tokens, 150);
+        let emb = estimate(
+            &req(
+                Endpoint::Embeddings,
+                json!({"model": "text-embedding-3-small", "input": ["a b", [1, 2, 3]]}),
+            ),
+            1000,
+        );
+        assert_eq!(emb.output_tokens, 0);
+        assert_eq!(emb.input_tokens, 2 + 3);
+    }
+}
