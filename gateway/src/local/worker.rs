@@ -1,0 +1,157 @@
+//! `tollgate worker --model DIR`: one local model as a standalone OpenAI-compatible server,
+//! so a machine with a GPU (or spare CPUs) can host models that gateways route to with
+//! `provider: openai` and `base_url: http://worker:8090/v1`.
+//!
+//! Same engine and wire format as `provider: local`. No keys, limits or metering: those
+//! stay with the gateway in front; bind it to a private address.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use super::{Engine, LoadError, load, serve};
+use crate::openai::{Endpoint, Request};
+
+/// Request bodies above this are refused (413), as the gateway's default `max_body_mb`.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+#[derive(Clone)]
+struct Worker {
+    engine: Arc<Engine>,
+    /// The id in `/v1/models`: `--name`, or the model folder's name.
+    name: Arc<str>,
+}
+
+/// Why the worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("--model: {0}")]
+    Load(#[from] LoadError),
+    #[error("--listen: {0}")]
+    Listen(String),
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+impl WorkerError {
+    /// 64 for bad arguments (as for a bad config), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Load(_) | Self::Listen(_) => 64,
+            Self::Serve(_) => 1,
+        }
+    }
+}
+
+/// The worker's routes, for `run` and for tests.
+pub fn router(engine: Arc<Engine>, name: &str) -> axum::Router {
+    let state = Worker {
+        engine,
+        name: Arc::from(name),
+    };
+    axum::Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .fallback(|| async { crate::error::unknown_url() })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Loads the model, binds `listen` and serves until Ctrl-C or SIGTERM.
+pub async fn run(
+    model_dir: &Path,
+    listen: &str,
+    name: Option<String>,
+    queue_size: usize,
+) -> Result<(), WorkerError> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| WorkerError::Listen(format!("'{listen}' is not an address: {e}")))?;
+    let name = name.unwrap_or_else(|| {
+        model_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "local".to_owned())
+    });
+    let dir = model_dir.to_owned();
+    let engine = tokio::task::spawn_blocking(move || load(&dir, queue_size))
+        .await
+        .map_err(|e| LoadError::new(format!("loading failed: {e}")))??;
+    let kind = match engine {
+        Engine::Embed(_) => "embeddings",
+        Engine::Generate(_) => "chat and completions",
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| WorkerError::Listen(format!("cannot bind {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| WorkerError::Listen(e.to_string()))?;
+    println!("tollgate worker: serving '{name}' ({kind}) on http://{bound}/v1");
+    let app = router(Arc::new(engine), &name);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
+        .map_err(WorkerError::Serve)
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+async fn models(State(w): State<Worker>) -> Response {
+    axum::Json(json!({"object": "list", "data": [
+        {"id": &*w.name, "object": "model", "created": 0, "owned_by": "tollgate"}
+    ]}))
+    .into_response()
+}
+
+async fn answer(w: Worker, endpoint: Endpoint, body: Bytes) -> Response {
+    match Request::parse(endpoint, &body) {
+        // The answer names the model the client asked for, as the gateway expects back.
+        Ok(request) => serve(&w.engine, &request, &request.model).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn embeddings(State(w): State<Worker>, body: Bytes) -> Response {
+    answer(w, Endpoint::Embeddings, body).await
+}
+
+async fn chat(State(w): State<Worker>, body: Bytes) -> Response {
+    answer(w, Endpoint::ChatCompletions, body).await
+}
+
+async fn completions(State(w): State<Worker>, body: Bytes) -> Response {
+    answer(w, Endpoint::Completions, body).await
+}
