@@ -1,0 +1,274 @@
+//! Shed: a bound on the requests one gateway process works on at once (`max_in_flight`).
+//!
+//! Past the bound a request is answered at once with 503 `overloaded` and `retry-after`,
+//! before it is authenticated or its body read: under a spike the gateway keeps answering
+//! quickly and its memory stays proportional to the bound, instead of queueing without end
+//! and timing everyone out. A request counts until its response body ends or is dropped,
+//! so long streams hold their slot for as long as they run.
+//!
+//! The check is one atomic increment; nothing waits on a lock or a queue.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
+use http::Request;
+use http_body::Frame;
+use prometheus::{IntCounter, IntGauge, Registry};
+
+use crate::error::ApiError;
+
+/// The layer; clones share one counter.
+#[derive(Clone)]
+pub struct ShedLayer {
+    state: Arc<State>,
+}
+
+struct State {
+    max: usize,
+    in_flight: AtomicUsize,
+    gauge: IntGauge,
+    shed: IntCounter,
+}
+
+impl ShedLayer {
+    /// `max`: requests in flight at once; 0 means no bound.
+    pub fn new(max: usize, registry: &Registry) -> Result<Self, prometheus::Error> {
+        let gauge = IntGauge::new(
+            "tollgate_in_flight_requests",
+            "Data-plane requests being served (bodies not yet finished)",
+        )?;
+        let shed = IntCounter::new(
+            "tollgate_shed_total",
+            "Requests refused with 503 because max_in_flight was reached",
+        )?;
+        registry.register(Box::new(gauge.clone()))?;
+        registry.register(Box::new(shed.clone()))?;
+        Ok(Self {
+            state: Arc::new(State {
+                max,
+                in_flight: AtomicUsize::new(0),
+                gauge,
+                shed,
+            }),
+        })
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Shed {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Shed<S> {
+    inner: S,
+    state: Arc<State>,
+}
+
+/// 503 `overloaded`: the process is at `max_in_flight`.
+pub fn overloaded() -> ApiError {
+    ApiError::unavailable("The gateway is at capacity. Please retry shortly.")
+        .with_code("overloaded")
+        .with_retry_after(1)
+}
+
+/// Holds one slot; gives it back when dropped.
+struct Slot(Arc<State>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.gauge.dec();
+    }
+}
+
+impl<S, B> tower::Service<Request<Body>> for Shed<S>
+where
+    S: tower::Service<Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let state = &self.state;
+        let before = state.in_flight.fetch_add(1, Ordering::AcqRel);
+        if state.max > 0 && before >= state.max {
+            state.in_flight.fetch_sub(1, Ordering::AcqRel);
+            state.shed.inc();
+            return std::future::ready(Ok(overloaded().into_response())).boxed();
+        }
+        state.gauge.inc();
+        let slot = Slot(state.clone());
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            // Dropped here if the inner call fails or is cancelled (client gone).
+            let response = inner.call(request).await?;
+            Ok(response.map(|body| {
+                Body::new(SlotBody {
+                    inner: Body::new(body),
+                    slot: Some(slot),
+                })
+            }))
+        })
+    }
+}
+
+/// The response body, holding the slot until it ends.
+struct SlotBody {
+    inner: Body,
+    slot: Option<Slot>,
+}
+
+impl http_body::Body for SlotBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = poll {
+            self.slot.take();
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tower::{Service, ServiceExt};
+
+    /// A service whose answers stream until the test lets them finish.
+    fn slow() -> impl tower::Service<
+        Request<Body>,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(|_req: Request<Body>| async {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let _ = tx.send(Ok(Bytes::from_static(b"done"))).await;
+            });
+            let stream = tokio_stream_from(rx);
+            Ok::<_, std::convert::Infallible>(Response::new(Body::from_stream(stream)))
+        })
+    }
+
+    fn tokio_stream_from(
+        mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    #[tokio::test]
+    async fn sheds_past_the_bound_until_bodies_end() {
+        let registry = Registry::new();
+        let layer = ShedLayer::new(2, &registry).unwrap();
+        let mut svc = tower::Layer::layer(&layer, slow());
+        let a = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(Body::empty()))
+            .await
+            .unwrap();
+        let b = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(Body::empty()))
+            .await
+            .unwrap();
+        // Two bodies still streaming: the third is shed.
+        let c = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(c.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(c.headers()["retry-after"], "1");
+        let json: serde_json::Value =
+            serde_json::from_slice(&c.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(json["error"]["code"], "overloaded");
+        // One body ends: its slot is free again.
+        assert_eq!(a.into_body().collect().await.unwrap().to_bytes(), "done");
+        let d = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(d.status(), http::StatusCode::OK);
+        // A body dropped unread (client gone) frees its slot too.
+        drop(b);
+        drop(d);
+        let e = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(e.status(), http::StatusCode::OK);
+        assert_eq!(layer.state.shed.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn zero_means_unbounded() {
+        let registry = Registry::new();
+        let layer = ShedLayer::new(0, &registry).unwrap();
+        let mut svc = tower::Layer::layer(&layer, slow());
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            let r = svc
+                .ready()
+                .await
+                .unwrap()
+                .call(Request::new(Body::empty()))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), http::StatusCode::OK);
+            held.push(r);
+        }
+    }
+}
