@@ -106,7 +106,7 @@ pub fn mark_client_request_id(mut request: http::Request<Body>) -> http::Request
 /// trusted to be: a client sending the same `x-request-id` twice (a retry, a fixed value)
 /// must still pay for both requests, so its id gets a unique suffix (`<id>#<uuid>`; the
 /// client's part is kept for lookups, cut to 128 characters).
-fn ledger_id(made: Option<&RequestId>, client: Option<&ClientRequestId>) -> String {
+pub(crate) fn ledger_id(made: Option<&RequestId>, client: Option<&ClientRequestId>) -> String {
     let unique = || uuid::Uuid::new_v4().simple().to_string();
     match (client, made.and_then(|id| id.header_value().to_str().ok())) {
         (Some(ClientRequestId(id)), _) => {
@@ -128,10 +128,12 @@ macro_rules! endpoint_handler {
             Extension(principal): Extension<Principal>,
             made: Option<Extension<RequestId>>,
             client: Option<Extension<ClientRequestId>>,
+            headers: http::HeaderMap,
             body: Result<Bytes, BytesRejection>,
         ) -> Response {
             let request_id = ledger_id(made.as_deref(), client.as_deref());
-            handle($endpoint, state, principal, request_id, body).await
+            let directives = crate::cache::Directives::from_headers(&headers);
+            handle($endpoint, state, principal, request_id, directives, body).await
         }
     };
 }
@@ -147,16 +149,21 @@ async fn handle(
     state: AppState,
     principal: Principal,
     request_id: String,
+    directives: crate::cache::Directives,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let call = match prepare(endpoint, &state, principal, request_id, body) {
-        Ok(call) => call,
+        Ok(call) => Call { directives, ..call },
         Err(e) => return e.into_response(),
     };
-    match state.calls.oneshot(call).await {
+    // Only configured names label metrics: a client cannot mint series.
+    let model = crate::observe::ModelLabel(std::sync::Arc::from(call.route.name.as_str()));
+    let mut response = match state.calls.oneshot(call).await {
         Ok(response) => response,
         Err(never) => match never {},
-    }
+    };
+    response.extensions_mut().insert(model);
+    response
 }
 
 fn prepare(
@@ -187,5 +194,6 @@ fn prepare(
         principal,
         request,
         route,
+        directives: Default::default(),
     })
 }

@@ -44,13 +44,14 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(5);
 pub struct Principal {
     pub tenant_id: String,
     pub key_id: String,
-    #[allow(
-        dead_code,
-        reason = "read by the quota layer (plan limits), which builds on this"
-    )]
+    /// The tenant's plan: its limits count per tenant (`crate::quota`).
     pub plan: String,
     /// Models this key may use; empty means all.
     pub models: Arc<[String]>,
+    /// The key's own requests per minute (per key, on top of the plan's).
+    pub rpm: Option<u32>,
+    /// The key's own tokens per minute.
+    pub tpm: Option<u32>,
 }
 
 impl Principal {
@@ -109,6 +110,11 @@ impl Keys {
                 clock: Instant::now(),
             }),
         }
+    }
+
+    /// The store behind the keys (the quota layer reads plans and spend from it).
+    pub fn store(&self) -> Store {
+        self.inner.store.clone()
     }
 
     fn now_ms(&self) -> u64 {
@@ -176,6 +182,8 @@ impl Keys {
                         key_id: record.key_id.clone(),
                         plan: record.plan.clone(),
                         models: record.models.clone().into(),
+                        rpm: record.rpm,
+                        tpm: record.tpm,
                     },
                     record,
                     fetched_ms: now,

@@ -18,6 +18,8 @@ pub struct Call {
     pub request: openai::Request,
     /// The model's deployments, resolved by the handler (404/403 happen there).
     pub route: Arc<ModelRoute>,
+    /// The client's `Cache-Control` request directives, for the cache layer.
+    pub directives: crate::cache::Directives,
 }
 
 /// The inner stack, boxed once so handlers can hold it in their state.

@@ -69,6 +69,47 @@ pub enum Command {
         #[command(flatten)]
         args: InvoicesArgs,
     },
+    /// Validate the config file and exit: 0 when valid, 64 naming the bad field. Reads the
+    /// environment like `serve`; touches no store.
+    CheckConfig(StoreArgs),
+    /// Probe a running gateway's `/healthz` (exit 0 when it answers 200): the container
+    /// image's HEALTHCHECK, which has no curl.
+    Healthcheck(HealthcheckArgs),
+    /// Serve one local model (a Hugging Face style folder) as a standalone OpenAI-compatible
+    /// server, for gateways to route to with `provider: openai`.
+    #[cfg(feature = "local")]
+    Worker(WorkerArgs),
+}
+
+#[cfg(feature = "local")]
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The model folder: config.json, tokenizer.json, *.safetensors.
+    #[arg(long, env = "TOLLGATE_WORKER_MODEL")]
+    pub model: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "TOLLGATE_WORKER_LISTEN", default_value = "127.0.0.1:8090")]
+    pub listen: String,
+    /// The model id in /v1/models (default: the folder's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Requests that may wait for the model; beyond it the worker answers 429 at once.
+    #[arg(long, default_value_t = 64)]
+    pub queue_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The URL to probe.
+    #[arg(
+        long,
+        env = "TOLLGATE_HEALTHCHECK_URL",
+        default_value = "http://127.0.0.1:8081/healthz"
+    )]
+    pub url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 2.0)]
+    pub timeout_s: f64,
 }
 
 /// Store selection and output format of the operator subcommands.

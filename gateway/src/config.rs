@@ -28,7 +28,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             message: message.into(),
@@ -82,12 +82,12 @@ pub struct Config {
     /// Data-plane key cache.
     #[serde(default)]
     pub auth: AuthConfig,
-    /// Rate-limit engine behaviour. Accepted now; used once the quota layer lands.
+    /// Rate limits, quotas and budgets (`crate::quota`).
     #[serde(default)]
-    pub limits: Option<yaml_serde::Value>,
-    /// Response cache. Accepted now; used once the cache layer lands.
+    pub limits: LimitsConfig,
+    /// Response cache and its per-plan policy (`crate::cache`); absent: off.
     #[serde(default)]
-    pub cache: Option<yaml_serde::Value>,
+    pub cache: crate::cache::CacheConfig,
     /// Models clients may name, each with its deployments.
     #[serde(default)]
     pub models: Vec<ModelConfig>,
@@ -102,6 +102,10 @@ pub struct Config {
     /// Overall deadline for a request to get its response headers, in seconds.
     #[serde(default = "default_request_timeout_s")]
     pub request_timeout_s: u64,
+    /// Requests (streams included, until they end) this process serves at once; one more
+    /// is answered 503 `overloaded` with `retry-after` instead of queueing. 0: no bound.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
     /// Folder of the meter's local usage spool (relative to the working directory), where
     /// usage records are made durable before a response ends and kept until the store has
     /// them. One gateway process per folder.
@@ -113,6 +117,18 @@ pub struct Config {
     /// Default circuit breaker for every model's deployments (a model's own `breaker` wins).
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// Where `/v1/files`, `/v1/fine_tuning/jobs` and `/v1/batches` go (unset: 404).
+    #[serde(default)]
+    pub passthrough: Option<PassthroughConfig>,
+}
+
+/// `passthrough:`: the upstream for the OpenAI endpoints the gateway does not interpret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughConfig {
+    /// One OpenAI-compatible deployment (`provider: openai`): these objects live in one
+    /// upstream account, so they cannot be spread over several.
+    pub deployment: DeploymentConfig,
 }
 
 /// `meter:` section.
@@ -171,6 +187,45 @@ fn default_retention_days() -> Option<u32> {
 }
 fn default_flush_interval_ms() -> u64 {
     200
+}
+
+/// `limits:` section: how the quota layer behaves. The limits themselves are data (plans
+/// and keys in the store), not config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// What happens while Redis (`redis_url`) is unreachable: `fail_open` serves with the
+    /// in-process limiter as a local guard; `fail_closed` refuses at once with 503.
+    #[serde(default)]
+    pub redis_failure: RedisFailure,
+    /// Completion tokens reserved for a request that sets neither `max_tokens` nor
+    /// `max_completion_tokens` (settled to the real count afterwards).
+    #[serde(default = "default_reserve_output_tokens")]
+    pub default_max_tokens: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            redis_failure: RedisFailure::default(),
+            default_max_tokens: default_reserve_output_tokens(),
+        }
+    }
+}
+
+fn default_reserve_output_tokens() -> u64 {
+    1024
+}
+
+/// `limits.redis_failure`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFailure {
+    /// Keep serving, limited per replica by the in-process engine.
+    #[default]
+    FailOpen,
+    /// Refuse limited requests with 503 `service_unavailable` (`retry-after: 1`).
+    FailClosed,
 }
 
 /// `admin:` section.
@@ -244,6 +299,9 @@ pub struct ModelConfig {
     /// Circuit breaker for this model's deployments; absent: the top-level `breaker`.
     #[serde(default)]
     pub breaker: Option<BreakerConfig>,
+    /// This model's response cache policy (`enabled`, `ttl_s`); see `crate::cache`.
+    #[serde(default)]
+    pub cache: Option<crate::cache::CachePolicy>,
 }
 
 /// `retries:` of a model.
@@ -391,9 +449,22 @@ pub struct DeploymentConfig {
     /// Relative share of traffic.
     #[serde(default = "default_weight")]
     pub weight: u32,
-    /// Upstream deadline: time to response headers, and the longest gap between stream chunks.
+    /// Upstream deadline: time to response headers (and to a non-streamed answer's whole
+    /// body), and the longest gap between stream chunks. `timeouts` refines it.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: f64,
+    /// Finer upstream deadlines (connect, first byte, total); see [`TimeoutsConfig`].
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsConfig>,
+    /// Requests per minute this deployment is sent, counted in process (per replica): at
+    /// the cap it is skipped for the next deployment, and when all are capped the client
+    /// gets 429 `rate_limit_exceeded` with `retry-after`.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute, like `rpm`; a request counts its estimated prompt tokens plus
+    /// `max_tokens` (or `max_completion_tokens`) when sent.
+    #[serde(default)]
+    pub tpm: Option<u64>,
     /// Azure's `api-version` query value, e.g. `2024-10-21` (required for `azure`, refused
     /// elsewhere): Azure versions its API per request, not per URL.
     #[serde(default)]
@@ -407,13 +478,30 @@ pub struct DeploymentConfig {
     /// it, OpenAI's does not.
     #[serde(default)]
     pub max_tokens_default: Option<u32>,
-    /// Local model folder (`provider: local`).
-    #[allow(
-        dead_code,
-        reason = "read by the local provider, not in this build yet"
-    )]
+    /// Local model folder (`provider: local`): `config.json`, `tokenizer.json`, `*.safetensors`.
     #[serde(default)]
     pub path: Option<String>,
+    /// Requests that may wait for a local model's thread (`provider: local`; default 64).
+    /// Beyond it the deployment answers 429 at once, so routing spills over.
+    #[serde(default)]
+    pub queue_size: Option<u32>,
+}
+
+/// `timeouts:` of a deployment. Each is optional; absent ones keep `timeout_s`'s meaning.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// TCP (and TLS) connect; default 10 s. Exceeding it fails over to the next deployment.
+    #[serde(default)]
+    pub connect_s: Option<f64>,
+    /// From sending the request to the response headers; default `timeout_s`. Exceeding
+    /// it fails over (nothing reached the client yet).
+    #[serde(default)]
+    pub first_byte_s: Option<f64>,
+    /// The whole exchange, to the body's last byte; default none. A stream that runs past
+    /// it ends with an error event and no `[DONE]`.
+    #[serde(default)]
+    pub total_s: Option<f64>,
 }
 
 fn default_listen() -> String {
@@ -428,6 +516,10 @@ fn default_database_url() -> Secret {
 fn default_max_body_mb() -> u64 {
     16
 }
+fn default_max_in_flight() -> usize {
+    10_000
+}
+
 fn default_request_timeout_s() -> u64 {
     600
 }
@@ -448,15 +540,17 @@ impl Default for Config {
             redis_url: None,
             admin: AdminConfig::default(),
             auth: AuthConfig::default(),
-            limits: None,
-            cache: None,
+            limits: LimitsConfig::default(),
+            cache: crate::cache::CacheConfig::default(),
             models: Vec::new(),
             prices: Default::default(),
             max_body_mb: default_max_body_mb(),
             request_timeout_s: default_request_timeout_s(),
+            max_in_flight: default_max_in_flight(),
             spool_dir: default_spool_dir(),
             meter: MeterConfig::default(),
             breaker: BreakerConfig::default(),
+            passthrough: None,
         }
     }
 }
@@ -590,6 +684,21 @@ impl Config {
             }
         }
         validate_breaker("breaker", &self.breaker)?;
+        if let Some(p) = &self.passthrough {
+            if p.deployment.provider != ProviderKind::Openai {
+                return Err(ConfigError::new(
+                    "passthrough.deployment.provider",
+                    "must be openai (files, fine-tuning and batches are OpenAI's API)",
+                ));
+            }
+            validate_deployment("passthrough.deployment", &p.deployment)?;
+        }
+        self.cache.validate(
+            self.models
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (i, m.cache.as_ref())),
+        )?;
         // Fallbacks are checked after every name is known, so they may point forward.
         for (i, model) in self.models.iter().enumerate() {
             for (k, fallback) in model.fallbacks.iter().enumerate() {
@@ -615,14 +724,7 @@ impl Config {
 
     /// Names of accepted sections that this build does not act on yet, so `serve` can say so.
     pub fn inert_sections(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self.limits.is_some() {
-            out.push("limits");
-        }
-        if self.cache.is_some() {
-            out.push("cache");
-        }
-        out
+        Vec::new()
     }
 }
 
@@ -656,15 +758,18 @@ fn validate_deployment(at: &str, d: &DeploymentConfig) -> Result<(), ConfigError
             }
             required_key(&field("api_key"), d)?;
         }
-        other => {
-            // Accepted by the schema so DESIGN.md's full example parses, but refused at start
-            // until its provider exists: serving a model that cannot answer would be worse.
+        // The folder itself is loaded (and checked) by `local::preload` at start.
+        #[cfg(feature = "local")]
+        ProviderKind::Local => match d.path.as_deref() {
+            None => return Err(ConfigError::new(field("path"), "missing")),
+            Some("") => return Err(ConfigError::new(field("path"), "must not be empty")),
+            Some(_) => {}
+        },
+        #[cfg(not(feature = "local"))]
+        ProviderKind::Local => {
             return Err(ConfigError::new(
                 field("provider"),
-                format!(
-                    "'{}' is not available in this build yet (supported: openai, azure, anthropic)",
-                    other.as_str()
-                ),
+                "'local' is not available in this build (built without the `local` feature)",
             ));
         }
     }
@@ -677,6 +782,8 @@ fn validate_deployment(at: &str, d: &DeploymentConfig) -> Result<(), ConfigError
             d.max_tokens_default.is_some(),
             ProviderKind::Anthropic,
         ),
+        ("path", d.path.is_some(), ProviderKind::Local),
+        ("queue_size", d.queue_size.is_some(), ProviderKind::Local),
     ];
     for (name, set, provider) in only_for {
         if set && d.provider != provider {
@@ -709,6 +816,28 @@ fn validate_deployment(at: &str, d: &DeploymentConfig) -> Result<(), ConfigError
             field("timeout_s"),
             "must be between 0 and 86400 seconds",
         ));
+    }
+    if let Some(t) = &d.timeouts {
+        for (name, value) in [
+            ("connect_s", t.connect_s),
+            ("first_byte_s", t.first_byte_s),
+            ("total_s", t.total_s),
+        ] {
+            if let Some(v) = value
+                && !(v.is_finite() && v > 0.0 && v <= 86_400.0)
+            {
+                return Err(ConfigError::new(
+                    field(&format!("timeouts.{name}")),
+                    "must be between 0 and 86400 seconds",
+                ));
+            }
+        }
+    }
+    if d.rpm == Some(0) {
+        return Err(ConfigError::new(field("rpm"), "must be at least 1"));
+    }
+    if d.tpm == Some(0) {
+        return Err(ConfigError::new(field("tpm"), "must be at least 1"));
     }
     if let Some(name) = &d.name
         && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()))
@@ -1001,9 +1130,19 @@ models:
             "{e}"
         );
         let e = parse_err("models: [ { name: a, deployments: [ { provider: local } ] } ]");
+        #[cfg(feature = "local")]
+        assert_eq!(e, "models[0].deployments[0].path: missing");
+        #[cfg(not(feature = "local"))]
         assert!(
             e.starts_with("models[0].deployments[0].provider: 'local'"),
             "{e}"
+        );
+        let e = parse_err(
+            "models: [ { name: a, deployments: [ { provider: openai, base_url: 'http://x', path: m } ] } ]",
+        );
+        assert_eq!(
+            e,
+            "models[0].deployments[0].path: only used by provider: local"
         );
         let e = parse_err(
             "models: [ { name: a, deployments: [ { provider: openai, base_url: 'http://x', timeout_s: 0 } ] } ]",
@@ -1188,6 +1327,8 @@ models:
     }
 
     #[test]
+    // The example has a `provider: local` model, refused by builds without the feature.
+    #[cfg(feature = "local")]
     fn the_example_config_is_valid() {
         let env = |k: &str| {
             [
@@ -1201,7 +1342,7 @@ models:
         };
         let text = include_str!("../../deploy/tollgate.example.yaml");
         let c = Config::parse(text, &env).unwrap().validate().unwrap();
-        assert_eq!(c.models.len(), 3);
+        assert_eq!(c.models.len(), 4);
         assert_eq!(
             c.models[0].deployments[0].name.as_deref(),
             Some("openai-primary")

@@ -5,16 +5,23 @@
 
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod call;
 pub mod cli;
 pub mod config;
 pub mod error;
+#[cfg(feature = "local")]
+pub mod local;
 pub mod meter;
 pub mod metrics;
+pub mod observe;
 pub mod openai;
+pub mod passthrough;
 pub mod providers;
+pub mod quota;
 pub mod redis;
 pub mod router;
 pub mod server;
+pub mod shed;
 pub mod stack;
 pub mod trace;

@@ -9,7 +9,7 @@ use clap::Parser;
 use tollgate_admin::cli as admin_cli;
 use tollgate_admin::store::StoreError;
 
-use tollgate_gateway::cli::{Cli, Command, OperatorArgs, ServeArgs, StoreArgs};
+use tollgate_gateway::cli::{Cli, Command, HealthcheckArgs, OperatorArgs, ServeArgs, StoreArgs};
 use tollgate_gateway::config::{Config, ConfigError, Secret};
 use tollgate_gateway::server::{self, ServeError, Startup};
 
@@ -21,6 +21,8 @@ fn main() -> ExitCode {
     // The server logs its requests; the other commands only what went wrong.
     init_tracing(match cli.command {
         Command::Serve(_) => "info,sqlx=warn",
+        #[cfg(feature = "local")]
+        Command::Worker(_) => "info",
         _ => "warn",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -44,6 +46,10 @@ fn main() -> ExitCode {
         Command::Prices { store, command } => (store, admin_cli::Command::Prices(command)),
         Command::Usage { store, args } => (store, admin_cli::Command::Usage(args)),
         Command::Invoices { store, args } => (store, admin_cli::Command::Invoices(args)),
+        Command::CheckConfig(args) => return check_config(&args),
+        Command::Healthcheck(args) => return runtime.block_on(healthcheck(args)),
+        #[cfg(feature = "local")]
+        Command::Worker(args) => return runtime.block_on(run_worker(args)),
     };
     runtime.block_on(run_operator(args, command))
 }
@@ -70,6 +76,52 @@ async fn run_operator(args: OperatorArgs, command: admin_cli::Command) -> ExitCo
     }
 }
 
+/// `tollgate check-config`: the same loading and validation `serve` does, then a summary.
+fn check_config(args: &StoreArgs) -> ExitCode {
+    match load_config(args).and_then(Config::validate) {
+        Ok(config) => {
+            println!(
+                "config ok: {} model(s), store {}",
+                config.models.len(),
+                config
+                    .database_url
+                    .expose()
+                    .split_once(':')
+                    .map_or("?", |(scheme, _)| scheme)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => exit(Err(e.into())),
+    }
+}
+
+/// `tollgate healthcheck`: GET the URL, succeed on 200.
+async fn healthcheck(args: HealthcheckArgs) -> ExitCode {
+    let timeout = std::time::Duration::from_secs_f64(args.timeout_s.clamp(0.1, 60.0));
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("tollgate: healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.get(&args.url).send().await {
+        Ok(response) if response.status() == reqwest::StatusCode::OK => ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!(
+                "tollgate: healthcheck: {} answered {}",
+                args.url,
+                response.status()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tollgate: healthcheck: {}: {e}", args.url);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn exit(result: Result<(), ServeError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,14 +136,40 @@ fn exit(result: Result<(), ServeError>) -> ExitCode {
     }
 }
 
+/// `tollgate worker`: exit 64 for a bad model folder or address, like a bad config.
+#[cfg(feature = "local")]
+async fn run_worker(args: tollgate_gateway::cli::WorkerArgs) -> ExitCode {
+    use tollgate_gateway::local::worker;
+    match worker::run(&args.model, &args.listen, args.name, args.queue_size).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Logs go to stderr: human-readable by default, one JSON object per line with
+/// `TOLLGATE_LOG_FORMAT=json` (for log shippers). `TOLLGATE_LOG` filters (`info`, `debug`...).
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let json = std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 /// Reads the config file (or the embedded default) and applies overrides.

@@ -23,8 +23,8 @@ use crate::auth::Keys;
 use crate::config::{Config, ConfigError, DEFAULT_DATABASE_URL};
 use crate::meter::{Ledger, MeterError};
 use crate::metrics;
-use crate::redis::Redis;
 use crate::providers::ProviderSet;
+use crate::redis::Redis;
 use crate::router::Models;
 use crate::stack;
 
@@ -82,6 +82,9 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     }
     let providers =
         ProviderSet::new().map_err(|e| ServeError::Other(format!("http client: {e}")))?;
+    // Local models load before the routes that use them; a bad folder is a config error.
+    #[cfg(feature = "local")]
+    crate::local::preload(&config)?;
     let models = Arc::new(Models::from_config(&config, &providers).map_err(ServeError::Other)?);
     for section in config.inert_sections() {
         tracing::warn!(
@@ -94,6 +97,7 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     let (ledger, meter_tasks) = Ledger::start(store.clone(), &config, &registry).await?;
     crate::router::metrics::CircuitMetrics::register(models.clone(), &registry)
         .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;
+    let models_for_ready = models.clone();
 
     if let Some(days) = config.meter.retention_days {
         tokio::spawn(prune_usage_daily(store.clone(), days));
@@ -104,6 +108,21 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
         Some(url) => Some(Redis::start(url.expose(), &registry).map_err(ServeError::Other)?),
         None => None,
     };
+    let cache = crate::cache::Cache::new(&config, redis.clone(), &registry)
+        .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;
+    let purge_hook = tollgate_admin::api::CachePurgeHook(Arc::new(cache.clone()));
+    let passthrough = match &config.passthrough {
+        Some(p) => Some(
+            crate::passthrough::Passthrough::new(
+                &p.deployment,
+                &providers,
+                store.clone(),
+                ledger.clone(),
+            )
+            .map_err(ServeError::Other)?,
+        ),
+        None => None,
+    };
     let data = stack::data_plane(
         &config,
         stack::Parts {
@@ -112,8 +131,11 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
             ledger,
             redis,
             registry: registry.clone(),
+            cache,
+            passthrough,
         },
-    );
+    )
+    .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;
     let bootstrap_token = config
         .admin
         .bootstrap_token
@@ -126,8 +148,16 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     )
     .map_err(ServeError::Other)?;
     let auth = Arc::new(auth);
-    let admin =
-        tollgate_admin::api::router(AdminState { store, auth }).merge(metrics::router(registry));
+    let admin = tollgate_admin::api::router(AdminState {
+        store,
+        auth,
+        readiness: Some(Arc::new(crate::router::metrics::CircuitReadiness(
+            models_for_ready,
+        ))),
+    })
+    .merge(metrics::router(registry))
+    // `DELETE /admin/v1/tenants/{id}/cache` reaches the data plane's cache through this.
+    .layer(axum::Extension(purge_hook));
 
     let data_listener = bind(data_addr).await?;
     let admin_listener = bind(admin_addr).await?;

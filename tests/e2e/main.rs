@@ -10,11 +10,15 @@
 )]
 
 mod auth;
+mod cache;
 mod cli;
 mod config;
 mod errors;
+mod limits;
 mod meter;
+mod observe;
 mod operators;
+mod passthrough;
 mod providers;
 mod proxy;
 mod replicas;

@@ -26,6 +26,8 @@ enum Script {
     Ok,
     /// A plain, valid chat completion after this long (before the headers).
     Slow(Duration),
+    /// 200 `text/event-stream`, then a chunk every 100 ms, never ending.
+    Drip,
 }
 
 struct Stub {
@@ -100,6 +102,18 @@ fn answer(script: Script) -> Response {
                 .status(200)
                 .header("content-type", "text/event-stream")
                 .body(Body::from_stream(broken))
+                .unwrap()
+        }
+        Script::Drip => {
+            let chunk = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"stub\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"},\"finish_reason\":null}]}\n\n";
+            let drip = futures_util::stream::unfold((), move |()| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(chunk)), ()))
+            });
+            Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(drip))
                 .unwrap()
         }
         Script::Ok | Script::Slow(_) => {
@@ -192,6 +206,32 @@ async fn a_429_with_retry_after_moves_on_and_skips_the_deployment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_429s_move_on_but_never_eject_the_deployment() {
+    // Busy without a retry-after (a full local queue answers like this): every request
+    // meets it first, moves on, and the deployment's circuit stays closed.
+    let busy = Stub::start(Script::Error(429, vec![])).await;
+    let good = MockUpstream::start().await;
+    let gw = gateway(&format!(
+        "breaker: {{ failures: 2, cooldown_s: 60 }}
+models:
+  - name: m
+    retries: {{ max_attempts: 2, backoff_ms: 1 }}
+    deployments: [ {}, {} ]
+",
+        dep("busy", &busy.base_url),
+        dep("good", &good.base_url())
+    ))
+    .await;
+    let key = gw.tenant_key(&[]).await;
+    for _ in 0..6 {
+        let (status, deployment, _) = chat(&gw, &key, "m", false).await;
+        assert_eq!((status, deployment.as_str()), (200, "good"));
+    }
+    assert_eq!(circuit_state(&gw, "busy").await, 0, "closed");
+    assert!(busy.hits() >= 3, "still tried: {}", busy.hits());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_400_is_returned_without_retrying() {
     let picky = Stub::start(Script::Error(400, vec![])).await;
     let good = MockUpstream::start().await;
@@ -280,6 +320,17 @@ async fn a_failing_deployment_is_ejected_then_probed_back() {
     assert_eq!(flaky.hits(), 2);
     assert_eq!(circuit_state(&gw, "flaky").await, 2, "open in /metrics");
     assert_eq!(circuit_state(&gw, "good").await, 0, "closed in /metrics");
+    let (status, ready) = readyz(&gw).await;
+    assert_eq!(
+        status, 200,
+        "an open circuit does not make the gateway unready: {ready}"
+    );
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(
+        ready["deployments"],
+        json!([{"model": "m", "deployment": "flaky", "state": "open"},
+               {"model": "m", "deployment": "good", "state": "closed"}])
+    );
 
     flaky.set(Script::Ok);
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -298,6 +349,38 @@ async fn a_failing_deployment_is_ejected_then_probed_back() {
         circuit_state(&gw, "flaky").await,
         0,
         "closed again in /metrics"
+    );
+    let (_, ready) = readyz(&gw).await;
+    assert_eq!(ready["deployments"][0]["state"], "closed", "{ready}");
+}
+
+/// `/readyz`: status code and JSON body.
+async fn readyz(gw: &Gateway) -> (u16, Value) {
+    let response = gw
+        .http
+        .get(format!("{}/readyz", gw.admin_url))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_a_model_with_every_deployment_open_but_stays_ready() {
+    let a = Stub::start(Script::Error(500, vec![])).await;
+    let gw = gateway(&format!(
+        "models:\n  - name: m\n    breaker: {{ failures: 1, cooldown_s: 60 }}\n    deployments: [ {} ]\n",
+        dep("a", &a.base_url)
+    ))
+    .await;
+    let key = gw.tenant_key(&[]).await;
+    let (status, _, _) = chat(&gw, &key, "m", false).await;
+    assert_eq!(status, 500);
+    let (status, ready) = readyz(&gw).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(
+        ready["deployments"],
+        json!([{"model": "m", "deployment": "a", "state": "open"}])
     );
 }
 
@@ -373,4 +456,140 @@ async fn a_connect_error_or_a_timeout_fails_over() {
         started.elapsed()
     );
     assert_eq!(good.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_equal_weights_a_slow_deployment_gets_fewer_requests() {
+    let slow = Stub::start(Script::Slow(Duration::from_secs(1))).await;
+    let fast = Stub::start(Script::Ok).await;
+    let gw = gateway(&format!(
+        "models:\n  - name: m\n    deployments: [ {}, {} ]\n",
+        dep("slow", &slow.base_url),
+        dep("fast", &fast.base_url)
+    ))
+    .await;
+    let key = gw.tenant_key(&[]).await;
+    // 6 clients, 40 requests in all. Round robin would send 20 to each; least outstanding
+    // sends to `slow` only while it has no more in flight than `fast`.
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..6 {
+        let (gw_url, http, key, next) =
+            (gw.url.clone(), gw.http.clone(), key.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while next.fetch_add(1, Ordering::SeqCst) < 40 {
+                let response = http
+                    .post(format!("{gw_url}/v1/chat/completions"))
+                    .bearer_auth(&key)
+                    .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(response.status().as_u16());
+            }
+            statuses
+        }));
+    }
+    for w in workers {
+        assert!(w.await.unwrap().iter().all(|&s| s == 200));
+    }
+    let (slow_hits, fast_hits) = (slow.hits(), fast.hits());
+    eprintln!("least outstanding: slow {slow_hits}, fast {fast_hits}");
+    assert_eq!(slow_hits + fast_hits, 40);
+    assert!(
+        slow_hits <= 12,
+        "the slow deployment got {slow_hits} of 40 (round robin: 20)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_deployment_is_skipped_and_all_capped_is_a_429() {
+    let a = Stub::start(Script::Ok).await;
+    let b = Stub::start(Script::Ok).await;
+    let gw = gateway(&format!(
+        "models:
+  - name: m
+    deployments:
+      - {{ provider: openai, base_url: '{}', api_key: sk-x, name: a, rpm: 2 }}
+      - {{ provider: openai, base_url: '{}', api_key: sk-x, name: b, rpm: 1, tpm: 100000 }}
+",
+        a.base_url, b.base_url
+    ))
+    .await;
+    let key = gw.tenant_key(&[]).await;
+    let mut served = Vec::new();
+    for _ in 0..3 {
+        let (status, deployment, body) = chat(&gw, &key, "m", false).await;
+        assert_eq!(status, 200, "{body}");
+        served.push(deployment);
+    }
+    served.sort();
+    assert_eq!(served, ["a", "a", "b"]);
+    let response = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&key)
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    assert_eq!((a.hits(), b.hits()), (2, 1), "no upstream call for the 429");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_byte_timeout_fails_over_and_total_timeout_ends_a_stream_honestly() {
+    let slow = Stub::start(Script::Slow(Duration::from_secs(5))).await;
+    let drip = Stub::start(Script::Drip).await;
+    let good = MockUpstream::start().await;
+    let gw = gateway(&format!(
+        "models:
+  - name: m
+    retries: {{ max_attempts: 2, backoff_ms: 1 }}
+    deployments:
+      - {{ provider: openai, base_url: '{}', api_key: sk-x, name: slow, timeout_s: 30, timeouts: {{ first_byte_s: 0.3 }} }}
+      - {}
+  - name: endless
+    deployments:
+      - {{ provider: openai, base_url: '{}', api_key: sk-x, name: drip, timeouts: {{ total_s: 1 }} }}
+",
+        slow.base_url,
+        dep("good", &good.base_url()),
+        drip.base_url
+    ))
+    .await;
+    let key = gw.tenant_key(&[]).await;
+    let started = std::time::Instant::now();
+    let (status, deployment, body) = chat(&gw, &key, "m", false).await;
+    assert_eq!((status, deployment.as_str()), (200, "good"), "{body}");
+    assert_eq!(slow.hits(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let started = std::time::Instant::now();
+    let (status, deployment, body) = chat(&gw, &key, "endless", true).await;
+    assert_eq!((status, deployment.as_str()), (200, "drip"));
+    assert!(body.contains("chat.completion.chunk"), "{body}");
+    assert!(
+        body.contains("upstream_stream_error"),
+        "an error event ends it: {body}"
+    );
+    assert!(!body.contains("[DONE]"), "{body}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 }

@@ -82,6 +82,17 @@ impl Gateway {
         Some(Self::start_in(dir, database_url, config).await)
     }
 
+    /// Like [`Gateway::start`], with extra environment variables for the process.
+    pub async fn start_with_env(
+        backend: Backend,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Option<Gateway> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let database_url = database_url(backend, dir.path()).await?;
+        Some(Self::start_in_with(dir, database_url, config, env).await)
+    }
+
     /// Starts a gateway on an existing store, e.g. a second replica on the same Postgres.
     pub async fn start_on(database_url: &str, config: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -89,6 +100,15 @@ impl Gateway {
     }
 
     async fn start_in(dir: tempfile::TempDir, database_url: String, config: &str) -> Gateway {
+        Self::start_in_with(dir, database_url, config, &[]).await
+    }
+
+    async fn start_in_with(
+        dir: tempfile::TempDir,
+        database_url: String,
+        config: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Gateway {
         // A test that configures `admin:` itself keeps `${TEST_ADMIN_TOKEN}` as the token.
         let admin = if config.lines().any(|l| l.starts_with("admin:")) {
             ""
@@ -105,14 +125,9 @@ impl Gateway {
             "--config".to_owned(),
             path.display().to_string(),
         ];
-        match Self::spawn(
-            dir,
-            database_url,
-            &args,
-            &[("TEST_ADMIN_TOKEN", ADMIN_TOKEN)],
-        )
-        .await
-        {
+        let mut env = vec![("TEST_ADMIN_TOKEN", ADMIN_TOKEN)];
+        env.extend_from_slice(extra_env);
+        match Self::spawn(dir, database_url, &args, &env).await {
             Ok(gw) => gw,
             Err(exited) => panic!("gateway did not start: {exited:?}"),
         }

@@ -12,6 +12,10 @@
 //! `/openai/deployments/{deployment}/...` paths (the model defaults to the deployment name
 //! there), so the gateway's Azure provider can be tested against the same fake.
 //!
+//! Files, fine-tuning jobs and batches (`/v1/files...`, `/v1/fine_tuning/jobs...`,
+//! `/v1/batches...`) are kept in memory and answered in OpenAI's shapes; see
+//! `upstream/objects.rs`.
+//!
 //! Anthropic: `POST /v1/messages` speaks Anthropic's Messages API instead (JSON and SSE,
 //! Anthropic's error shape, `x-api-key` and `anthropic-version` required, unknown fields
 //! refused as Anthropic does); see `upstream/anthropic.rs`. Its knobs ride in the `system` prompt
@@ -51,6 +55,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
 mod anthropic;
+mod objects;
 
 /// What a chat or completion answers when the request does not script `mock.content`.
 pub const DEFAULT_CONTENT: &str = "Hello from the mock upstream.";
@@ -171,6 +176,7 @@ impl MockUpstream {
             ids: AtomicU64::new(0),
             id_seed: id_seed(),
             origin: format!("http://{addr}"),
+            objects: Default::default(),
         });
         let app = Router::new()
             .fallback(handle)
@@ -250,6 +256,8 @@ struct Shared {
     id_seed: u64,
     /// `http://ADDR`, for image URLs that point back at this server.
     origin: String,
+    /// Files, fine-tuning jobs and batches (`upstream/objects.rs`).
+    objects: objects::Objects,
 }
 
 impl Shared {
@@ -467,6 +475,13 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         body: body.clone(),
     });
 
+    if objects::handles(path)
+        && let Ok(bytes) = &bytes
+    {
+        return shared
+            .objects
+            .handle(&parts.method, path, &parts.headers, bytes);
+    }
     let mut delay = shared.latency;
     let reply = match bytes {
         Err(_) => Reply::plain(ApiError::new(

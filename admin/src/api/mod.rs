@@ -16,7 +16,7 @@
 //! let store = Store::connect("sqlite::memory:").await?;
 //! store.migrate().await?;
 //! let auth = std::sync::Arc::new(tollgate_admin::operator::OperatorAuth::new(Some("s3cret".into())));
-//! let app = api::router(api::AdminState { store, auth });
+//! let app = api::router(api::AdminState { store, auth, readiness: None });
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
@@ -29,9 +29,11 @@
 //! tenant's. Viewers are refused writes before any
 //! handler runs.
 
+mod cache;
 pub mod extract;
 mod invoices;
 mod keys;
+mod limits;
 mod openapi;
 mod plans;
 mod prices;
@@ -50,6 +52,7 @@ use crate::error::ApiError;
 use crate::operator::{Operator, Role};
 use crate::store::{Page, Store, StoreError};
 
+pub use cache::{CachePurge, CachePurgeHook};
 pub use openapi::openapi;
 
 /// What every admin handler can reach.
@@ -59,6 +62,36 @@ pub struct AdminState {
     /// Operator credentials. With no bootstrap token and no JWT keys every admin call is
     /// refused, so an unconfigured gateway is never an open one.
     pub auth: std::sync::Arc<crate::operator::OperatorAuth>,
+    /// Extra `/readyz` detail from the process hosting this router (the gateway: circuit
+    /// state per deployment); `None` reports the store only.
+    pub readiness: Option<std::sync::Arc<dyn ReadinessDetail>>,
+}
+
+/// What a host adds to `/readyz`. A trait object, because the admin crate must not depend
+/// on the data plane that knows the deployments.
+pub trait ReadinessDetail: Send + Sync + std::fmt::Debug {
+    /// Every deployment's circuit state, read now.
+    fn deployments(&self) -> Vec<DeploymentReadiness>;
+}
+
+/// One deployment in `/readyz`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DeploymentReadiness {
+    /// The client-facing model name.
+    pub model: String,
+    /// The deployment's name (as in `x-tollgate-deployment`).
+    pub deployment: String,
+    pub state: CircuitState,
+}
+
+/// A deployment's circuit breaker: `closed` serves, `half_open` is being probed (or will
+/// be by the next request), `open` is ejected for its cool-down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    Closed,
+    HalfOpen,
+    Open,
 }
 
 /// The admin plane: [`routes`] behind operator auth. Every path but
@@ -102,6 +135,12 @@ async fn healthz() -> impl IntoResponse {
 }
 
 /// Readiness: the store answers; a load balancer stops sending traffic while it doesn't.
+///
+/// `deployments` (when the host reports them) shows each deployment's circuit state but
+/// never makes the process unready, not even when every deployment of a model is open:
+/// all replicas share the same upstreams, so they would all turn unready together and the
+/// load balancer would drop every model's traffic, healthy ones included; and an open
+/// circuit is probed back by requests, which an unready replica would no longer get.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -114,17 +153,20 @@ async fn healthz() -> impl IntoResponse {
     ),
 )]
 async fn readyz(State(state): State<AdminState>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => axum::Json(json!({"status": "ready", "store": "ok"})).into_response(),
+    let (status, mut body) = match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, json!({"status": "ready", "store": "ok"})),
         Err(error) => {
             tracing::warn!(error = %error_chain(&error), "readiness check: store unreachable");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({"status": "unavailable", "store": "unreachable"})),
+                json!({"status": "unavailable", "store": "unreachable"}),
             )
-                .into_response()
         }
+    };
+    if let Some(detail) = &state.readiness {
+        body["deployments"] = json!(detail.deployments());
     }
+    (status, axum::Json(body)).into_response()
 }
 
 async fn not_found(uri: Uri) -> ApiError {

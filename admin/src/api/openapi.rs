@@ -20,7 +20,7 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AdminState, invoices, keys, plans, prices, tenants, usage};
+use super::{AdminState, cache, invoices, keys, limits, plans, prices, tenants, usage};
 use crate::error::ApiError;
 
 /// Every error answer, in OpenAI's shape.
@@ -63,6 +63,9 @@ pub(super) struct Readiness {
     status: String,
     /// `ok` or `unreachable`.
     store: String,
+    /// Circuit state per deployment (the gateway reports it). Informational: an open
+    /// circuit never makes the process unready.
+    deployments: Option<Vec<super::DeploymentReadiness>>,
 }
 
 const PLAN_PATTERN: &str = r"^[A-Za-z0-9._-]{1,64}$";
@@ -120,10 +123,13 @@ pub(super) fn split() -> (axum::Router<AdminState>, OpenApi) {
         .routes(routes!(document))
         .routes(routes!(tenants::create, tenants::list))
         .routes(routes!(tenants::get, tenants::patch, tenants::delete))
+        .routes(routes!(cache::purge))
         .routes(routes!(keys::create))
         .routes(routes!(keys::list))
         .routes(routes!(keys::get, keys::revoke))
         .routes(routes!(keys::rotate))
+        .routes(routes!(limits::tenant))
+        .routes(routes!(limits::key))
         .routes(routes!(plans::list))
         .routes(routes!(plans::get, plans::put))
         .routes(routes!(prices::list))

@@ -789,6 +789,7 @@ async fn app(jwt: &JwtConfig) -> Router {
     router(AdminState {
         store,
         auth: Arc::new(auth(jwt)),
+        readiness: None,
     })
 }
 

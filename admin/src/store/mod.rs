@@ -19,6 +19,7 @@ mod events;
 mod keys;
 mod ledger;
 mod money;
+mod objects;
 mod plans;
 mod prices;
 mod tenants;

@@ -71,6 +71,7 @@ async fn auth_is_required(db: Db) {
         let unconfigured = router(AdminState {
             store: db.store.clone(),
             auth: std::sync::Arc::new(tollgate_admin::operator::OperatorAuth::new(configured)),
+            readiness: None,
         });
         let (status, body) = send(
             &unconfigured,

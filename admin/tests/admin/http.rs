@@ -19,6 +19,7 @@ pub fn app(store: &Store) -> Router {
     router(AdminState {
         store: store.clone(),
         auth: std::sync::Arc::new(OperatorAuth::new(Some(TOKEN.to_owned()))),
+        readiness: None,
     })
 }
 
@@ -38,6 +39,7 @@ pub fn as_operator(store: &Store, operator: Operator) -> Router {
         .with_state(AdminState {
             store: store.clone(),
             auth: std::sync::Arc::new(OperatorAuth::new(None)),
+            readiness: None,
         })
 }
 

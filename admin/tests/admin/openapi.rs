@@ -25,11 +25,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/v1/tenants/{id}"),
     ("patch", "/admin/v1/tenants/{id}"),
     ("delete", "/admin/v1/tenants/{id}"),
+    ("delete", "/admin/v1/tenants/{id}/cache"),
     ("post", "/admin/v1/tenants/{id}/keys"),
     ("get", "/admin/v1/keys"),
     ("get", "/admin/v1/keys/{id}"),
     ("delete", "/admin/v1/keys/{id}"),
     ("post", "/admin/v1/keys/{id}/rotate"),
+    ("get", "/admin/v1/tenants/{id}/limits"),
+    ("get", "/admin/v1/keys/{id}/limits"),
     ("get", "/admin/v1/plans"),
     ("get", "/admin/v1/plans/{name}"),
     ("put", "/admin/v1/plans/{name}"),
@@ -39,6 +42,18 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/v1/usage"),
     ("get", "/admin/v1/invoices"),
 ];
+
+/// A purge hook with nothing to purge.
+struct NoCache;
+
+impl tollgate_admin::api::CachePurge for NoCache {
+    fn purge<'a>(
+        &'a self,
+        _tenant: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async { Ok(()) })
+    }
+}
 
 const METHODS: &[&str] = &[
     "get", "put", "post", "delete", "patch", "head", "options", "trace",
@@ -383,6 +398,28 @@ async fn answers_match_the_document(db: Db) {
         None,
     )
     .await;
+    let key_limits = ("get", "/admin/v1/keys/{id}/limits");
+    c.check(&app, t, key_limits, &format!("{key_path}/limits"), None)
+        .await;
+    c.check(&app, t, key_limits, "/admin/v1/keys/nope/limits", None)
+        .await;
+    let tenant_limits = ("get", "/admin/v1/tenants/{id}/limits");
+    c.check(
+        &app,
+        t,
+        tenant_limits,
+        &format!("{tenant_path}/limits"),
+        None,
+    )
+    .await;
+    c.check(
+        &app,
+        t,
+        tenant_limits,
+        "/admin/v1/tenants/ten_nobodyhere00000/limits",
+        None,
+    )
+    .await;
     let rotate = ("post", "/admin/v1/keys/{id}/rotate");
     c.check(&app, t, rotate, &format!("{key_path}/rotate"), None)
         .await;
@@ -563,6 +600,25 @@ async fn answers_match_the_document(db: Db) {
     ] {
         c.check(&app, t, invoices, &path, None).await;
     }
+
+    // Cache purge: 503 without the gateway's hook, 200 with one, 404 for another tenant.
+    let purge = ("delete", "/admin/v1/tenants/{id}/cache");
+    let purge_path = format!("{tenant_path}/cache");
+    c.check(&app, t, purge, &purge_path, None).await;
+    let hooked = app
+        .clone()
+        .layer(axum::Extension(tollgate_admin::api::CachePurgeHook(
+            std::sync::Arc::new(NoCache),
+        )));
+    c.check(&hooked, t, purge, &purge_path, None).await;
+    c.check(
+        &hooked,
+        t,
+        purge,
+        "/admin/v1/tenants/ten_nobodyhere00000/cache",
+        None,
+    )
+    .await;
 
     // Delete, then the store goes away: 503 everywhere it is needed.
     c.check(

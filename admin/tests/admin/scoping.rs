@@ -331,6 +331,7 @@ async fn missing_operator_is_401(db: Db) {
     let bare = tollgate_admin::api::routes().with_state(tollgate_admin::api::AdminState {
         store: db.store.clone(),
         auth: std::sync::Arc::new(tollgate_admin::operator::OperatorAuth::new(None)),
+        readiness: None,
     });
     for (method, path) in [
         (Method::GET, "/admin/v1/tenants"),

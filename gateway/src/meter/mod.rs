@@ -25,6 +25,10 @@
 //! whose caller goes away before its answer is recorded with status 499 at cost 0. Upstream
 //! errors (relayed 4xx/5xx, 502/504 when unreachable or late) are recorded at cost 0.
 //!
+//! Settlement hook for the quota layer above: every answer that passes the meter carries a
+//! [`ChargeReport`] in its extensions, which resolves with what the request was charged
+//! ([`Charged`]) once its record is appended, or closes empty when nothing was recorded.
+//!
 //! The cache layer below marks its hits with `x-tollgate-cache: hit`: they are recorded
 //! with deployment `cache`, their tokens, and a cost per `meter.cache_hit_charge`.
 //!
@@ -35,13 +39,14 @@
 //! ```
 
 mod body;
+mod metrics;
 pub mod prices;
 pub mod spool;
 pub mod usage;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -52,7 +57,7 @@ use http::{HeaderValue, header};
 use http_body_util::BodyExt;
 use prometheus::Registry;
 use serde_json::{Map, Value};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tollgate_admin::store::{MicroUsd, Price, Store, Usage, UsageRecord};
 
@@ -74,6 +79,26 @@ pub const CACHE_HEADER: &str = "x-tollgate-cache";
 /// `deployment` of a record answered from the gateway's cache.
 const CACHE_DEPLOYMENT: &str = "cache";
 
+/// What one request was charged: tokens (input + output) and cost. Sent to the quota layer
+/// so it can settle its reservation to the real usage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Charged {
+    pub tokens: u64,
+    pub cost: MicroUsd,
+}
+
+/// In a metered answer's extensions: yields [`Charged`] once the usage record is appended;
+/// the channel closes without a value when no record is made (an unmetered answer).
+#[derive(Clone, Debug)]
+pub struct ChargeReport(Arc<Mutex<Option<oneshot::Receiver<Charged>>>>);
+
+impl ChargeReport {
+    /// The receiver; `None` when already taken.
+    pub fn take(&self) -> Option<oneshot::Receiver<Charged>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
 /// Why the meter could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MeterError {
@@ -94,6 +119,8 @@ struct LedgerInner {
     spool: Spool,
     prices: Arc<Prices>,
     cache_hit_charge: CacheHitCharge,
+    /// Token, cost and TTFT series; `None` in stack tests that have no registry.
+    metrics: Option<metrics::UsageMetrics>,
     /// Set at shutdown: requests still in the meter settle their records now. Every
     /// request between admission and its appended record holds a receiver, so the count
     /// of receivers is the count of records still to come.
@@ -161,7 +188,15 @@ impl Ledger {
         let (stop, stop_rx) = FlushStop::new();
         let flusher = tokio::spawn(flusher.run(store, stop_rx));
         let refresher = tokio::spawn(prices.clone().run_refresh());
-        let ledger = Ledger::new(spool.clone(), prices, config.meter.cache_hit_charge);
+        let ledger = Ledger {
+            inner: Arc::new(LedgerInner {
+                spool: spool.clone(),
+                prices,
+                cache_hit_charge: config.meter.cache_hit_charge,
+                metrics: Some(metrics::UsageMetrics::register(registry)?),
+                closing: Arc::new(watch::Sender::new(false)),
+            }),
+        };
         let tasks = MeterTasks {
             spool,
             closing: ledger.inner.closing.clone(),
@@ -179,9 +214,27 @@ impl Ledger {
                 spool,
                 prices,
                 cache_hit_charge,
+                metrics: None,
                 closing: Arc::new(watch::Sender::new(false)),
             }),
         }
+    }
+
+    /// The price cache, shared with the quota layer (reservations are priced the same way).
+    pub fn prices(&self) -> Arc<Prices> {
+        self.inner.prices.clone()
+    }
+
+    /// Appends a record made outside the meter layer (the passthrough endpoints, which
+    /// carry no tokens) and resolves once it is durable. `false` from [`Self::has_room`]
+    /// first means the request should be refused rather than served unmetered.
+    pub async fn append_record(&self, record: &UsageRecord) -> Result<(), SpoolError> {
+        self.inner.spool.append(record)?.await
+    }
+
+    /// Whether the spool can take more records now.
+    pub fn has_room(&self) -> bool {
+        self.inner.spool.has_room()
     }
 
     /// A claim on the shutdown: held by a request until its record is appended, and
@@ -289,6 +342,18 @@ impl Ledger {
             created_at_ms: facts.created_at_ms,
         };
         let ack = self.inner.spool.append(&record)?;
+        if let Some(metrics) = &self.inner.metrics {
+            metrics.observe(&record);
+        }
+        let charged = facts
+            .charged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(charged) = charged {
+            let tokens = usage.input_tokens.saturating_add(usage.output_tokens);
+            let _ = charged.send(Charged { tokens, cost });
+        }
         Ok((ack, cost))
     }
 }
@@ -308,6 +373,8 @@ pub(crate) struct RequestFacts {
     deployment: String,
     status: u16,
     cache_hit: bool,
+    /// Where [`Charged`] goes once the record is appended (see [`ChargeReport`]).
+    charged: Mutex<Option<oneshot::Sender<Charged>>>,
 }
 
 /// Sets `stream_options.include_usage` on a streamed chat or completion request whose
@@ -463,6 +530,7 @@ where
             let strip_usage = ask_for_usage(&mut call.request);
             let prompt = Prompt::of(&call.request);
             let model = call.request.model.clone();
+            let (charged, report) = oneshot::channel();
             let facts = RequestFacts {
                 request_id: call.request_id.clone(),
                 tenant_id: call.principal.tenant_id.clone(),
@@ -476,6 +544,7 @@ where
                 deployment: String::new(),
                 status: 0,
                 cache_hit: false,
+                charged: Mutex::new(Some(charged)),
             };
             // From here on the request counts: if this future is dropped before the answer
             // is settled (the client left), the guard records that.
@@ -492,10 +561,13 @@ where
                 // Past the drain deadline: the guard records the request as abandoned.
                 () = closing.signal() => return Ok(error::shutting_down().into_response()),
             };
-            let response = match response {
+            let mut response = match response {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
+            response
+                .extensions_mut()
+                .insert(ChargeReport(Arc::new(Mutex::new(Some(report)))));
             if !is_metered(&response) {
                 pending.facts = None;
                 return Ok(response);

@@ -119,9 +119,12 @@ fn call(endpoint: Endpoint, body: Value) -> Call {
             key_id: "k1".into(),
             plan: "default".into(),
             models: Arc::new([]),
+            rpm: None,
+            tpm: None,
         },
         request: Request::parse(endpoint, body.to_string().as_bytes()).unwrap(),
         route: models.get("m").unwrap().clone(),
+        directives: Default::default(),
     }
 }
 

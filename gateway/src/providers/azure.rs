@@ -13,8 +13,6 @@
 //! `/v1/moderations` on an Azure-backed model is a 400 `unsupported_endpoint` answered
 //! here, without calling the upstream.
 
-use std::time::Duration;
-
 use axum::response::{IntoResponse, Response};
 use http::HeaderValue;
 
@@ -34,7 +32,7 @@ pub struct Azure {
     /// The `api-version` query value (config validation allows only URL-safe characters).
     api_version: String,
     api_key: Option<HeaderValue>,
-    timeout: Duration,
+    timeouts: relay::Timeouts,
 }
 
 impl Azure {
@@ -53,7 +51,7 @@ impl Azure {
                 .api_key
                 .as_ref()
                 .and_then(|k| relay::secret_header(k.expose())),
-            timeout: Duration::from_secs_f64(d.timeout_s),
+            timeouts: relay::Timeouts::from_config(d),
         }
     }
 
@@ -75,7 +73,7 @@ impl Azure {
         if let Some(key) = &self.api_key {
             builder = builder.header(API_KEY_HEADER, key.clone());
         }
-        openai::forward(builder, request, upstream_model, self.timeout).await
+        openai::forward(builder, request, upstream_model, &self.timeouts).await
     }
 
     fn url(&self, endpoint: Endpoint) -> String {

@@ -16,7 +16,7 @@
 pub mod anthropic;
 pub mod azure;
 pub mod openai;
-mod relay;
+pub(crate) mod relay;
 
 use std::time::Duration;
 
@@ -36,28 +36,56 @@ impl ProviderSet {
     /// Builds the pooled client. Redirects are never followed: a base URL in config is the
     /// only place a request can go.
     pub fn new() -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .connect_timeout(Duration::from_secs(10))
-            .build()?;
+        let client = client(DEFAULT_CONNECT_TIMEOUT)?;
         Ok(Self { client })
     }
 
     /// The provider for one deployment (config validation has checked its fields).
     pub fn build(&self, d: &DeploymentConfig) -> Provider {
-        let client = self.client.clone();
+        let client = self.client_for(d);
         match d.provider {
             ProviderKind::Openai => Provider::OpenAi(openai::OpenAi::new(client, d)),
             ProviderKind::Azure => Provider::Azure(azure::Azure::new(client, d)),
             ProviderKind::Anthropic => Provider::Anthropic(anthropic::Anthropic::new(client, d)),
-            // `Config::validate` refuses `local` until its module exists; should one slip
+            #[cfg(feature = "local")]
+            ProviderKind::Local => Provider::Local(crate::local::Local::new(d)),
+            // `Config::validate` refuses `local` in a build without it; should one slip
             // through, it is spoken to as OpenAI-compatible rather than crashing the start.
+            #[cfg(not(feature = "local"))]
             ProviderKind::Local => Provider::OpenAi(openai::OpenAi::new(client, d)),
         }
+    }
+}
+
+/// Connect timeout of the shared client (a deployment's `timeouts.connect_s` overrides it).
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An upstream HTTP client. Redirects are never followed: a base URL in config is the only
+/// place a request can go.
+fn client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .connect_timeout(connect_timeout)
+        .build()
+}
+
+impl ProviderSet {
+    /// The shared client, or a deployment's own when it sets `timeouts.connect_s`
+    /// (reqwest's connect timeout is per client; its own pool is the price, paid only by
+    /// deployments that ask).
+    pub(crate) fn client_for(&self, d: &DeploymentConfig) -> reqwest::Client {
+        let Some(connect_s) = d.timeouts.as_ref().and_then(|t| t.connect_s) else {
+            return self.client.clone();
+        };
+        client(Duration::from_secs_f64(connect_s)).unwrap_or_else(|e| {
+            // Same settings as the shared client, which did build; not expected.
+            tracing::warn!(error = %e, "deployment client failed to build; using the shared one");
+            self.client.clone()
+        })
     }
 }
 
@@ -71,6 +99,9 @@ pub enum Provider {
     Azure(azure::Azure),
     /// Anthropic's Messages API: chat requests and answers translated both ways.
     Anthropic(anthropic::Anthropic),
+    /// A model run in this process on candle (`provider: local`).
+    #[cfg(feature = "local")]
+    Local(crate::local::Local),
 }
 
 impl Provider {
@@ -83,6 +114,8 @@ impl Provider {
             Self::OpenAi(p) => p.send(request, upstream_model).await,
             Self::Azure(p) => p.send(request, upstream_model).await,
             Self::Anthropic(p) => p.send(request, upstream_model).await,
+            #[cfg(feature = "local")]
+            Self::Local(p) => p.send(request, upstream_model).await,
         }
     }
 }

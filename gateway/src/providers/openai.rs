@@ -9,14 +9,11 @@
 //! `forward` is that relay for any server speaking OpenAI's wire format; Azure OpenAI
 //! uses it too, with its own URL and key header.
 
-use std::time::Duration;
-
 use axum::response::Response;
 use http::{HeaderValue, header};
 use serde::Serialize;
 use serde::ser::SerializeMap;
 use serde_json::{Map, Value};
-use tokio::time::Instant;
 
 use super::relay;
 use crate::config::DeploymentConfig;
@@ -30,7 +27,7 @@ pub struct OpenAi {
     base_url: String,
     /// `Bearer <api_key>`, made once; `None` for servers that need no key.
     authorization: Option<HeaderValue>,
-    timeout: Duration,
+    timeouts: relay::Timeouts,
 }
 
 impl OpenAi {
@@ -48,7 +45,7 @@ impl OpenAi {
                 .as_ref()
                 .filter(|k| !k.expose().is_empty())
                 .and_then(|k| relay::secret_header(&format!("Bearer {}", k.expose()))),
-            timeout: Duration::from_secs_f64(d.timeout_s),
+            timeouts: relay::Timeouts::from_config(d),
         }
     }
 
@@ -62,7 +59,7 @@ impl OpenAi {
         if let Some(auth) = &self.authorization {
             builder = builder.header(header::AUTHORIZATION, auth.clone());
         }
-        forward(builder, request, upstream_model, self.timeout).await
+        forward(builder, request, upstream_model, &self.timeouts).await
     }
 }
 
@@ -72,9 +69,9 @@ pub(super) async fn forward(
     builder: reqwest::RequestBuilder,
     request: &Request,
     upstream_model: &str,
-    timeout: Duration,
+    timeouts: &relay::Timeouts,
 ) -> Result<Response, UpstreamError> {
-    let deadline = Instant::now() + timeout;
+    let deadlines = timeouts.start();
     let body = serde_json::to_vec(&WithModel {
         body: &request.body,
         model: upstream_model,
@@ -86,8 +83,8 @@ pub(super) async fn forward(
     if request.stream {
         builder = builder.header(header::ACCEPT, "text/event-stream");
     }
-    let upstream = relay::send(builder, deadline).await?;
-    relay::passthrough(upstream, request.stream, deadline, timeout).await
+    let upstream = relay::send(builder, deadlines.headers).await?;
+    relay::passthrough(upstream, request.stream, &deadlines).await
 }
 
 /// Serializes the client's body with `model` replaced, without copying the body.

@@ -17,11 +17,61 @@ use tokio::time::Instant;
 
 use crate::error::{Passthrough, UpstreamError};
 
+/// A deployment's deadlines, from `timeout_s` and `timeouts` (config).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// To the response headers: `timeouts.first_byte_s`, else `timeout_s`.
+    first_byte: Duration,
+    /// `timeout_s`: a non-streamed answer's whole body, and the longest gap in a stream.
+    timeout: Duration,
+    /// `timeouts.total_s`: the whole exchange.
+    total: Option<Duration>,
+}
+
+/// [`Timeouts`] made absolute for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// The response headers must arrive by then (a miss is retryable: nothing was sent on).
+    pub headers: Instant,
+    /// A non-streamed answer's body must be read by then.
+    pub body: Instant,
+    /// A stream ends (with an error event) at this instant, if set.
+    pub total: Option<Instant>,
+    /// The longest silence allowed between stream chunks.
+    pub gap: Duration,
+}
+
+impl Timeouts {
+    pub fn from_config(d: &crate::config::DeploymentConfig) -> Self {
+        let t = d.timeouts.clone().unwrap_or_default();
+        let timeout = Duration::from_secs_f64(d.timeout_s);
+        Self {
+            first_byte: t.first_byte_s.map_or(timeout, Duration::from_secs_f64),
+            timeout,
+            total: t.total_s.map(Duration::from_secs_f64),
+        }
+    }
+
+    /// The deadlines of a request sent now.
+    pub fn start(&self) -> Deadlines {
+        let now = Instant::now();
+        let total = self.total.map(|t| now + t);
+        let cap = |at: Instant| total.map_or(at, |t| at.min(t));
+        let headers = cap(now + self.first_byte);
+        Deadlines {
+            headers,
+            body: cap((now + self.timeout).max(headers)),
+            total,
+            gap: self.timeout,
+        }
+    }
+}
+
 /// Upstream response headers worth relaying to the client.
 const RELAYED_HEADERS: [header::HeaderName; 2] = [header::CONTENT_TYPE, header::RETRY_AFTER];
 
 /// Sends `builder`, waiting for the response headers until `deadline`.
-pub(super) async fn send(
+pub(crate) async fn send(
     builder: reqwest::RequestBuilder,
     deadline: Instant,
 ) -> Result<reqwest::Response, UpstreamError> {
@@ -33,7 +83,7 @@ pub(super) async fn send(
 
 /// Reads the whole body, still bounded by the same `deadline` as the headers: a
 /// non-streaming answer is one unit of work for the timeout.
-pub(super) async fn read_all(
+pub(crate) async fn read_all(
     upstream: reqwest::Response,
     deadline: Instant,
 ) -> Result<Bytes, UpstreamError> {
@@ -48,8 +98,7 @@ pub(super) async fn read_all(
 pub(super) async fn passthrough(
     upstream: reqwest::Response,
     stream: bool,
-    deadline: Instant,
-    gap: Duration,
+    deadlines: &Deadlines,
 ) -> Result<Response, UpstreamError> {
     let status = upstream.status();
     let streaming = stream && status.is_success();
@@ -62,10 +111,10 @@ pub(super) async fn passthrough(
     let body = if streaming {
         Body::from_stream(error_event_after_start(idle_timeout(
             upstream.bytes_stream(),
-            gap,
+            deadlines,
         )))
     } else {
-        Body::from(read_all(upstream, deadline).await?)
+        Body::from(read_all(upstream, deadlines.body).await?)
     };
     respond(status, headers, streaming, body)
 }
@@ -93,25 +142,33 @@ pub(super) fn respond(
     Ok(response)
 }
 
-/// Ends a relayed stream with an error when the upstream goes quiet for `gap`, so a stalled
-/// upstream cannot hold a client connection forever.
-pub(super) fn idle_timeout(
+/// Ends a relayed stream with an error when the upstream goes quiet for the deadlines'
+/// `gap`, or when the `total` deadline passes, so a stalled or endless upstream cannot
+/// hold a client connection forever.
+pub(crate) fn idle_timeout(
     stream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
-    gap: Duration,
+    deadlines: &Deadlines,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let (gap, total) = (deadlines.gap, deadlines.total);
     futures_util::stream::unfold(Some(Box::pin(stream)), move |state| async move {
         let mut stream = state?;
-        match tokio::time::timeout(gap, stream.next()).await {
+        let idle_at = Instant::now() + gap;
+        let at = total.map_or(idle_at, |t| t.min(idle_at));
+        match tokio::time::timeout_at(at, stream.next()).await {
             Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(stream))),
             Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e.without_url())), None)),
             Ok(None) => None,
-            Err(_) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "upstream stream stalled",
-                )),
-                None,
-            )),
+            Err(_) => {
+                let why = if at < idle_at {
+                    "upstream stream ran past the deployment's total_s"
+                } else {
+                    "upstream stream stalled"
+                };
+                Some((
+                    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why)),
+                    None,
+                ))
+            }
         }
     })
 }
@@ -160,7 +217,7 @@ pub(super) fn error_event_after_start(
 /// A header value that hyper and reqwest treat as sensitive (never printed in their debug
 /// output), or `None` when the text cannot be a header value. Config validation refuses
 /// such keys, so `None` does not happen for configured keys.
-pub(super) fn secret_header(value: &str) -> Option<HeaderValue> {
+pub(crate) fn secret_header(value: &str) -> Option<HeaderValue> {
     let mut value = HeaderValue::from_str(value).ok()?;
     value.set_sensitive(true);
     Some(value)
@@ -214,6 +271,48 @@ mod tests {
     async fn a_half_event_is_closed_before_the_error_event() {
         let out = run(vec![Ok("data: {\"a\":1}\n\ndata: {\"b\""), Err(())]).await;
         assert_eq!(out[1], Ok(format!("\n\n{BROKE_OFF_EVENT}")));
+    }
+
+    #[tokio::test]
+    async fn total_s_ends_a_stream_that_keeps_flowing() {
+        let timeouts = Timeouts {
+            first_byte: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+            total: Some(Duration::from_millis(500)),
+        };
+        let deadlines = timeouts.start();
+        assert_eq!(
+            deadlines.headers,
+            deadlines.total.unwrap(),
+            "headers capped by total"
+        );
+        // A chunk every 200 ms, forever: never idle, but past total_s at 500 ms.
+        let endless = futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Some((
+                Ok::<_, reqwest::Error>(Bytes::from_static(b"data: {}\n\n")),
+                (),
+            ))
+        });
+        let out: Vec<_> = error_event_after_start(idle_timeout(endless, &deadlines))
+            .collect()
+            .await;
+        assert!((2..=4).contains(&out.len()), "{}", out.len());
+        let last = out.last().unwrap().as_ref().unwrap();
+        assert_eq!(last, BROKE_OFF_EVENT.as_bytes());
+    }
+
+    #[test]
+    fn timeouts_default_to_timeout_s() {
+        let t = Timeouts {
+            first_byte: Duration::from_secs(2),
+            timeout: Duration::from_secs(7),
+            total: None,
+        };
+        let d = t.start();
+        assert_eq!(d.body - d.headers, Duration::from_secs(5));
+        assert_eq!(d.total, None);
+        assert_eq!(d.gap, Duration::from_secs(7));
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Circuit state per deployment in `/metrics`: `tollgate_circuit_state{model,deployment}`
-//! is 0 closed, 1 half-open (a probe is out), 2 open (ejected). Read from the breakers at
-//! scrape time, so the request path does no metrics work for it.
+//! is 0 closed, 1 half-open (a probe is out), 2 open (ejected); and the same states in
+//! `/readyz`'s `deployments` ([`CircuitReadiness`]). Read from the breakers when asked, so
+//! the request path does no reporting work for it.
 
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -32,6 +33,34 @@ impl CircuitMetrics {
             &["model", "deployment"],
         )?;
         registry.register(Box::new(CircuitMetrics { models, state }))
+    }
+}
+
+/// `/readyz` detail: every deployment's circuit state (see the admin crate's
+/// `ReadinessDetail` for why it never makes the gateway unready).
+#[derive(Debug)]
+pub struct CircuitReadiness(pub Arc<Models>);
+
+impl tollgate_admin::api::ReadinessDetail for CircuitReadiness {
+    fn deployments(&self) -> Vec<tollgate_admin::api::DeploymentReadiness> {
+        use tollgate_admin::api::CircuitState;
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for model in self.0.iter() {
+            for d in &model.deployments {
+                let state = match state_value(d.breaker.state(), now) {
+                    0 => CircuitState::Closed,
+                    1 => CircuitState::HalfOpen,
+                    _ => CircuitState::Open,
+                };
+                out.push(tollgate_admin::api::DeploymentReadiness {
+                    model: model.name.clone(),
+                    deployment: d.name.clone(),
+                    state,
+                });
+            }
+        }
+        out
     }
 }
 

@@ -2,7 +2,11 @@
 //!
 //! Deployments share traffic by `weight` with a deterministic weighted round robin (no
 //! randomness, so a test can predict it), over the deployments whose breaker is closed
-//! ([`balance`]). A failed attempt moves on to another deployment, then to the model's
+//! ([`balance`]); when their weights are equal, the one with the fewest requests in
+//! flight wins instead ([`inflight`]), so a slow deployment gets fewer requests. A
+//! deployment at its `rpm` / `tpm` cap is skipped, never forced ([`caps`]). Timeouts
+//! (connect, first byte, total) are the providers' (`providers::relay::Timeouts`); the
+//! ones that strike before the response headers fail over like any upstream failure. A failed attempt moves on to another deployment, then to the model's
 //! fallback models ([`retry`]); a run of failures ejects a deployment for a cool-down
 //! ([`breaker`]).
 //!
@@ -11,6 +15,8 @@
 
 mod balance;
 pub mod breaker;
+pub mod caps;
+pub mod inflight;
 pub mod metrics;
 pub mod retry;
 
@@ -47,6 +53,10 @@ pub struct Deployment {
     pub provider: Provider,
     /// Ejects this deployment after a run of failures; also holds its `retry-after`.
     pub breaker: Breaker,
+    /// Requests sent and not yet finished (body ended or dropped).
+    pub in_flight: inflight::InFlight,
+    /// `rpm` / `tpm` of this deployment, per replica.
+    pub caps: caps::Caps,
 }
 
 /// A client-facing model and its deployments.
@@ -56,6 +66,8 @@ pub struct ModelRoute {
     pub deployments: Vec<Deployment>,
     next: AtomicU64,
     retry: RetryPolicy,
+    /// Some deployment has a `tpm` cap, so requests need a token estimate.
+    counts_tokens: bool,
     /// Set once all models exist (fallbacks may point forward). Weak, because fallbacks
     /// may point at each other and `Models` owns every route anyway.
     fallbacks: OnceLock<Vec<Weak<ModelRoute>>>,
@@ -85,6 +97,8 @@ impl ModelRoute {
                     breaker.failures,
                     Duration::from_secs_f64(breaker.cooldown_s),
                 ),
+                in_flight: inflight::InFlight::default(),
+                caps: caps::Caps::new(d.rpm, d.tpm),
             });
         }
         let retry = match &model.retries {
@@ -105,6 +119,7 @@ impl ModelRoute {
         };
         Ok(Self {
             name: model.name.clone(),
+            counts_tokens: deployments.iter().any(|d| d.caps.counts_tokens()),
             deployments,
             next: AtomicU64::new(0),
             retry,

@@ -6,7 +6,8 @@
 //! these happen before anything reached the client, so trying elsewhere is invisible to
 //! it. A 4xx other than 429 is the client's problem and is returned at once. When every
 //! attempt fails, the last failure is returned as it is (the upstream's own status and
-//! body, or our 502/504).
+//! body, or our 502/504). When no attempt could be made because every deployment was at
+//! its `rpm` / `tpm` cap, the answer is 429 `rate_limit_exceeded` with `retry-after`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,6 +55,16 @@ pub async fn serve(call: &Call) -> Response {
     let mut routes = vec![call.route.clone()];
     routes.extend(call.route.fallbacks());
     let mut attempt_no = 0u32;
+    // Time spent waiting on upstreams (not on backoff): what `x-tollgate-overhead-ms` leaves out.
+    let mut upstream = Duration::ZERO;
+    // Only a `tpm` cap needs it, and counting a prompt's tokens is not free.
+    let tokens = if routes.iter().any(|r| r.counts_tokens) {
+        super::caps::estimate(&call.request)
+    } else {
+        0
+    };
+    // Set when a whole model was at its caps: how long until one reopens.
+    let mut capped: Option<Duration> = None;
     for (n, route) in routes.iter().enumerate() {
         if n > 0 {
             tracing::info!(model = %call.route.name, fallback = %route.name, "falling back");
@@ -63,7 +74,13 @@ pub async fn serve(call: &Call) -> Response {
             if attempt > 0 {
                 tokio::time::sleep(route.retry.backoff(attempt, jitter())).await;
             }
-            let Some(choice) = route.choose(&tried, Instant::now()) else {
+            let now = Instant::now();
+            let Some(choice) = route.choose(&tried, now, tokens) else {
+                if tried.is_empty()
+                    && let Some(wait) = route.all_capped(tokens, now)
+                {
+                    capped = Some(capped.map_or(wait, |c| c.min(wait)));
+                }
                 break;
             };
             let index = choice.index();
@@ -75,8 +92,11 @@ pub async fn serve(call: &Call) -> Response {
             // The peek costs the wait for the first chunk before headers go out; only worth
             // it when a failure could still be hidden by another attempt.
             let more_to_try = attempt + 1 < route.retry.max_attempts || n + 1 < routes.len();
-            match attempt_once(call, route, deployment, choice, more_to_try).await {
-                Outcome::Done(response) => return response,
+            let started = Instant::now();
+            let outcome = attempt_once(call, route, deployment, choice, more_to_try).await;
+            upstream += started.elapsed();
+            match outcome {
+                Outcome::Done(response) => return with_upstream_time(response, upstream),
                 Outcome::Failed(response) => {
                     tracing::warn!(
                         model = %route.name,
@@ -90,9 +110,22 @@ pub async fn serve(call: &Call) -> Response {
             }
         }
     }
-    // Config validation requires a deployment per model, so `last` is set; kept as an
-    // answer, not a panic.
-    last.unwrap_or_else(|| crate::error::model_not_found(&call.route.name).into_response())
+    if let Some(response) = last {
+        return with_upstream_time(response, upstream);
+    }
+    // No attempt was made: every model was at its caps (config validation requires a
+    // deployment per model, so there is no other way here; kept as an answer, not a panic).
+    match capped {
+        Some(wait) => super::caps::all_capped(&call.route.name, wait).into_response(),
+        None => crate::error::model_not_found(&call.route.name).into_response(),
+    }
+}
+
+fn with_upstream_time(mut response: Response, upstream: Duration) -> Response {
+    response
+        .extensions_mut()
+        .insert(crate::observe::UpstreamElapsed(upstream));
+    response
 }
 
 async fn attempt_once(
@@ -103,6 +136,8 @@ async fn attempt_once(
     peek_stream: bool,
 ) -> Outcome {
     let breaker = &deployment.breaker;
+    // Counted from now until the answer's body ends; dropped at once on a failed attempt.
+    let in_flight = deployment.in_flight.start();
     let result = deployment
         .provider
         .send(&call.request, &deployment.upstream_model)
@@ -136,7 +171,14 @@ async fn attempt_once(
         if let Some(wait) = retry_after(&response) {
             breaker.skip_until(now + wait.min(route.retry.max_retry_after));
         }
-        breaker.on_failure(now);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            // Busy, not broken (a hosted key's rate limit, a local worker's full queue):
+            // move on, but don't eject a deployment that is up; `retry-after` already
+            // keeps it aside for as long as it asked.
+            breaker.on_success();
+        } else {
+            breaker.on_failure(now);
+        }
         return Outcome::Failed(deployment.stamp(response));
     }
     if peek_stream && call.request.stream && status.is_success() {
@@ -151,7 +193,7 @@ async fn attempt_once(
     }
     // Any other answer (2xx, or a 4xx that is the request's fault) shows the upstream is up.
     breaker.on_success();
-    Outcome::Done(deployment.stamp(response))
+    Outcome::Done(in_flight.hold_until_body_ends(deployment.stamp(response)))
 }
 
 /// Waits for the first chunk of a streamed body: an upstream that dies before sending

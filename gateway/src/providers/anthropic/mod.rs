@@ -56,13 +56,10 @@ mod sse;
 mod stream;
 mod translate;
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::Value;
-use tokio::time::Instant;
 
 use super::relay;
 use crate::config::DeploymentConfig;
@@ -83,7 +80,7 @@ pub struct Anthropic {
     messages_url: String,
     api_key: Option<HeaderValue>,
     max_tokens_default: u32,
-    timeout: Duration,
+    timeouts: relay::Timeouts,
 }
 
 impl Anthropic {
@@ -97,7 +94,7 @@ impl Anthropic {
                 .as_ref()
                 .and_then(|k| relay::secret_header(k.expose())),
             max_tokens_default: d.max_tokens_default.unwrap_or(DEFAULT_MAX_TOKENS),
-            timeout: Duration::from_secs_f64(d.timeout_s),
+            timeouts: relay::Timeouts::from_config(d),
         }
     }
 
@@ -118,7 +115,7 @@ impl Anthropic {
             Ok(body) => body,
             Err(e) => return Ok(e.into_response()),
         };
-        let deadline = Instant::now() + self.timeout;
+        let deadlines = self.timeouts.start();
         let body =
             serde_json::to_vec(&body).map_err(|_| UpstreamError::Internal("serialize request"))?;
         let mut builder = self
@@ -133,12 +130,12 @@ impl Anthropic {
         if request.stream {
             builder = builder.header(header::ACCEPT, "text/event-stream");
         }
-        let upstream = relay::send(builder, deadline).await?;
+        let upstream = relay::send(builder, deadlines.headers).await?;
         let status = upstream.status();
 
         if status.is_client_error() || status.is_server_error() {
             let retry_after = upstream.headers().get(header::RETRY_AFTER).cloned();
-            let bytes = relay::read_all(upstream, deadline).await?;
+            let bytes = relay::read_all(upstream, deadlines.body).await?;
             let (status, body) = translate::error(status, &bytes);
             let mut headers = json_headers();
             if let Some(value) = retry_after {
@@ -157,7 +154,7 @@ impl Anthropic {
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
             let translator = stream::Translator::new(upstream_model, include_usage);
-            let events = relay::idle_timeout(upstream.bytes_stream(), self.timeout);
+            let events = relay::idle_timeout(upstream.bytes_stream(), &deadlines);
             let mut headers = HeaderMap::new();
             headers.insert(
                 header::CONTENT_TYPE,
@@ -166,7 +163,7 @@ impl Anthropic {
             let body = Body::from_stream(stream::translate(events, translator));
             return relay::respond(StatusCode::OK, headers, true, body);
         }
-        let bytes = relay::read_all(upstream, deadline).await?;
+        let bytes = relay::read_all(upstream, deadlines.body).await?;
         let answer = translate::response(&bytes)
             .ok_or(UpstreamError::Malformed("not an Anthropic message"))?;
         relay::respond(StatusCode::OK, json_headers(), false, json_body(&answer))
