@@ -14,7 +14,6 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tollgate_admin::api::AdminState;
 use tollgate_admin::store::{Store, StoreError};
@@ -171,20 +170,9 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let data_server = axum::serve(
-        data_listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        }),
-        data,
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let admin_server = axum::serve(admin_listener, admin).with_graceful_shutdown(stopped(stop_rx));
-    let mut servers = tokio::spawn(async move {
-        tokio::try_join!(data_server.into_future(), admin_server.into_future())
-    });
+    let data_server = crate::listener::serve(data_listener, data, stop_rx.clone());
+    let admin_server = crate::listener::serve(admin_listener, admin, stop_rx);
+    let mut servers = tokio::spawn(async move { tokio::try_join!(data_server, admin_server) });
 
     let result = tokio::select! {
         result = &mut servers => finish(result),

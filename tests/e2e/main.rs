@@ -14,6 +14,7 @@ mod cache;
 mod cli;
 mod config;
 mod errors;
+mod hostile;
 mod limits;
 mod meter;
 mod observe;
