@@ -10,6 +10,7 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod listener;
 #[cfg(feature = "local")]
 pub mod local;

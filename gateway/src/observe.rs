@@ -18,7 +18,6 @@
 //! The handler names the model it parsed with a [`ModelLabel`] response extension; requests
 //! that never got that far are labelled `-`.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -28,7 +27,6 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request};
-use http_body::Frame;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 /// Response header with the gateway's own time, in milliseconds.
@@ -221,12 +219,7 @@ where
                 method,
                 path,
             };
-            Ok(response.map(|body| {
-                Body::new(ObservedBody {
-                    inner: Body::new(body),
-                    done: Some(done),
-                })
-            }))
+            Ok(crate::guard::hold_until_body_ends(response, done))
         })
     }
 }
@@ -268,37 +261,6 @@ impl Drop for Done {
             total_ms = total.as_secs_f64() * 1e3,
             "access"
         );
-    }
-}
-
-/// Passes the body through; the [`Done`] it holds is dropped when the body ends or when
-/// the connection drops it, whichever comes first.
-struct ObservedBody {
-    inner: Body,
-    done: Option<Done>,
-}
-
-impl http_body::Body for ObservedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = poll {
-            self.done.take();
-        }
-        poll
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

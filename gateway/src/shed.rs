@@ -8,7 +8,6 @@
 //!
 //! The check is one atomic increment; nothing waits on a lock or a queue.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -18,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use http::Request;
-use http_body::Frame;
 use prometheus::{IntCounter, IntGauge, Registry};
 
 use crate::error::ApiError;
@@ -124,43 +122,8 @@ where
         Box::pin(async move {
             // Dropped here if the inner call fails or is cancelled (client gone).
             let response = inner.call(request).await?;
-            Ok(response.map(|body| {
-                Body::new(SlotBody {
-                    inner: Body::new(body),
-                    slot: Some(slot),
-                })
-            }))
+            Ok(crate::guard::hold_until_body_ends(response, slot))
         })
-    }
-}
-
-/// The response body, holding the slot until it ends.
-struct SlotBody {
-    inner: Body,
-    slot: Option<Slot>,
-}
-
-impl http_body::Body for SlotBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = poll {
-            self.slot.take();
-        }
-        poll
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -5,15 +5,10 @@
 //! streams; that is the load the balancer wants to spread. The counter is decremented by a
 //! guard's `Drop`, so no exit path can leak a count.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 
-use axum::body::Body;
 use axum::response::Response;
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 
 /// One deployment's in-flight count.
 #[derive(Debug, Default)]
@@ -44,52 +39,14 @@ impl Drop for Guard {
 impl Guard {
     /// Keeps the count until `response`'s body ends or is dropped.
     pub fn hold_until_body_ends(self, response: Response) -> Response {
-        let (parts, body) = response.into_parts();
-        Response::from_parts(
-            parts,
-            Body::new(Guarded {
-                inner: body,
-                guard: Some(self),
-            }),
-        )
-    }
-}
-
-/// A body that drops its guard at its end (or with itself). Forwards size hints, so a
-/// relayed `Content-Length` stays exact.
-struct Guarded {
-    inner: Body,
-    guard: Option<Guard>,
-}
-
-impl http_body::Body for Guarded {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = polled {
-            this.guard = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        crate::guard::hold_until_body_ends(response, self)
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
+    use axum::body::Body;
     use http_body_util::BodyExt;
 
     use super::*;
