@@ -62,6 +62,15 @@ pub enum KeysCommand {
         /// The key's own tokens per minute (within its tenant's plan).
         #[arg(long)]
         tpm: Option<u32>,
+        /// The key's own requests in flight at once (within its tenant's plan).
+        #[arg(long)]
+        max_concurrent: Option<u32>,
+        /// The key's own USD per calendar month, e.g. 5.00 (within its tenant's plan).
+        #[arg(long)]
+        monthly_budget_usd: Option<String>,
+        /// The key's own tokens per calendar month (within its tenant's plan).
+        #[arg(long)]
+        monthly_tokens: Option<u64>,
     },
     /// List keys, of one tenant or all.
     List {
@@ -293,6 +302,9 @@ async fn keys(store: &Store, command: KeysCommand, p: &mut Printer<'_>) -> Resul
             expires_at,
             rpm,
             tpm,
+            max_concurrent,
+            monthly_budget_usd,
+            monthly_tokens,
         } => {
             let new = NewKey {
                 name,
@@ -300,6 +312,12 @@ async fn keys(store: &Store, command: KeysCommand, p: &mut Printer<'_>) -> Resul
                 expires_at,
                 rpm,
                 tpm,
+                max_concurrent,
+                monthly_budget_usd: monthly_budget_usd
+                    .as_deref()
+                    .map(|v| amount("monthly_budget_usd", v))
+                    .transpose()?,
+                monthly_tokens,
             };
             let created = store.create_key(&tenant, new).await?;
             if p.json {

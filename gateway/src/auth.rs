@@ -52,6 +52,12 @@ pub struct Principal {
     pub rpm: Option<u32>,
     /// The key's own tokens per minute.
     pub tpm: Option<u32>,
+    /// The key's own requests in flight at once.
+    pub max_concurrent: Option<u32>,
+    /// The key's own spend per calendar month (UTC), integer micro-USD.
+    pub monthly_budget_micro_usd: Option<i64>,
+    /// The key's own tokens per calendar month (UTC).
+    pub monthly_tokens: Option<u64>,
 }
 
 impl Principal {
@@ -184,6 +190,9 @@ impl Keys {
                         models: record.models.clone().into(),
                         rpm: record.rpm,
                         tpm: record.tpm,
+                        max_concurrent: record.max_concurrent,
+                        monthly_budget_micro_usd: record.monthly_budget_usd.map(|m| m.micros()),
+                        monthly_tokens: record.monthly_tokens,
                     },
                     record,
                     fetched_ms: now,

@@ -84,9 +84,27 @@ async fn cli_manages_tenants_keys_plans_prices(backend: Backend) {
             "gpt-4o-mini,dall-e-3",
             "--rpm",
             "60",
+            "--max-concurrent",
+            "3",
+            "--monthly-budget-usd",
+            "5.50",
+            "--monthly-tokens",
+            "100000",
         ],
     )
     .await;
+    assert_eq!(
+        (
+            &key["max_concurrent"],
+            &key["monthly_budget_usd"],
+            &key["monthly_tokens"]
+        ),
+        (
+            &serde_json::json!(3),
+            &serde_json::json!("5.500000"),
+            &serde_json::json!(100000)
+        )
+    );
     let plaintext = key["key"].as_str().unwrap().to_owned();
     assert!(plaintext.starts_with("tg-"));
     assert_eq!(

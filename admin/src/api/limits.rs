@@ -50,17 +50,38 @@ pub(super) struct KeyLimits {
     /// Tokens per minute of this key; `null` = only its tenant's.
     #[schema(value_type = Option<i64>)]
     tpm: Option<u32>,
+    /// Requests of this key in flight at once; `null` = only its tenant's.
+    #[schema(value_type = Option<i64>)]
+    max_concurrent: Option<u32>,
+    /// This key's spend per calendar month (UTC); `null` = only its tenant's.
+    monthly_budget_usd: Option<MicroUsd>,
+    /// This key's tokens per calendar month (UTC); `null` = only its tenant's.
+    #[schema(value_type = Option<i64>)]
+    monthly_tokens: Option<u64>,
     #[schema(examples("2026-11"))]
     period: String,
     /// This key's spend this month.
     spent_usd: MicroUsd,
     spent_tokens: u64,
+    /// The key's `monthly_budget_usd` − its `spent_usd`, never below 0; `null` = no key
+    /// budget (the tenant's may still apply).
+    remaining_budget_usd: Option<MicroUsd>,
+    /// The key's `monthly_tokens` − its `spent_tokens`, never below 0; `null` = no key
+    /// token quota.
+    remaining_tokens: Option<u64>,
     /// The tenant's limits and spend.
     tenant_limits: TenantLimits,
 }
 
 fn not_found(what: &str, id: &str) -> ApiError {
     ApiError::not_found(format!("no {what} with id {id:?}"))
+}
+
+/// `budget` − `spent`, never below 0; `None` when there is no budget.
+fn remaining(budget: Option<MicroUsd>, spent: MicroUsd) -> Option<MicroUsd> {
+    budget.map(|b| {
+        MicroUsd::from_micros(b.micros().saturating_sub(spent.micros()).max(0)).unwrap_or_default()
+    })
 }
 
 /// The first millisecond of `period`.
@@ -84,16 +105,13 @@ async fn tenant_limits(
     let (cost, tokens) = store.spend_since(tenant_id, None, start_ms(period)).await?;
     let spent = MicroUsd::from_micros(cost.max(0)).unwrap_or_default();
     Ok(Some(TenantLimits {
+        remaining_budget_usd: remaining(limits.monthly_budget_usd, spent),
+        remaining_tokens: limits.monthly_tokens.map(|t| t.saturating_sub(tokens)),
         tenant: tenant.id,
         plan: tenant.plan,
         period: period.to_string(),
         spent_usd: spent,
         spent_tokens: tokens,
-        remaining_budget_usd: limits.monthly_budget_usd.map(|b| {
-            MicroUsd::from_micros(b.micros().saturating_sub(spent.micros()).max(0))
-                .unwrap_or_default()
-        }),
-        remaining_tokens: limits.monthly_tokens.map(|t| t.saturating_sub(tokens)),
         limits,
     }))
 }
@@ -154,13 +172,19 @@ pub(super) async fn key(
     let tenant_limits = tenant_limits(&state.store, &key.tenant, period)
         .await?
         .ok_or_else(|| not_found("key", &id))?;
+    let spent = MicroUsd::from_micros(cost.max(0)).unwrap_or_default();
     Ok(Json(KeyLimits {
         key: key.id,
         tenant: key.tenant,
         rpm: key.rpm,
         tpm: key.tpm,
+        max_concurrent: key.max_concurrent,
+        remaining_budget_usd: remaining(key.monthly_budget_usd, spent),
+        remaining_tokens: key.monthly_tokens.map(|t| t.saturating_sub(tokens)),
+        monthly_budget_usd: key.monthly_budget_usd,
+        monthly_tokens: key.monthly_tokens,
         period: period.to_string(),
-        spent_usd: MicroUsd::from_micros(cost.max(0)).unwrap_or_default(),
+        spent_usd: spent,
         spent_tokens: tokens,
         tenant_limits,
     }))

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Invalidation, Page, Store, StoreError};
+use super::{Invalidation, MicroUsd, Page, Store, StoreError};
 use crate::keys;
 
 /// Most model names one key may be limited to.
@@ -41,6 +41,28 @@ pub struct NewKey {
     #[serde(default, deserialize_with = "super::json_int::opt_u32")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub tpm: Option<u32>,
+    /// Requests of this key in flight at once; one more is refused with 429. At most the
+    /// plan's `max_concurrent` when the plan sets one. Absent = no key limit.
+    #[serde(default, deserialize_with = "super::json_int::opt_u32")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
+    pub max_concurrent: Option<u32>,
+    /// This key's spend per calendar month (UTC), USD as a decimal string; at most the
+    /// plan's `monthly_budget_usd` when the plan sets one. Absent = no key limit.
+    #[serde(default, deserialize_with = "super::exact_json::nullable")]
+    #[schema(schema_with = key_budget_schema)]
+    pub monthly_budget_usd: Option<MicroUsd>,
+    /// This key's tokens (prompt + completion) per calendar month (UTC); at most the
+    /// plan's `monthly_tokens` when the plan sets one. Absent = no key limit.
+    #[serde(default, deserialize_with = "super::json_int::opt_u64")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 9223372036854775807_i64)]
+    pub monthly_tokens: Option<u64>,
+}
+
+fn key_budget_schema() -> utoipa::openapi::schema::Schema {
+    super::amount_input_schema(
+        "USD this key may spend per calendar month (UTC); null = no key limit.",
+        true,
+    )
 }
 
 /// A key as the admin API shows it: never the secret or its hash.
@@ -64,6 +86,13 @@ pub struct KeyInfo {
     pub rpm: Option<u32>,
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub tpm: Option<u32>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
+    pub max_concurrent: Option<u32>,
+    /// USD per calendar month (UTC).
+    pub monthly_budget_usd: Option<MicroUsd>,
+    /// Tokens per calendar month (UTC).
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 9223372036854775807_i64)]
+    pub monthly_tokens: Option<u64>,
     /// RFC 3339, UTC.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -111,6 +140,40 @@ pub struct KeyAuth {
     pub tenant_disabled: bool,
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
+    pub max_concurrent: Option<u32>,
+    pub monthly_budget_usd: Option<MicroUsd>,
+    pub monthly_tokens: Option<u64>,
+}
+
+/// A key's `max_concurrent`, `monthly_budget_usd` and `monthly_tokens`, as read from a row.
+struct ExtraLimits {
+    max_concurrent: Option<u32>,
+    monthly_budget_usd: Option<MicroUsd>,
+    monthly_tokens: Option<u64>,
+}
+
+/// The key's own `max_concurrent`, `monthly_budget_usd` and `monthly_tokens` from a row
+/// that selected them.
+fn extra_limits(row: &AnyRow) -> Result<ExtraLimits, StoreError> {
+    let budget = row
+        .try_get::<Option<i64>, _>("monthly_budget_micro_usd")?
+        .map(|m| {
+            MicroUsd::from_micros(m)
+                .ok_or_else(|| StoreError::corrupt(format!("negative key budget stored: {m}")))
+        })
+        .transpose()?;
+    let tokens = row
+        .try_get::<Option<i64>, _>("monthly_tokens")?
+        .map(|t| {
+            u64::try_from(t)
+                .map_err(|_| StoreError::corrupt(format!("key monthly_tokens out of range: {t}")))
+        })
+        .transpose()?;
+    Ok(ExtraLimits {
+        max_concurrent: super::to_u32("max_concurrent", row.try_get("max_concurrent")?)?,
+        monthly_budget_usd: budget,
+        monthly_tokens: tokens,
+    })
 }
 
 /// Checks and normalises the allowed models: no blanks, no duplicates (first kept).
@@ -148,6 +211,11 @@ fn parse_models(json: &str) -> Result<Vec<String>, StoreError> {
 
 impl KeyInfo {
     fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let ExtraLimits {
+            max_concurrent,
+            monthly_budget_usd,
+            monthly_tokens,
+        } = extra_limits(row)?;
         Ok(KeyInfo {
             id: row.try_get("id")?,
             tenant: row.try_get("tenant_id")?,
@@ -160,6 +228,9 @@ impl KeyInfo {
                 .transpose()?,
             rpm: super::to_u32("rpm", row.try_get("rpm")?)?,
             tpm: super::to_u32("tpm", row.try_get("tpm")?)?,
+            max_concurrent,
+            monthly_budget_usd,
+            monthly_tokens,
             created_at: super::to_rfc3339(row.try_get("created_at")?)?,
             last_used_at: row
                 .try_get::<Option<i64>, _>("last_used_at")?
@@ -180,6 +251,11 @@ pub const TOUCH_CHUNK: usize = 500;
 
 impl KeyAuth {
     fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let ExtraLimits {
+            max_concurrent,
+            monthly_budget_usd,
+            monthly_tokens,
+        } = extra_limits(row)?;
         Ok(KeyAuth {
             key_id: row.try_get("id")?,
             tenant_id: row.try_get("tenant_id")?,
@@ -191,6 +267,9 @@ impl KeyAuth {
             tenant_disabled: row.try_get::<i64, _>("disabled")? != 0,
             rpm: super::to_u32("rpm", row.try_get("rpm")?)?,
             tpm: super::to_u32("tpm", row.try_get("tpm")?)?,
+            max_concurrent,
+            monthly_budget_usd,
+            monthly_tokens,
         })
     }
 }
@@ -198,11 +277,13 @@ impl KeyAuth {
 impl Store {
     /// Creates a key for `tenant_id` and returns it with its plaintext (the only time the
     /// plaintext exists outside the client). An unknown tenant is [`StoreError::NotFound`],
-    /// a disabled one [`StoreError::Conflict`] (the key could not be used); a key `rpm` or
-    /// `tpm` above the tenant plan's is [`StoreError::Invalid`] naming the field.
+    /// a disabled one [`StoreError::Conflict`] (the key could not be used); a key limit
+    /// (`rpm`, `tpm`, `max_concurrent`, `monthly_budget_usd`, `monthly_tokens`) above the
+    /// tenant plan's is [`StoreError::Invalid`] naming the field.
     ///
-    /// The plan check is made at creation: a plan lowered later leaves existing keys as
-    /// they are, and the plan's own (per-tenant) limit still caps them.
+    /// The plan check is made at creation only: a plan lowered (or a tenant moved to a
+    /// smaller plan) later leaves existing keys as they are. That is safe because the
+    /// gateway enforces both scopes on every request, so the lower of key and plan wins.
     pub async fn create_key(&self, tenant_id: &str, new: NewKey) -> Result<CreatedKey, StoreError> {
         super::validate_name("name", &new.name)?;
         let models = validate_models(new.models)?;
@@ -213,7 +294,8 @@ impl Store {
             .transpose()?;
         let not_found = || StoreError::NotFound(format!("no tenant with id {tenant_id:?}"));
         let tenant = sqlx::query(
-            "SELECT t.disabled, t.plan, p.rpm, p.tpm \
+            "SELECT t.disabled, t.plan, p.rpm, p.tpm, p.max_concurrent, \
+                    p.monthly_budget_micro_usd, p.monthly_tokens \
              FROM tenants t LEFT JOIN plans p ON p.name = t.plan WHERE t.id = $1",
         )
         .bind(tenant_id)
@@ -226,17 +308,42 @@ impl Store {
             )));
         }
         let plan: String = tenant.try_get("plan")?;
-        for (field, key_limit, plan_limit) in [
-            ("rpm", new.rpm, tenant.try_get::<Option<i64>, _>("rpm")?),
-            ("tpm", new.tpm, tenant.try_get::<Option<i64>, _>("tpm")?),
-        ] {
-            if let (Some(key_limit), Some(plan_limit)) = (key_limit, plan_limit)
-                && i64::from(key_limit) > plan_limit
+        let monthly_tokens = new
+            .monthly_tokens
+            .map(|t| {
+                i64::try_from(t).map_err(|_| {
+                    StoreError::invalid("monthly_tokens", "monthly_tokens is too large")
+                })
+            })
+            .transpose()?;
+        let budget = new.monthly_budget_usd.map(MicroUsd::micros);
+        // (field, column, the key's limit); budgets are shown in USD, the rest as counts.
+        let checks = [
+            ("rpm", "rpm", new.rpm.map(i64::from)),
+            ("tpm", "tpm", new.tpm.map(i64::from)),
+            (
+                "max_concurrent",
+                "max_concurrent",
+                new.max_concurrent.map(i64::from),
+            ),
+            ("monthly_budget_usd", "monthly_budget_micro_usd", budget),
+            ("monthly_tokens", "monthly_tokens", monthly_tokens),
+        ];
+        let show = |field: &str, v: i64| match MicroUsd::from_micros(v) {
+            Some(usd) if field == "monthly_budget_usd" => usd.to_string(),
+            _ => v.to_string(),
+        };
+        for (field, column, key_limit) in checks {
+            if let (Some(key_limit), Some(plan_limit)) =
+                (key_limit, tenant.try_get::<Option<i64>, _>(column)?)
+                && key_limit > plan_limit
             {
                 return Err(StoreError::invalid(
                     field,
                     format!(
-                        "{field} {key_limit} is above the {field} of the tenant's plan {plan:?} ({plan_limit})"
+                        "{field} {} is above the {field} of the tenant's plan {plan:?} ({})",
+                        show(field, key_limit),
+                        show(field, plan_limit)
                     ),
                 ));
             }
@@ -247,8 +354,9 @@ impl Store {
             serde_json::to_string(&models).map_err(|e| StoreError::Other(Box::new(e)))?;
         let created_at = super::now_unix();
         sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_hash, models, expires_at, rpm, tpm, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_hash, models, expires_at, rpm, tpm, \
+                                   max_concurrent, monthly_budget_micro_usd, monthly_tokens, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&generated.public_id)
         .bind(tenant_id)
@@ -259,6 +367,9 @@ impl Store {
         .bind(expires_at)
         .bind(new.rpm.map(i64::from))
         .bind(new.tpm.map(i64::from))
+        .bind(new.max_concurrent.map(i64::from))
+        .bind(budget)
+        .bind(monthly_tokens)
         .bind(created_at)
         .execute(self.pool())
         .await
@@ -276,6 +387,9 @@ impl Store {
             expires_at: expires_at.map(super::to_rfc3339).transpose()?,
             rpm: new.rpm,
             tpm: new.tpm,
+            max_concurrent: new.max_concurrent,
+            monthly_budget_usd: new.monthly_budget_usd,
+            monthly_tokens: new.monthly_tokens,
             created_at: super::to_rfc3339(created_at)?,
             last_used_at: None,
             revoked: false,
@@ -289,7 +403,8 @@ impl Store {
     /// The key with this public id, or `None`.
     pub async fn get_key(&self, public_id: &str) -> Result<Option<KeyInfo>, StoreError> {
         sqlx::query(
-            "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, created_at, \
+            "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, max_concurrent, \
+                    monthly_budget_micro_usd, monthly_tokens, created_at, \
                     last_used_at, revoked_at \
              FROM api_keys WHERE id = $1",
         )
@@ -311,16 +426,16 @@ impl Store {
         after: Option<&str>,
     ) -> Result<Page<KeyInfo>, StoreError> {
         let fetch = super::fetch_limit("limit", limit)?;
-        let rows =
-            match tenant_id {
-                Some(tenant_id) => {
-                    if self.get_tenant(tenant_id).await?.is_none() {
-                        return Err(StoreError::NotFound(format!(
-                            "no tenant with id {tenant_id:?}"
-                        )));
-                    }
-                    sqlx::query(
-                    "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, created_at, \
+        let rows = match tenant_id {
+            Some(tenant_id) => {
+                if self.get_tenant(tenant_id).await?.is_none() {
+                    return Err(StoreError::NotFound(format!(
+                        "no tenant with id {tenant_id:?}"
+                    )));
+                }
+                sqlx::query(
+                    "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, max_concurrent, \
+                    monthly_budget_micro_usd, monthly_tokens, created_at, \
                             last_used_at, revoked_at \
                      FROM api_keys WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
                 )
@@ -329,17 +444,18 @@ impl Store {
                 .bind(fetch)
                 .fetch_all(self.pool())
                 .await?
-                }
-                None => sqlx::query(
-                    "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, created_at, \
+            }
+            None => sqlx::query(
+                "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, max_concurrent, \
+                    monthly_budget_micro_usd, monthly_tokens, created_at, \
                             last_used_at, revoked_at \
                      FROM api_keys WHERE id > $1 ORDER BY id LIMIT $2",
-                )
-                .bind(super::cursor(after))
-                .bind(fetch)
-                .fetch_all(self.pool())
-                .await?,
-            };
+            )
+            .bind(super::cursor(after))
+            .bind(fetch)
+            .fetch_all(self.pool())
+            .await?,
+        };
         let keys = rows
             .iter()
             .map(KeyInfo::from_row)
@@ -432,7 +548,8 @@ impl Store {
     pub async fn lookup_key(&self, public_id: &str) -> Result<Option<KeyAuth>, StoreError> {
         sqlx::query(
             "SELECT k.id, k.tenant_id, t.plan, k.secret_hash, k.models, k.expires_at, k.revoked_at, \
-                    t.disabled, k.rpm, k.tpm \
+                    t.disabled, k.rpm, k.tpm, k.max_concurrent, k.monthly_budget_micro_usd, \
+                    k.monthly_tokens \
              FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
              WHERE k.id = $1",
         )
@@ -475,6 +592,9 @@ mod tests {
                 expires_at: None,
                 rpm: None,
                 tpm: None,
+                max_concurrent: None,
+                monthly_budget_usd: None,
+                monthly_tokens: None,
                 created_at: "2026-01-01T00:00:00Z".into(),
                 last_used_at: None,
                 revoked: false,

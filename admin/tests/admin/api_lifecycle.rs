@@ -19,15 +19,19 @@ on_both_backends!(
     key_revoke_publishes,
     key_rotate,
     key_limits_above_plan,
+    key_concurrency_and_monthly_limits,
 );
 
 /// The fields of a key object: never `key`, `secret` or `secret_hash`.
-const KEY_FIELDS: [&str; 11] = [
+const KEY_FIELDS: [&str; 14] = [
     "created_at",
     "expires_at",
     "id",
     "last_used_at",
+    "max_concurrent",
     "models",
+    "monthly_budget_usd",
+    "monthly_tokens",
     "name",
     "prefix",
     "revoked",
@@ -405,6 +409,140 @@ async fn key_limits_above_plan(db: Db) {
         Method::POST,
         &path,
         Some(r#"{"name":"k","rpm":60,"tpm":1000}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+}
+
+/// `max_concurrent`, `monthly_budget_usd` and `monthly_tokens` on a key: accepted on
+/// create, shown on the key and its limits, handed to the data plane, refused when bad or
+/// above the plan.
+async fn key_concurrency_and_monthly_limits(db: Db) {
+    let app = app(&db.store);
+    let id = tenant(&app, "acme").await;
+    let path = format!("/admin/v1/tenants/{id}/keys");
+    let body =
+        r#"{"name":"k","max_concurrent":3,"monthly_budget_usd":"12.5","monthly_tokens":900000}"#;
+    let (status, created) = admin(&app, Method::POST, &path, Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["max_concurrent"], 3);
+    assert_eq!(created["monthly_budget_usd"], "12.500000");
+    assert_eq!(created["monthly_tokens"], 900_000);
+    let key_id = created["id"].as_str().unwrap();
+
+    let (status, got) = admin(&app, Method::GET, &format!("/admin/v1/keys/{key_id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_key_object(&got);
+    assert_eq!(
+        (
+            &got["max_concurrent"],
+            &got["monthly_budget_usd"],
+            &got["monthly_tokens"]
+        ),
+        (&json!(3), &json!("12.500000"), &json!(900_000))
+    );
+
+    let (status, limits) = admin(
+        &app,
+        Method::GET,
+        &format!("/admin/v1/keys/{key_id}/limits"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{limits}");
+    assert_eq!(limits["max_concurrent"], 3);
+    assert_eq!(limits["monthly_budget_usd"], "12.500000");
+    assert_eq!(limits["monthly_tokens"], 900_000);
+    assert_eq!(limits["remaining_budget_usd"], "12.500000");
+    assert_eq!(limits["remaining_tokens"], 900_000);
+
+    let auth = db.store.lookup_key(key_id).await.unwrap().unwrap();
+    assert_eq!(auth.max_concurrent, Some(3));
+    assert_eq!(
+        auth.monthly_budget_usd.map(|m| m.micros()),
+        Some(12_500_000)
+    );
+    assert_eq!(auth.monthly_tokens, Some(900_000));
+
+    // Absent = no key limit, shown as null.
+    let (_, bare) = admin(&app, Method::POST, &path, Some(r#"{"name":"bare"}"#)).await;
+    for field in ["max_concurrent", "monthly_budget_usd", "monthly_tokens"] {
+        assert_eq!(bare[field], Value::Null, "{field}: {bare}");
+    }
+    let (_, bare_limits) = admin(
+        &app,
+        Method::GET,
+        &format!("/admin/v1/keys/{}/limits", bare["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(bare_limits["remaining_budget_usd"], Value::Null);
+
+    for (body, param) in [
+        (r#"{"name":"k","max_concurrent":-1}"#, "max_concurrent"),
+        (r#"{"name":"k","max_concurrent":"2"}"#, "max_concurrent"),
+        (
+            r#"{"name":"k","max_concurrent":4294967296}"#,
+            "max_concurrent",
+        ),
+        (
+            r#"{"name":"k","monthly_budget_usd":"-1"}"#,
+            "monthly_budget_usd",
+        ),
+        (
+            r#"{"name":"k","monthly_budget_usd":"lots"}"#,
+            "monthly_budget_usd",
+        ),
+        (
+            r#"{"name":"k","monthly_budget_usd":"0.0000001"}"#,
+            "monthly_budget_usd",
+        ),
+        (r#"{"name":"k","monthly_tokens":-5}"#, "monthly_tokens"),
+        (r#"{"name":"k","monthly_tokens":1.5}"#, "monthly_tokens"),
+        (
+            r#"{"name":"k","monthly_tokens":9223372036854775808}"#,
+            "monthly_tokens",
+        ),
+    ] {
+        let (status, response) = admin(&app, Method::POST, &path, Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {response}");
+        assert_error(&response, "invalid_request_error", Some(param));
+    }
+
+    // Above the tenant's plan: refused at creation, naming the field.
+    let (status, _) = admin(
+        &app,
+        Method::PUT,
+        "/admin/v1/plans/small",
+        Some(r#"{"max_concurrent":2,"monthly_budget_usd":"10","monthly_tokens":1000}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, small) = admin(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants",
+        Some(r#"{"name":"small","plan":"small"}"#),
+    )
+    .await;
+    let small_path = format!("/admin/v1/tenants/{}/keys", small["id"].as_str().unwrap());
+    for (body, param) in [
+        (r#"{"name":"k","max_concurrent":3}"#, "max_concurrent"),
+        (
+            r#"{"name":"k","monthly_budget_usd":"10.000001"}"#,
+            "monthly_budget_usd",
+        ),
+        (r#"{"name":"k","monthly_tokens":1001}"#, "monthly_tokens"),
+    ] {
+        let (status, response) = admin(&app, Method::POST, &small_path, Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {response}");
+        assert_error(&response, "invalid_request_error", Some(param));
+    }
+    let (status, created) = admin(
+        &app,
+        Method::POST,
+        &small_path,
+        Some(r#"{"name":"k","max_concurrent":2,"monthly_budget_usd":"10","monthly_tokens":1000}"#),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");

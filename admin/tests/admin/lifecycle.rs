@@ -417,6 +417,7 @@ async fn key_rotate_kills_the_old_secret(db: Db) {
                 expires_at: Some("2030-01-01T00:00:00Z".into()),
                 rpm: Some(5),
                 tpm: None,
+                ..NewKey::default()
             },
         )
         .await

@@ -347,8 +347,7 @@ async fn answers_match_the_document(db: Db) {
     // Keys.
     let create = ("post", "/admin/v1/tenants/{id}/keys");
     let keys_path = format!("/admin/v1/tenants/{id}/keys");
-    let body =
-        r#"{"name":"ci","models":["m"],"expires_at":"2030-01-01T00:00:00Z","rpm":5,"tpm":null}"#;
+    let body = r#"{"name":"ci","models":["m"],"expires_at":"2030-01-01T00:00:00Z","rpm":5,"tpm":null,"max_concurrent":2,"monthly_budget_usd":"1.5","monthly_tokens":1000}"#;
     let (_, key) = c.check(&app, t, create, &keys_path, Some(body)).await;
     c.check(
         &app,

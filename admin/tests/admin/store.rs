@@ -196,6 +196,7 @@ async fn key_create_and_lookup(db: Db) {
                 expires_at: Some("2030-01-31T12:00:00+01:00".into()),
                 rpm: Some(60),
                 tpm: Some(100_000),
+                ..NewKey::default()
             },
         )
         .await
@@ -434,4 +435,70 @@ async fn dead_postgres_fails_fast() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A database migrated before `0004_key_limits` existed (so already at 0005) takes 0004
+/// on the next start: sqlx applies a missing lower version instead of refusing.
+async fn key_limits_migration_after_later_ones(url: &str, backend: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../migrations")
+        .join(backend);
+    let without = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("0004_") {
+            std::fs::copy(entry.path(), without.path().join(name)).unwrap();
+        }
+    }
+    let old = sqlx::migrate::Migrator::new(without.path()).await.unwrap();
+    old.run(&pool).await.unwrap();
+    let before: Vec<i64> = sqlx::query("SELECT version FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get("version").unwrap())
+        .collect();
+    assert!(before.contains(&5) && !before.contains(&4), "{before:?}");
+
+    let store = Store::connect(url).await.unwrap();
+    store.migrate().await.unwrap();
+    let tenant = store.create_tenant("acme", None).await.unwrap();
+    let created = store
+        .create_key(
+            &tenant.id,
+            NewKey {
+                max_concurrent: Some(2),
+                monthly_tokens: Some(7),
+                ..new_key("k")
+            },
+        )
+        .await
+        .unwrap();
+    let auth = store.lookup_key(&created.info.id).await.unwrap().unwrap();
+    assert_eq!(
+        (auth.max_concurrent, auth.monthly_tokens),
+        (Some(2), Some(7))
+    );
+    // And it stays applied: the next start has nothing to do.
+    store.migrate().await.unwrap();
+}
+
+mod key_limits_migration_after_later_ones {
+    #[tokio::test]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+        super::key_limits_migration_after_later_ones(&url, "sqlite").await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        if let Some(url) = tollgate_tests::db::fresh_postgres().await {
+            super::key_limits_migration_after_later_ones(&url, "postgres").await;
+        }
+    }
 }

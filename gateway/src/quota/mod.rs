@@ -1,6 +1,6 @@
 //! Quota: requests and tokens per minute, requests in flight, monthly budgets (USD and
-//! tokens), per tenant (its plan) and per key (its own `rpm` / `tpm`), holding exactly in
-//! one process and across replicas.
+//! tokens), per tenant (its plan) and per key (its own limits, the same five a plan has),
+//! holding exactly in one process and across replicas.
 //!
 //! The layer sits in the inner stack above the meter. For each request whose tenant or key
 //! has any limit it:
@@ -163,7 +163,9 @@ impl Quota {
         let key = ScopeLimits {
             rpm: p.rpm.map(u64::from),
             tpm: p.tpm.map(u64::from),
-            ..ScopeLimits::default()
+            concurrent: p.max_concurrent.map(u64::from),
+            budget: p.monthly_budget_micro_usd,
+            monthly_tokens: p.monthly_tokens,
         };
         [tenant, key]
     }
