@@ -55,6 +55,8 @@ const MAX_ROWS_PER_STATEMENT: usize = 1000;
 /// Statement sizes (rows) are multiples of this, plus one smaller remainder: see
 /// [`chunks`].
 const ROW_STEP: usize = 100;
+/// Bound parameters per SQLite statement, about (see [`rows_per_statement`]).
+const SQLITE_PARAMS_PER_STATEMENT: usize = 360;
 /// Columns of `usage_records`, `usage_request_ids` and `usage_daily` bound per row.
 const RECORD_COLUMNS: usize = 18;
 const ID_COLUMNS: usize = 2;
@@ -326,20 +328,29 @@ fn chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
     out
 }
 
-/// Whether a statement of `rows` rows is kept prepared (see [`chunks`]).
-fn keep_prepared(rows: usize) -> bool {
-    rows.is_multiple_of(ROW_STEP)
+/// Whether a statement of `rows` rows is kept prepared (see [`chunks`]): full statements
+/// of `max` rows and multiples of [`ROW_STEP`].
+fn keep_prepared(rows: usize, max: usize) -> bool {
+    rows == max || rows.is_multiple_of(ROW_STEP)
 }
 
-/// Rows of `columns` bound values that fit one statement on `backend`.
+/// Rows of `columns` bound values per statement on `backend`.
+///
+/// SQLite statements stay small: sqlx binds each SQLite parameter after looking its name
+/// up with `sqlite3_bind_parameter_name`, a linear scan, so binding costs the square of a
+/// statement's parameter count. At 1000 rows of 18 columns that lookup took 40% of the
+/// gateway's CPU under load (perf during `bench/run`); at about
+/// [`SQLITE_PARAMS_PER_STATEMENT`] parameters it is negligible, and such statements are
+/// still kept prepared ([`keep_prepared`]).
 fn rows_per_statement(backend: Backend, columns: usize) -> usize {
-    let max_params = match backend {
-        Backend::Sqlite => 32_766,
-        Backend::Postgres => 65_535,
-    };
-    // A multiple of ROW_STEP, so that full statements are kept prepared too.
-    let rows = (max_params / columns).min(MAX_ROWS_PER_STATEMENT);
-    (rows - rows % ROW_STEP).max(1)
+    match backend {
+        Backend::Sqlite => (SQLITE_PARAMS_PER_STATEMENT / columns).clamp(1, ROW_STEP),
+        Backend::Postgres => {
+            // A multiple of ROW_STEP, so that full statements are kept prepared too.
+            let rows = (65_535 / columns).min(MAX_ROWS_PER_STATEMENT);
+            (rows - rows % ROW_STEP).max(1)
+        }
+    }
 }
 
 /// The SQLSTATE of a database error (SQLite reports its numeric result codes here).
@@ -445,14 +456,16 @@ impl Store {
 
         // 1. Claim the ids; the ones that come back are new.
         let mut new_ids: HashSet<String> = HashSet::with_capacity(live.len());
-        for chunk in chunks(&live, rows_per_statement(self.backend, ID_COLUMNS)) {
+        let max = rows_per_statement(self.backend, ID_COLUMNS);
+        for chunk in chunks(&live, max) {
             let sql = format!(
                 "INSERT INTO usage_request_ids (request_id, created_at_ms) VALUES {} \
                  ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
                 placeholders(chunk.len(), ID_COLUMNS)
             );
             // Placeholders only (see `placeholders`).
-            let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len()));
+            let mut query =
+                sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len(), max));
             for r in chunk {
                 query = query.bind(&*r.request_id).bind(r.created_at_ms);
             }
@@ -470,7 +483,8 @@ impl Store {
         }
 
         // 2. The raw records.
-        for chunk in chunks(&fresh, rows_per_statement(self.backend, RECORD_COLUMNS)) {
+        let max = rows_per_statement(self.backend, RECORD_COLUMNS);
+        for chunk in chunks(&fresh, max) {
             let sql = format!(
                 "INSERT INTO usage_records (request_id, tenant_id, key_id, model, deployment, \
                  endpoint, status, input_tokens, output_tokens, cached_tokens, images, \
@@ -479,7 +493,8 @@ impl Store {
                 placeholders(chunk.len(), RECORD_COLUMNS)
             );
             // Placeholders only (see `placeholders`).
-            let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len()));
+            let mut query =
+                sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len(), max));
             for r in chunk {
                 query = query
                     .bind(&*r.request_id)
@@ -519,7 +534,8 @@ impl Store {
                 .add(r);
         }
         let daily: Vec<_> = daily.into_iter().collect();
-        for chunk in chunks(&daily, rows_per_statement(self.backend, DAILY_COLUMNS)) {
+        let max = rows_per_statement(self.backend, DAILY_COLUMNS);
+        for chunk in chunks(&daily, max) {
             let sql = format!(
                 "INSERT INTO usage_daily (tenant_id, day, key_id, model, requests, input_tokens, \
                  output_tokens, cached_tokens, images, cost_micro_usd) VALUES {} \
@@ -533,7 +549,8 @@ impl Store {
                 placeholders(chunk.len(), DAILY_COLUMNS)
             );
             // Placeholders only (see `placeholders`).
-            let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len()));
+            let mut query =
+                sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len(), max));
             for ((tenant, day, key, model), sums) in chunk {
                 query = query
                     .bind(*tenant)
@@ -798,7 +815,8 @@ mod tests {
         assert_eq!(sizes(937, 1000), [900, 37]);
         assert_eq!(sizes(2537, 1000), [1000, 1000, 500, 37]);
         assert_eq!(sizes(3300, 1000), [1000, 1000, 1000, 300]);
-        assert!(keep_prepared(900) && !keep_prepared(37));
+        assert!(keep_prepared(900, 1000) && keep_prepared(20, 20) && !keep_prepared(37, 1000));
+        assert_eq!(sizes(45, 20), [20, 20, 5]);
     }
 
     #[test]
