@@ -40,6 +40,7 @@ use crate::auth::Principal;
 use crate::config::DeploymentConfig;
 use crate::error::{self, ApiError, Passthrough as Relayed, UpstreamError};
 use crate::meter::Ledger;
+use crate::providers::openai::OpenAi;
 use crate::providers::{ProviderSet, relay};
 use crate::router::DEPLOYMENT_HEADER;
 
@@ -53,13 +54,10 @@ pub struct Passthrough {
 }
 
 struct Inner {
-    client: reqwest::Client,
-    /// `base_url` without a trailing slash.
-    base_url: String,
-    authorization: Option<HeaderValue>,
+    /// The same client, URL, credentials and timeouts an `openai` deployment has.
+    upstream: OpenAi,
     name: String,
     header: HeaderValue,
-    timeouts: relay::Timeouts,
     store: Store,
     ledger: Ledger,
 }
@@ -138,21 +136,9 @@ impl Passthrough {
             .map_err(|_| "passthrough.deployment.name must be printable ASCII".to_owned())?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client: providers.client_for(d),
-                base_url: d
-                    .base_url
-                    .as_deref()
-                    .unwrap_or_default()
-                    .trim_end_matches('/')
-                    .to_owned(),
-                authorization: d
-                    .api_key
-                    .as_ref()
-                    .filter(|k| !k.expose().is_empty())
-                    .and_then(|k| relay::secret_header(&format!("Bearer {}", k.expose()))),
+                upstream: OpenAi::new(providers.client_for(d), d),
                 name,
                 header,
-                timeouts: relay::Timeouts::from_config(d),
                 store,
                 ledger,
             }),
@@ -321,17 +307,13 @@ async fn exchange(
             return Err(no_such(kind, id, "id"));
         }
     }
-    let deadlines = s.inner.timeouts.start();
+    let deadlines = s.inner.upstream.timeouts().start();
     // `base_url` ends in the API root (`.../v1`), like every deployment's.
     let upstream_path = ctx
         .path_and_query
         .strip_prefix("/v1")
         .unwrap_or(&ctx.path_and_query);
-    let url = format!("{}{upstream_path}", s.inner.base_url);
-    let mut builder = s.inner.client.request(ctx.method.clone(), url);
-    if let Some(auth) = &s.inner.authorization {
-        builder = builder.header(header::AUTHORIZATION, auth.clone());
-    }
+    let mut builder = s.inner.upstream.request(ctx.method.clone(), upstream_path);
     for name in [header::CONTENT_TYPE, header::CONTENT_LENGTH] {
         if let Some(value) = ctx.headers.get(&name) {
             builder = builder.header(name, value.clone());

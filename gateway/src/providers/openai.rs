@@ -54,12 +54,25 @@ impl OpenAi {
         request: &Request,
         upstream_model: &str,
     ) -> Result<Response, UpstreamError> {
-        let url = format!("{}{}", self.base_url, request.endpoint.path());
-        let mut builder = self.client.post(url);
-        if let Some(auth) = &self.authorization {
-            builder = builder.header(header::AUTHORIZATION, auth.clone());
-        }
+        let builder = self.request(http::Method::POST, request.endpoint.path());
         forward(builder, request, upstream_model, &self.timeouts).await
+    }
+
+    /// A request to `path` below the API root, with the upstream's credentials. Also how
+    /// the passthrough endpoints (files, batches...) reach an OpenAI-compatible upstream.
+    pub(crate) fn request(&self, method: http::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self
+            .client
+            .request(method, format!("{}{path}", self.base_url));
+        match &self.authorization {
+            Some(auth) => builder.header(header::AUTHORIZATION, auth.clone()),
+            None => builder,
+        }
+    }
+
+    /// The deployment's timeouts.
+    pub(crate) fn timeouts(&self) -> &relay::Timeouts {
+        &self.timeouts
     }
 }
 
