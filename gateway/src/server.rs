@@ -283,7 +283,8 @@ fn banner(
     let _ = out.flush();
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or ctrl-c; `serve` and `tollgate worker` both stop on it.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
