@@ -21,7 +21,6 @@
 //! and counted. A pending record outlives a crashed gateway for `PENDING_TTL` at most.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,7 +29,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
-use http_body::Frame;
 use http_body_util::BodyExt;
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
@@ -327,9 +325,7 @@ where
         s: status.as_u16(),
         hd,
     };
-    let (parts, body) = response.into_parts();
     let body = RecordBody {
-        inner: body,
         buf: Vec::new(),
         max_bytes: shared.max_bytes,
         over: false,
@@ -337,7 +333,7 @@ where
         meta: Some(meta),
         owner: Some(owner),
     };
-    Response::from_parts(parts, Body::new(body))
+    crate::guard::tap(response, body)
 }
 
 fn replay(meta: Meta, body: Bytes) -> Response {
@@ -390,7 +386,6 @@ impl Drop for Owner {
 
 /// Passes the first answer through and stores it once it ended cleanly.
 struct RecordBody {
-    inner: Body,
     buf: Vec<u8>,
     max_bytes: usize,
     over: bool,
@@ -428,52 +423,26 @@ impl RecordBody {
     }
 }
 
-impl http_body::Body for RecordBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref()
-                    && !this.over
-                {
-                    if this.buf.len() + data.len() > this.max_bytes {
-                        this.over = true;
-                        this.buf = Vec::new();
-                    } else {
-                        this.buf.extend_from_slice(data);
-                    }
-                }
-                // hyper stops polling a body whose known length is reached: finish now.
-                if this.inner.is_end_stream() {
-                    this.finish();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.meta = None;
-                this.owner = None;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                this.finish();
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+impl crate::guard::Tap for RecordBody {
+    fn data(&mut self, data: &Bytes) {
+        if self.over {
+            return;
+        }
+        if self.buf.len() + data.len() > self.max_bytes {
+            self.over = true;
+            self.buf = Vec::new();
+        } else {
+            self.buf.extend_from_slice(data);
         }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    fn end(&mut self) {
+        self.finish();
     }
 
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+    fn error(&mut self) {
+        self.meta = None;
+        self.owner = None;
     }
 }
 

@@ -45,7 +45,6 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, StatusCode, header};
-use http_body::Frame;
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::Value;
 
@@ -380,14 +379,12 @@ fn capture(response: Response, pending: Pending, leader: Option<Leader>, stream:
     } else {
         Collect::Whole(Vec::new())
     };
-    let (parts, body) = response.into_parts();
     let body = CaptureBody {
-        inner: body,
         collect,
         budget,
         pending: Some((pending, leader)),
     };
-    Response::from_parts(parts, Body::new(body))
+    crate::guard::tap(response, body)
 }
 
 enum Collect {
@@ -400,7 +397,6 @@ enum Collect {
 /// See [`capture`]. Dropped before its end (client gone), it stores nothing and the
 /// [`Leader`]'s drop frees the followers.
 struct CaptureBody {
-    inner: Body,
     collect: Collect,
     budget: usize,
     pending: Option<(Pending, Option<Leader>)>,
@@ -488,44 +484,17 @@ impl CaptureBody {
     }
 }
 
-impl http_body::Body for CaptureBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.feed(data);
-                }
-                // A reader may stop polling once a body of known length is done.
-                if this.inner.is_end_stream() {
-                    this.complete();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                // Broken answers are never stored; the leader's drop frees the followers.
-                this.pending = None;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                this.complete();
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
+impl crate::guard::Tap for CaptureBody {
+    fn data(&mut self, chunk: &Bytes) {
+        self.feed(chunk);
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    fn end(&mut self) {
+        self.complete();
     }
 
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+    fn error(&mut self) {
+        // Broken answers are never stored; the leader's drop frees the followers.
+        self.pending = None;
     }
 }
