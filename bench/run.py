@@ -7,8 +7,10 @@ nginx when missing).
 Tollgate runs on its embedded default store (SQLite) with: auth (a real key), limits (a plan
 with rpm/tpm/budget high enough never to refuse, so every request is checked, reserved and
 settled), the usage ledger with its spool, /metrics, and the cache on; the measured request
-sends `Cache-Control: no-cache`, so it takes the cache's miss path (no lookup, entry
-written). The cache-hit path is measured separately with a deterministic request.
+is not deterministic (no `temperature: 0`, no `seed`), so the cache passes it through
+(`x-tollgate-cache: bypass`). The cache-hit path is measured separately with a
+deterministic request. Two gateways run: `meter.spool_sync: always` (the default) and
+`background`.
 """
 
 from __future__ import annotations
@@ -174,6 +176,44 @@ def time_to_ready(tollgate: str, workdir: Path) -> float:
         p.wait(timeout=40)
 
 
+def start_gateway(args: argparse.Namespace, procs: Procs, work: Path, mock_port: int, spool_sync: str) -> tuple[subprocess.Popen[bytes], int, str]:
+    """A gateway on its own SQLite store and spool, with a tenant on a plan whose limits
+    apply to every request without refusing any; returns it, its port and the key."""
+    work.mkdir()
+    gw_port, gw_admin = free_port(), free_port()
+    config = work / "tollgate.yaml"
+    config.write_text(
+        f"""listen: 127.0.0.1:{gw_port}
+admin_listen: 127.0.0.1:{gw_admin}
+database_url: sqlite://{work}/tollgate.db
+spool_dir: {work}/spool
+meter: {{ spool_sync: {spool_sync} }}
+admin: {{ bootstrap_token: {ADMIN_TOKEN} }}
+cache: {{ enabled: true, ttl_s: 600 }}
+models:
+  - name: gpt-4o-mini
+    deployments:
+      - {{ provider: openai, base_url: "http://127.0.0.1:{mock_port}/v1", api_key: sk-bench, model: gpt-4o-mini }}
+prices:
+  gpt-4o-mini: {{ input: 0.15, output: 0.60, cached_input: 0.075 }}
+"""
+    )
+    gw = procs.start(
+        [args.tollgate, "serve", "--config", str(config)],
+        work / "tollgate.log",
+        env={**os.environ, "TOLLGATE_LOG": "warn"},
+    )
+    admin_url = f"http://127.0.0.1:{gw_admin}"
+    wait_http(f"{admin_url}/healthz")
+    admin(admin_url, "PUT", "/admin/v1/plans/bench", {
+        "rpm": 10_000_000, "tpm": 2_000_000_000, "max_concurrent": 100_000,
+        "monthly_budget_usd": "1000000.000000", "monthly_tokens": None,
+    })
+    tenant = admin(admin_url, "POST", "/admin/v1/tenants", {"name": "bench", "plan": "bench"})
+    key = admin(admin_url, "POST", f"/admin/v1/tenants/{tenant['id']}/keys", {"name": "bench"})["key"]
+    return gw, gw_port, key
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tollgate", required=True)
@@ -203,41 +243,16 @@ def main() -> None:
         procs.start([args.nginx, "-c", str(nginx_conf(work / "nginx", nginx_port, mock_port))], work / "nginx.log")
         wait_http(f"http://127.0.0.1:{nginx_port}/v1/models")
 
-        gw_port, gw_admin = free_port(), free_port()
-        config = work / "tollgate.yaml"
-        config.write_text(
-            f"""listen: 127.0.0.1:{gw_port}
-admin_listen: 127.0.0.1:{gw_admin}
-database_url: sqlite://{work}/tollgate.db
-spool_dir: {work}/spool
-admin: {{ bootstrap_token: {ADMIN_TOKEN} }}
-cache: {{ enabled: true, ttl_s: 600 }}
-models:
-  - name: gpt-4o-mini
-    deployments:
-      - {{ provider: openai, base_url: "http://127.0.0.1:{mock_port}/v1", api_key: sk-bench, model: gpt-4o-mini }}
-prices:
-  gpt-4o-mini: {{ input: 0.15, output: 0.60, cached_input: 0.075 }}
-"""
-        )
-        gw = procs.start(
-            [args.tollgate, "serve", "--config", str(config)],
-            work / "tollgate.log",
-            env={**os.environ, "TOLLGATE_LOG": "warn"},
-        )
-        admin_url = f"http://127.0.0.1:{gw_admin}"
-        wait_http(f"{admin_url}/healthz")
-        admin(admin_url, "PUT", "/admin/v1/plans/bench", {
-            "rpm": 10_000_000, "tpm": 2_000_000_000, "max_concurrent": 100_000,
-            "monthly_budget_usd": "1000000.000000", "monthly_tokens": None,
-        })
-        tenant = admin(admin_url, "POST", "/admin/v1/tenants", {"name": "bench", "plan": "bench"})
-        key = admin(admin_url, "POST", f"/admin/v1/tenants/{tenant['id']}/keys", {"name": "bench"})["key"]
+        # The default (`meter.spool_sync: always`: each record fdatasync'ed before its response
+        # ends) and `background` (written to the kernel before, synced within 100 ms).
+        gw, gw_port, key = start_gateway(args, procs, work / "always", mock_port, "always")
+        gw_bg, gw_bg_port, key_bg = start_gateway(args, procs, work / "background", mock_port, "background")
 
         targets = {
             "direct": (f"http://127.0.0.1:{mock_port}/v1/chat/completions", None, {}),
             "nginx": (f"http://127.0.0.1:{nginx_port}/v1/chat/completions", None, {}),
             "tollgate": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", key, {"Cache-Control": "no-cache"}),
+            "tollgate_bg": (f"http://127.0.0.1:{gw_bg_port}/v1/chat/completions", key_bg, {"Cache-Control": "no-cache"}),
         }
         results: dict[str, dict[str, Any]] = {}
         for name, (url, k, headers) in targets.items():
@@ -257,6 +272,7 @@ prices:
             }
             raw[name] = {"fixed": fixed, "max": peak, "stream": json.loads(stream.stdout)}
         results["tollgate"]["rss_peak_mib"] = rss_peak_kib(gw.pid) / 1024
+        results["tollgate_bg"]["rss_peak_mib"] = rss_peak_kib(gw_bg.pid) / 1024
 
         hit_body = {**CHAT, "temperature": 0}
         hit_url, _, _ = targets["tollgate"]
@@ -274,16 +290,20 @@ prices:
 
 
 def report(r: dict[str, Any], ready_ms: list[float], args: argparse.Namespace, out_dir: Path) -> None:
-    d, n, t, h = r["direct"], r["nginx"], r["tollgate"], r["cache_hit"]
+    d, n, t, g, h = r["direct"], r["nginx"], r["tollgate"], r["tollgate_bg"], r["cache_hit"]
     lines = [
         f"Tollgate overhead benchmark ({os.cpu_count()} CPUs; fixed rate {args.rate} req/s, latency-corrected; max: {args.connections} connections; {args.seconds} s each)",
+        "tollgate: default spool_sync: always (fdatasync per record); tg-bg: spool_sync: background",
         "",
-        f"{'':28}{'direct':>10}{'nginx':>10}{'tollgate':>10}{'tg - nginx':>12}{'tg / nginx':>12}",
+        f"{'':28}{'direct':>10}{'nginx':>10}{'tollgate':>10}{'tg - nginx':>12}{'tg / nginx':>12}{'tg-bg':>10}{'bg - nginx':>12}{'bg / nginx':>12}",
     ]
 
     def row(label: str, key: str, sub: str) -> None:
-        a, b, c = d[key][sub], n[key][sub], t[key][sub]
-        lines.append(f"{label:28}{a:>10.3f}{b:>10.3f}{c:>10.3f}{c - b:>12.3f}{c / b if b else float('nan'):>12.2f}")
+        a, b, c, e = d[key][sub], n[key][sub], t[key][sub], g[key][sub]
+        ratio = lambda x: x / b if b else float("nan")  # noqa: E731
+        lines.append(
+            f"{label:28}{a:>10.3f}{b:>10.3f}{c:>10.3f}{c - b:>12.3f}{ratio(c):>12.2f}{e:>10.3f}{e - b:>12.3f}{ratio(e):>12.2f}"
+        )
 
     row("fixed p50 (ms)", "fixed", "p50_ms")
     row("fixed p90 (ms)", "fixed", "p90_ms")
@@ -296,9 +316,9 @@ def report(r: dict[str, Any], ready_ms: list[float], args: argparse.Namespace, o
     lines += [
         "",
         f"cache hit, fixed rate: p50 {h['fixed']['p50_ms']:.3f} ms, p99 {h['fixed']['p99_ms']:.3f} ms (direct upstream p50 {d['fixed']['p50_ms']:.3f} ms)",
-        f"tollgate peak RSS under this load: {t['rss_peak_mib']:.1f} MiB",
+        f"tollgate peak RSS under this load: {t['rss_peak_mib']:.1f} MiB (tg-bg {g['rss_peak_mib']:.1f} MiB)",
         f"ready to serve after spawn (embedded default), 5 starts: median {ready_ms[len(ready_ms) // 2]:.1f} ms, max {ready_ms[-1]:.1f} ms",
-        f"non-200 answers: " + ", ".join(f"{k} {r[k]['fixed']['non_200'] + r[k]['max']['non_200']}" for k in ("direct", "nginx", "tollgate")),
+        f"non-200 answers: " + ", ".join(f"{k} {r[k]['fixed']['non_200'] + r[k]['max']['non_200']}" for k in ("direct", "nginx", "tollgate", "tollgate_bg")),
         f"raw results: {out_dir}/results.json",
     ]
     text = "\n".join(lines)

@@ -134,12 +134,7 @@ impl Keys {
                 "You didn't provide an API key. Send it as 'Authorization: Bearer tg-...'.",
             ));
         };
-        let key = std::str::from_utf8(raw)
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(incorrect_key)?;
-        let (public_id, secret) = keys::parse(key).ok_or_else(incorrect_key)?;
+        let (public_id, secret) = bearer_key(raw).ok_or_else(incorrect_key)?;
         let entry = self.entry(public_id, secret).await?;
         let record = &entry.record;
         if !keys::verify(secret, &record.secret_hash) {
@@ -292,6 +287,16 @@ impl Keys {
     }
 }
 
+/// The key's public id and secret from an `Authorization` value (`Bearer tg-...`), or
+/// `None` for anything else: the only parsing of client input before the store lookup.
+pub(crate) fn bearer_key(raw: &[u8]) -> Option<(&str, &str)> {
+    let key = std::str::from_utf8(raw)
+        .ok()?
+        .strip_prefix("Bearer ")?
+        .trim();
+    keys::parse(key)
+}
+
 fn store_error(e: &StoreError) -> ApiError {
     match e {
         StoreError::Unavailable(_) => ApiError::unavailable(
@@ -374,6 +379,7 @@ where
                     let span = tracing::Span::current();
                     span.record("tenant", principal.tenant_id.as_str());
                     span.record("key", principal.key_id.as_str());
+                    crate::otlp::record_principal(&principal.tenant_id, &principal.key_id);
                     request.extensions_mut().insert(principal);
                     inner.call(request).await
                 }

@@ -69,6 +69,13 @@ pub struct Config {
     /// Admin-plane address (`/admin/v1/*`, `/healthz`, `/readyz`). Keep it private.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
+    /// HTTPS on the data plane (PEM certificate and key); absent: plain HTTP (and h2c).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// At SIGTERM, seconds requests in flight (streams included) may take to finish
+    /// before they are cut (a cut stream ends in error; what it delivered is recorded).
+    #[serde(default = "default_shutdown_drain_s")]
+    pub shutdown_drain_s: f64,
     /// `sqlite://FILE` (relative to the working directory) or `postgres://...`.
     #[serde(default = "default_database_url")]
     pub database_url: Secret,
@@ -99,6 +106,11 @@ pub struct Config {
     /// Largest accepted request body, in MiB (413 beyond it).
     #[serde(default = "default_max_body_mb")]
     pub max_body_mb: u64,
+    /// Most of an upstream answer held in memory, in MiB: a non-streamed answer (larger:
+    /// 502, read no further), or one event of a stream (larger, or over 16 MiB: the
+    /// stream ends in error).
+    #[serde(default = "default_max_upstream_body_mb")]
+    pub max_upstream_body_mb: u64,
     /// Overall deadline for a request to get its response headers, in seconds.
     #[serde(default = "default_request_timeout_s")]
     pub request_timeout_s: u64,
@@ -120,6 +132,9 @@ pub struct Config {
     /// Where `/v1/files`, `/v1/fine_tuning/jobs` and `/v1/batches` go (unset: 404).
     #[serde(default)]
     pub passthrough: Option<PassthroughConfig>,
+    /// OTLP trace export (`crate::otlp`); absent: off.
+    #[serde(default)]
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 /// `passthrough:`: the upstream for the OpenAI endpoints the gateway does not interpret.
@@ -152,6 +167,9 @@ pub struct MeterConfig {
     /// rollups that usage queries and invoices read are kept). `null`: keep everything.
     #[serde(default = "default_retention_days")]
     pub retention_days: Option<u32>,
+    /// When a usage record counts as written, i.e. when its response may end.
+    #[serde(default)]
+    pub spool_sync: SpoolSync,
 }
 
 impl Default for MeterConfig {
@@ -161,8 +179,23 @@ impl Default for MeterConfig {
             flush_interval_ms: default_flush_interval_ms(),
             cache_hit_charge: CacheHitCharge::default(),
             retention_days: default_retention_days(),
+            spool_sync: SpoolSync::default(),
         }
     }
+}
+
+/// `meter.spool_sync`: what a usage record must survive before its response ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolSync {
+    /// `fdatasync` first (shared by every record of a group commit): the record survives
+    /// the gateway's crash and the machine's.
+    #[default]
+    Always,
+    /// Handed to the kernel first (`write`), synced in the background at most 100 ms
+    /// later: the record survives the gateway's crash (kill -9, OOM), not a power loss or
+    /// kernel crash in that window. Saves a disk sync on every request's path.
+    Background,
 }
 
 /// `meter.cache_hit_charge`.
@@ -238,6 +271,9 @@ pub struct AdminConfig {
     /// Operator JWTs (HS256 shared secret, or an RS256/ES256 public key).
     #[serde(default)]
     pub jwt: Option<tollgate_admin::operator::JwtConfig>,
+    /// HTTPS on the admin plane, like the top-level `tls`.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// `auth:` section: how long key lookups are trusted.
@@ -498,8 +534,9 @@ pub struct TimeoutsConfig {
     /// it fails over (nothing reached the client yet).
     #[serde(default)]
     pub first_byte_s: Option<f64>,
-    /// The whole exchange, to the body's last byte; default none. A stream that runs past
-    /// it ends with an error event and no `[DONE]`.
+    /// The whole exchange, to the body's last byte. A stream that runs past it ends with an
+    /// error event and no `[DONE]`; unset, a stream ends after one hour
+    /// (`providers::relay::DEFAULT_STREAM_TOTAL`), so an endless upstream is always cut.
     #[serde(default)]
     pub total_s: Option<f64>,
 }
@@ -515,6 +552,14 @@ fn default_database_url() -> Secret {
 }
 fn default_max_body_mb() -> u64 {
     16
+}
+/// Above the largest real answers: an embeddings batch of 2,048 inputs × 3,072 floats is
+/// about 130 MB of JSON.
+fn default_max_upstream_body_mb() -> u64 {
+    256
+}
+fn default_shutdown_drain_s() -> f64 {
+    30.0
 }
 fn default_max_in_flight() -> usize {
     10_000
@@ -536,6 +581,8 @@ impl Default for Config {
         Self {
             listen: default_listen(),
             admin_listen: default_admin_listen(),
+            tls: None,
+            shutdown_drain_s: default_shutdown_drain_s(),
             database_url: default_database_url(),
             redis_url: None,
             admin: AdminConfig::default(),
@@ -545,12 +592,14 @@ impl Default for Config {
             models: Vec::new(),
             prices: Default::default(),
             max_body_mb: default_max_body_mb(),
+            max_upstream_body_mb: default_max_upstream_body_mb(),
             request_timeout_s: default_request_timeout_s(),
             max_in_flight: default_max_in_flight(),
             spool_dir: default_spool_dir(),
             meter: MeterConfig::default(),
             breaker: BreakerConfig::default(),
             passthrough: None,
+            otlp: None,
         }
     }
 }
@@ -591,6 +640,22 @@ impl Config {
     pub fn validate(self) -> Result<Self, ConfigError> {
         parse_addr("listen", &self.listen)?;
         parse_addr("admin_listen", &self.admin_listen)?;
+        // Read once to check the files; `serve` reads them again to use them.
+        if let Some(tls) = &self.tls {
+            tls.acceptor("tls")?;
+        }
+        if let Some(tls) = &self.admin.tls {
+            tls.acceptor("admin.tls")?;
+        }
+        if !(self.shutdown_drain_s.is_finite()
+            && self.shutdown_drain_s >= 0.0
+            && self.shutdown_drain_s <= 3600.0)
+        {
+            return Err(ConfigError::new(
+                "shutdown_drain_s",
+                "must be between 0 and 3600 seconds",
+            ));
+        }
         let db = self.database_url.expose();
         if !(db.starts_with("sqlite:")
             || db.starts_with("postgres://")
@@ -599,6 +664,12 @@ impl Config {
             return Err(ConfigError::new(
                 "database_url",
                 "must start with sqlite: or postgres:// (the value is not shown: it may hold a password)",
+            ));
+        }
+        if self.max_upstream_body_mb == 0 || self.max_upstream_body_mb > 4096 {
+            return Err(ConfigError::new(
+                "max_upstream_body_mb",
+                "must be between 1 and 4096",
             ));
         }
         if self.max_body_mb == 0 || self.max_body_mb > 1024 {
@@ -693,6 +764,9 @@ impl Config {
             }
             validate_deployment("passthrough.deployment", &p.deployment)?;
         }
+        if let Some(otlp) = &self.otlp {
+            otlp.validate()?;
+        }
         self.cache.validate(
             self.models
                 .iter()
@@ -712,6 +786,11 @@ impl Config {
             }
         }
         Ok(self)
+    }
+
+    /// `max_upstream_body_mb` in bytes.
+    pub fn max_upstream_body_bytes(&self) -> usize {
+        usize::try_from(self.max_upstream_body_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -927,6 +1006,12 @@ fn field_error(path: &str, message: &str) -> ConfigError {
         } else {
             join(field)
         };
+        // An empty key at the top (`? ` alone, found by the `config` fuzz target).
+        let at = if at.is_empty() {
+            "config".to_owned()
+        } else {
+            at
+        };
         return ConfigError::new(at, "unknown field");
     }
     let path = if path.is_empty() { "config" } else { path };
@@ -1016,6 +1101,8 @@ fn expand_str(
     references: &[String],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, ConfigError> {
+    // A file that is one bare scalar has no field to name (found by the `config` fuzz target).
+    let path = if path.is_empty() { "config" } else { path };
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find(PLACEHOLDER) {
@@ -1320,6 +1407,16 @@ models:
     }
 
     #[test]
+    fn errors_outside_any_field_name_the_config() {
+        let e = Config::parse("?\n>+\n?\n", &no_env).unwrap_err();
+        assert_eq!(e.path, "config", "{e}");
+        for text in ["${BAD-NAME}", "x ${NOPE}"] {
+            let e = Config::parse(text, &no_env).unwrap_err();
+            assert_eq!(e.path, "config", "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn unset_env_var_names_field_and_variable() {
         let e = Config::parse("admin: { bootstrap_token: '${NOPE}' }", &no_env).unwrap_err();
         assert_eq!(e.path, "admin.bootstrap_token");
@@ -1347,6 +1444,22 @@ models:
             c.models[0].deployments[0].name.as_deref(),
             Some("openai-primary")
         );
+        assert!(c.otlp.is_none());
+        // Its commented-out `otlp:` block is valid once uncommented.
+        let mut in_block = false;
+        let uncommented: String = text
+            .lines()
+            .map(|line| {
+                in_block = line == "# otlp:" || (in_block && line.starts_with("#  "));
+                let line = if in_block { &line[2..] } else { line };
+                format!("{line}\n")
+            })
+            .collect();
+        let c = Config::parse(&uncommented, &env)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(c.otlp.is_some());
     }
 
     #[test]

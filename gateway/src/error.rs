@@ -109,6 +109,9 @@ pub enum UpstreamError {
     /// could not read it).
     #[error("upstream answered badly: {0}")]
     Malformed(&'static str),
+    /// The answer is larger than `max_upstream_body_mb` (announced, or found while reading).
+    #[error("upstream answer is larger than max_upstream_body_mb")]
+    TooLarge,
     /// The gateway could not build the upstream request or the relayed response.
     #[error("gateway could not relay the call: {0}")]
     Internal(&'static str),
@@ -148,6 +151,12 @@ impl UpstreamError {
                 format!("The upstream '{deployment}' sent an invalid response."),
             )
             .with_code("upstream_error"),
+            Self::TooLarge => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                format!("The upstream '{deployment}' sent a response larger than the gateway accepts (max_upstream_body_mb)."),
+            )
+            .with_code("upstream_response_too_large"),
             Self::Internal(_) => ApiError::internal(),
         }
     }

@@ -10,6 +10,8 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod listener;
 #[cfg(feature = "local")]
@@ -18,6 +20,7 @@ pub mod meter;
 pub mod metrics;
 pub mod observe;
 pub mod openai;
+pub mod otlp;
 pub mod passthrough;
 pub mod providers;
 pub mod quota;
@@ -26,4 +29,5 @@ pub mod router;
 pub mod server;
 pub mod shed;
 pub mod stack;
+pub mod tls;
 pub mod trace;

@@ -210,7 +210,10 @@ async fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         embedded: args.store.config.is_none(),
         generated_token,
     };
-    server::serve(config, startup).await
+    let result = server::serve(config, startup).await;
+    // The spans of the last requests were queued while the server drained: send them.
+    tollgate_gateway::otlp::shutdown(tollgate_gateway::otlp::FLUSH_GRACE).await;
+    result
 }
 
 async fn run_migrate(args: StoreArgs) -> Result<(), ServeError> {

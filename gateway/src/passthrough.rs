@@ -136,7 +136,7 @@ impl Passthrough {
             .map_err(|_| "passthrough.deployment.name must be printable ASCII".to_owned())?;
         Ok(Self {
             inner: Arc::new(Inner {
-                upstream: OpenAi::new(providers.client_for(d), d),
+                upstream: OpenAi::new(providers.client_for(d), d, providers.max_upstream_body()),
                 name,
                 header,
                 store,
@@ -383,7 +383,7 @@ async fn exchange(
         let body = Body::from_stream(relay::idle_timeout(upstream.bytes_stream(), &deadlines));
         return Ok(forwarded(status, headers, body));
     }
-    let bytes = match relay::read_all(upstream, deadlines.body).await {
+    let bytes = match relay::read_all(upstream, deadlines.body, MAX_JSON_BYTES).await {
         Ok(bytes) if bytes.len() <= MAX_JSON_BYTES => bytes,
         Ok(_) => {
             let e = UpstreamError::Malformed("answer too large");

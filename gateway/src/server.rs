@@ -1,9 +1,11 @@
 //! Both listeners, start-up and graceful shutdown.
 //!
 //! Once both sockets are bound, `serve` prints one line per plane to stdout
-//! (`tollgate: data plane listening on http://ADDR`), so scripts and tests that ask for
-//! port 0 learn the real address. On SIGINT/SIGTERM it stops accepting, lets requests in
-//! flight finish for up to [`DRAIN`], then exits.
+//! (`tollgate: data plane listening on http://ADDR`, `https://` with `tls:`), so scripts
+//! and tests that ask for port 0 learn the real address. On SIGINT/SIGTERM it stops
+//! accepting, lets requests in flight finish for up to `shutdown_drain_s` (default
+//! [`DRAIN`]), then exits; what is still running then is cut by the meter's shutdown,
+//! which records what each cut request delivered.
 //!
 //! Metering: before the listeners open, the usage spool is opened (what an earlier run
 //! left in it is replayed to the store in the background). At shutdown, after the drain,
@@ -27,7 +29,8 @@ use crate::redis::Redis;
 use crate::router::Models;
 use crate::stack;
 
-/// How long shutdown waits for requests in flight (long streams) before exiting anyway.
+/// Default of `shutdown_drain_s`: how long shutdown waits for requests in flight (long
+/// streams) before cutting them.
 pub const DRAIN: Duration = Duration::from_secs(30);
 /// How long shutdown keeps flushing usage records to the store after the drain.
 pub const FLUSH_GRACE: Duration = Duration::from_secs(5);
@@ -70,6 +73,14 @@ pub async fn open_store(config: &Config) -> Result<Store, ServeError> {
 pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     let data_addr = config.listen_addr()?;
     let admin_addr = config.admin_listen_addr()?;
+    let data_tls = config.tls.as_ref().map(|t| t.acceptor("tls")).transpose()?;
+    let admin_tls = config
+        .admin
+        .tls
+        .as_ref()
+        .map(|t| t.acceptor("admin.tls"))
+        .transpose()?;
+    let drain = Duration::from_secs_f64(config.shutdown_drain_s.clamp(0.0, 3600.0));
     let store = open_store(&config).await?;
     if !config.prices.is_empty() {
         let prices: Vec<_> = config
@@ -79,8 +90,9 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
             .collect();
         store.seed_prices(&prices).await?;
     }
-    let providers =
-        ProviderSet::new().map_err(|e| ServeError::Other(format!("http client: {e}")))?;
+    let providers = ProviderSet::new()
+        .map_err(|e| ServeError::Other(format!("http client: {e}")))?
+        .with_max_upstream_body(config.max_upstream_body_bytes());
     // Local models load before the routes that use them; a bad folder is a config error.
     #[cfg(feature = "local")]
     crate::local::preload(&config)?;
@@ -163,15 +175,15 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     let data_local = local(&data_listener)?;
     let admin_local = local(&admin_listener)?;
     banner(
-        &data_local,
-        &admin_local,
+        &Plane(&data_local, data_tls.is_some()),
+        &Plane(&admin_local, admin_tls.is_some()),
         &startup,
         token_for_banner.as_deref(),
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let data_server = crate::listener::serve(data_listener, data, stop_rx.clone());
-    let admin_server = crate::listener::serve(admin_listener, admin, stop_rx);
+    let data_server = crate::listener::serve(data_listener, data, data_tls, stop_rx.clone());
+    let admin_server = crate::listener::serve(admin_listener, admin, admin_tls, stop_rx);
     let mut servers = tokio::spawn(async move { tokio::try_join!(data_server, admin_server) });
 
     let result = tokio::select! {
@@ -179,15 +191,19 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
         () = shutdown_signal() => {
             tracing::info!("shutting down: draining requests in flight");
             let _ = stop_tx.send(true);
-            match tokio::time::timeout(DRAIN, &mut servers).await {
+            load_tokenizers();
+            match tokio::time::timeout(drain, &mut servers).await {
                 Ok(result) => finish(result),
                 Err(_) => {
                     tracing::warn!(
-                        seconds = DRAIN.as_secs(),
-                        "drain timed out; exiting with requests in flight"
+                        seconds = drain.as_secs_f64(),
+                        "drain timed out; cutting the requests still in flight"
                     );
+                    // Ends the wait for the drain only: connections still open live on
+                    // until the meter's shutdown below cuts what they are serving (a
+                    // stream ends in error, a call waiting on its upstream gets 503) and
+                    // records what each delivered.
                     servers.abort();
-                    // Streams cut by the abort queue their records as their bodies drop.
                     let _ = (&mut servers).await;
                     Ok(())
                 }
@@ -205,6 +221,24 @@ fn finish(
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(ServeError::Other(format!("server error: {e}"))),
         Err(e) => Err(ServeError::Other(format!("server task failed: {e}"))),
+    }
+}
+
+/// Loads the meter's tokenizer tables (`meter::usage`) on a thread of their own, during the
+/// drain. A stream cut at the drain deadline has no usage chunk, so the meter counts what it
+/// delivered with the tokenizer; loading its tables the first time takes longer (seconds in
+/// a debug build) than the meter gives cut requests to settle, and their records were lost.
+/// A detached thread, not `spawn_blocking`: an idle gateway exits at once without waiting.
+fn load_tokenizers() {
+    for load in [
+        tiktoken_rs::o200k_base_singleton as fn() -> &'static tiktoken_rs::CoreBPE,
+        tiktoken_rs::cl100k_base_singleton,
+    ] {
+        let _ = std::thread::Builder::new()
+            .name("tokenizer-load".into())
+            .spawn(move || {
+                load();
+            });
     }
 }
 
@@ -246,17 +280,22 @@ fn local(listener: &TcpListener) -> Result<std::net::SocketAddr, ServeError> {
         .map_err(|e| ServeError::Other(format!("local address: {e}")))
 }
 
+/// A listener's address and whether it speaks TLS, shown as its base URL.
+struct Plane<'a>(&'a std::net::SocketAddr, bool);
+
+impl std::fmt::Display for Plane<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.1 { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.0)
+    }
+}
+
 /// The start-up message on stdout: where both planes listen and, on the embedded default,
 /// how to make the first tenant and key.
-fn banner(
-    data: &std::net::SocketAddr,
-    admin: &std::net::SocketAddr,
-    startup: &Startup,
-    token: Option<&str>,
-) {
+fn banner(data: &Plane<'_>, admin: &Plane<'_>, startup: &Startup, token: Option<&str>) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "tollgate: data plane listening on http://{data}");
-    let _ = writeln!(out, "tollgate: admin plane listening on http://{admin}");
+    let _ = writeln!(out, "tollgate: data plane listening on {data}");
+    let _ = writeln!(out, "tollgate: admin plane listening on {admin}");
     if startup.generated_token
         && let Some(token) = token
     {
@@ -275,9 +314,9 @@ fn banner(
         let _ = writeln!(
             out,
             "tollgate: embedded default (store {DEFAULT_DATABASE_URL} unless overridden). Create a tenant and a key:\n  \
-             curl -s -X POST http://{admin}/admin/v1/tenants -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"name\":\"acme\"}}'\n  \
-             curl -s -X POST http://{admin}/admin/v1/tenants/<tenant id>/keys -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"name\":\"dev\"}}'\n\
-             tollgate: then call http://{data}/v1 with the key; add models with --config (see README.md)"
+             curl -s -X POST {admin}/admin/v1/tenants -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"name\":\"acme\"}}'\n  \
+             curl -s -X POST {admin}/admin/v1/tenants/<tenant id>/keys -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"name\":\"dev\"}}'\n\
+             tollgate: then call {data}/v1 with the key; add models with --config (see README.md)"
         );
     }
     let _ = out.flush();

@@ -1,10 +1,12 @@
 //! Shed: a bound on the requests one gateway process works on at once (`max_in_flight`).
 //!
 //! Past the bound a request is answered at once with 503 `overloaded` and `retry-after`,
-//! before it is authenticated or its body read: under a spike the gateway keeps answering
-//! quickly and its memory stays proportional to the bound, instead of queueing without end
-//! and timing everyone out. A request counts until its response body ends or is dropped,
-//! so long streams hold their slot for as long as they run.
+//! before it is authenticated or its body parsed (the body is only read off the socket and
+//! dropped, up to 1 MiB, so the client gets the answer rather than a reset connection):
+//! under a spike the gateway keeps answering quickly and its memory stays proportional to
+//! the bound, instead of queueing without end and timing everyone out. A request counts
+//! until its response body ends or is dropped, so long streams hold their slot for as long
+//! as they run.
 //!
 //! The check is one atomic increment; nothing waits on a lock or a queue.
 
@@ -81,6 +83,29 @@ pub fn overloaded() -> ApiError {
         .with_retry_after(1)
 }
 
+/// How much of a shed request's body is read (and dropped) so its client gets the 503:
+/// closing a connection with an unread body makes TCP reset it, and a client still sending
+/// would see a broken pipe instead of the answer. A larger or slower body is cut as before.
+const DRAIN_MAX: usize = 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops `body` in the background, within [`DRAIN_MAX`] and [`DRAIN_TIME`].
+fn drain(body: Body) {
+    tokio::spawn(async move {
+        let mut frames = body.into_data_stream();
+        let mut read = 0;
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut frames).await {
+                read += chunk.len();
+                if read > DRAIN_MAX {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
 /// Holds one slot; gives it back when dropped.
 struct Slot(Arc<State>);
 
@@ -113,6 +138,7 @@ where
         if state.max > 0 && before >= state.max {
             state.in_flight.fetch_sub(1, Ordering::AcqRel);
             state.shed.inc();
+            drain(request.into_body());
             return std::future::ready(Ok(overloaded().into_response())).boxed();
         }
         state.gauge.inc();

@@ -1,7 +1,7 @@
 //! The data plane's request path, in one place. A request reads it top to bottom:
 //!
 //! 1. request id: keep the client's `x-request-id` or make one, and echo it on every response
-//! 2. trace: a span per request
+//! 2. trace: a span per request (exported over OTLP when `otlp:` is set)
 //!    observe: `x-tollgate-overhead-ms`, request metrics, the access log line
 //!    shed: past `max_in_flight` requests at once, a fast 503 `overloaded`
 //! 3. catch panic → 500 in OpenAI's shape, never a dropped connection
@@ -93,6 +93,7 @@ pub fn data_plane(config: &Config, parts: Parts) -> Result<axum::Router, prometh
             .service(router::Router),
     );
     let state = AppState { models, calls };
+    let otlp = crate::otlp::OtlpLayer::start(config.otlp.as_ref(), &registry)?;
     let max_body =
         usize::try_from(config.max_body_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
     let edge = ServiceBuilder::new()
@@ -103,6 +104,9 @@ pub fn data_plane(config: &Config, parts: Parts) -> Result<axum::Router, prometh
         .propagate_x_request_id()
         // Inside the id layers so the span can name the request.
         .layer(trace::layer())
+        // OTLP export (`otlp:`): a span per request, the caller's `traceparent` honoured;
+        // outside observe so the span sees the overhead header and every answer.
+        .option_layer(otlp)
         // Overhead header, request metrics and the access log: sees every answer below.
         .layer(ObserveLayer::new(RequestMetrics::register(&registry)?))
         // `max_in_flight`: past it, a fast 503 before any work (auth, body) is done.

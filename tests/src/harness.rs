@@ -337,6 +337,21 @@ impl Gateway {
         self.into_stopped()
     }
 
+    /// The process id, for a test that signals the process itself.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("gateway still running")
+    }
+
+    /// Waits up to `limit` for the process to exit (after a signal the test sent); returns
+    /// its exit code and what is left of it. Panics with its logs when it does not exit.
+    pub async fn wait_exit(mut self, limit: Duration) -> (Option<i32>, Stopped) {
+        let status = match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.expect("wait for the gateway"),
+            Err(_) => panic!("gateway did not exit within {limit:?}:\n{}", self.logs()),
+        };
+        (status.code(), self.into_stopped())
+    }
+
     fn into_stopped(self) -> Stopped {
         let logs = self.logs();
         Stopped {

@@ -55,6 +55,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
 mod anthropic;
+mod hostile;
 mod objects;
 
 /// What a chat or completion answers when the request does not script `mock.content`.
@@ -343,6 +344,11 @@ struct Knobs {
     error_after: Option<usize>,
     /// Anthropic only: frame stream events with `\r\n` line endings.
     crlf: bool,
+    /// A broken or malicious answer instead of the real one; see `upstream/hostile.rs`.
+    hostile: Option<hostile::Hostile>,
+    /// With an error answer (`status` >= 400 or `error`): its message repeats the
+    /// credential headers the mock received, as careless servers do.
+    echo_auth: bool,
 }
 
 /// An OpenAI-shaped error answer.
@@ -501,6 +507,13 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 Err(e) => Reply::plain(e),
                 Ok(knobs) => {
                     delay += Duration::from_millis(knobs.delay_ms);
+                    if let Some(h) = &knobs.hostile {
+                        tokio::time::sleep(delay).await;
+                        let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+                        let model = body.get("model").and_then(Value::as_str).unwrap_or("mock");
+                        let chunk_delay = Duration::from_millis(knobs.chunk_delay_ms);
+                        return hostile::respond(h, stream, model, chunk_delay).await;
+                    }
                     Reply::scripted(&shared, &parts, &body, knobs)
                 }
             }
@@ -572,6 +585,25 @@ impl Reply {
                 };
                 answer.unwrap_or_else(Payload::from)
             }
+        };
+        let payload = match payload {
+            Payload::Json(s, mut body) if knobs.echo_auth && s.as_u16() >= 400 => {
+                let echoed: Vec<String> = ["authorization", "api-key", "x-api-key"]
+                    .iter()
+                    .filter_map(|n| Some(format!("{n}: {}", parts.headers.get(*n)?.to_str().ok()?)))
+                    .collect();
+                if let Some(error) = body.get_mut("error").and_then(Value::as_object_mut) {
+                    error.insert(
+                        "message".into(),
+                        json!(format!(
+                            "Incorrect API key provided ({}).",
+                            echoed.join(", ")
+                        )),
+                    );
+                }
+                Payload::Json(s, body)
+            }
+            p => p,
         };
         Reply {
             payload,

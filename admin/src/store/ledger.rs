@@ -283,9 +283,14 @@ impl Sums {
     }
 }
 
-/// `($1, $2), ($3, $4), ...`: `rows` tuples of `columns` numbered placeholders. Only
-/// placeholders: every value is bound, none is in the text.
-fn placeholders(rows: usize, columns: usize) -> String {
+/// `($1, $2), ($3, $4), ...` (Postgres) or `(?, ?), (?, ?), ...` (SQLite): `rows` tuples of
+/// `columns` placeholders. Only placeholders: every value is bound, none is in the text.
+///
+/// SQLite gets anonymous `?`: sqlx asks SQLite for every parameter's name as it binds,
+/// and SQLite finds a numbered parameter's name by a linear scan, so binding a statement
+/// of n `$N` parameters costs n² (it was 40% of the gateway's CPU with 1000-row
+/// statements); an anonymous `?` has no name to scan for.
+fn placeholders(backend: Backend, rows: usize, columns: usize) -> String {
     let mut out = String::with_capacity(rows * columns * 7);
     for row in 0..rows {
         if row > 0 {
@@ -296,8 +301,13 @@ fn placeholders(rows: usize, columns: usize) -> String {
             if column > 0 {
                 out.push_str(", ");
             }
-            out.push('$');
-            out.push_str(&(row * columns + column + 1).to_string());
+            match backend {
+                Backend::Sqlite => out.push('?'),
+                Backend::Postgres => {
+                    out.push('$');
+                    out.push_str(&(row * columns + column + 1).to_string());
+                }
+            }
         }
         out.push(')');
     }
@@ -337,11 +347,12 @@ fn keep_prepared(rows: usize, max: usize) -> bool {
 /// Rows of `columns` bound values per statement on `backend`.
 ///
 /// SQLite statements stay small: sqlx binds each SQLite parameter after looking its name
-/// up with `sqlite3_bind_parameter_name`, a linear scan, so binding costs the square of a
-/// statement's parameter count. At 1000 rows of 18 columns that lookup took 40% of the
-/// gateway's CPU under load (perf during `bench/run`); at about
-/// [`SQLITE_PARAMS_PER_STATEMENT`] parameters it is negligible, and such statements are
-/// still kept prepared ([`keep_prepared`]).
+/// up with `sqlite3_bind_parameter_name`, a linear scan over the numbered parameters, so
+/// binding `$N` parameters costs the square of a statement's parameter count. At 1000 rows
+/// of 18 columns that lookup took 40% of the gateway's CPU under load (perf during
+/// `bench/run`). SQLite statements now use anonymous `?` ([`placeholders`]), which have
+/// no names to scan; the size is kept as a second guard, and such statements are still
+/// kept prepared ([`keep_prepared`]).
 fn rows_per_statement(backend: Backend, columns: usize) -> usize {
     match backend {
         Backend::Sqlite => (SQLITE_PARAMS_PER_STATEMENT / columns).clamp(1, ROW_STEP),
@@ -461,7 +472,7 @@ impl Store {
             let sql = format!(
                 "INSERT INTO usage_request_ids (request_id, created_at_ms) VALUES {} \
                  ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-                placeholders(chunk.len(), ID_COLUMNS)
+                placeholders(self.backend, chunk.len(), ID_COLUMNS)
             );
             // Placeholders only (see `placeholders`).
             let mut query =
@@ -490,7 +501,7 @@ impl Store {
                  endpoint, status, input_tokens, output_tokens, cached_tokens, images, \
                  cost_micro_usd, cache_hit, usage_reported, client_disconnected, latency_ms, \
                  ttft_ms, created_at_ms) VALUES {}",
-                placeholders(chunk.len(), RECORD_COLUMNS)
+                placeholders(self.backend, chunk.len(), RECORD_COLUMNS)
             );
             // Placeholders only (see `placeholders`).
             let mut query =
@@ -546,7 +557,7 @@ impl Store {
                  cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, \
                  images = usage_daily.images + excluded.images, \
                  cost_micro_usd = usage_daily.cost_micro_usd + excluded.cost_micro_usd",
-                placeholders(chunk.len(), DAILY_COLUMNS)
+                placeholders(self.backend, chunk.len(), DAILY_COLUMNS)
             );
             // Placeholders only (see `placeholders`).
             let mut query =
@@ -821,8 +832,12 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_per_row() {
-        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(placeholders(1, 1), "($1)");
+        assert_eq!(
+            placeholders(Backend::Postgres, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(placeholders(Backend::Postgres, 1, 1), "($1)");
+        assert_eq!(placeholders(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
         for backend in [Backend::Sqlite, Backend::Postgres] {
             for columns in [ID_COLUMNS, RECORD_COLUMNS, DAILY_COLUMNS] {
                 let rows = rows_per_statement(backend, columns);

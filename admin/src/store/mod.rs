@@ -47,6 +47,10 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connections per pool. SQLite serialises writers anyway; Postgres gets a modest pool per
 /// replica so N replicas stay well under the server's connection limit.
 const MAX_CONNECTIONS: u32 = 10;
+/// Connections to a SQLite file: each is a thread of sqlx's with its own page cache (up to
+/// 2 MiB), and one writer at a time is all SQLite allows. With 10, the embedded default's
+/// peak RSS under 20,000 requests at 32 connections was 45.6 MiB; with 4, 38.8 MiB.
+const SQLITE_MAX_CONNECTIONS: u32 = 4;
 
 /// Which database a [`Store`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,7 +219,10 @@ impl Store {
                 .idle_timeout(None)
                 .max_lifetime(None);
         } else {
-            options = options.max_connections(MAX_CONNECTIONS);
+            options = options.max_connections(match backend {
+                Backend::Sqlite => SQLITE_MAX_CONNECTIONS,
+                Backend::Postgres => MAX_CONNECTIONS,
+            });
             if backend == Backend::Sqlite && !url.contains("mode=") {
                 url.push_str(if url.contains('?') {
                     "&mode=rwc"

@@ -102,8 +102,13 @@ pub async fn run(
         .map_err(|e| WorkerError::Listen(e.to_string()))?;
     println!("tollgate worker: serving '{name}' ({kind}) on http://{bound}/v1");
     let app = router(Arc::new(engine), &name);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(crate::server::shutdown_signal())
+    // The gateway's own listener: the same header timeout, head limit (431) and drain.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::server::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    crate::listener::serve(listener, app, None, stop_rx)
         .await
         .map_err(WorkerError::Serve)
 }

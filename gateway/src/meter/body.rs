@@ -44,6 +44,10 @@ pub struct MeterBody {
     strip_usage: bool,
     /// Bytes of an event not complete yet.
     pending: BytesMut,
+    /// Where the scan of `pending` for an event's end resumes: the start of its last,
+    /// incomplete line. Rescanning from 0 on every chunk would make an upstream that
+    /// trickles one large event in small pieces cost the square of its size.
+    scanned: usize,
     /// Ready to go to the client.
     out: VecDeque<Bytes>,
     /// The final frame(s), released once the record is durable.
@@ -96,6 +100,7 @@ impl MeterBody {
             facts: Some(facts),
             strip_usage,
             pending: BytesMut::new(),
+            scanned: 0,
             out: VecDeque::new(),
             held: Vec::new(),
             seen: Seen::default(),
@@ -110,7 +115,15 @@ impl MeterBody {
     /// held); a partial event waits for the rest.
     fn feed(&mut self, data: Bytes) {
         self.pending.extend_from_slice(&data);
-        while let Some(len) = event_len(&self.pending) {
+        loop {
+            let len = match scan_event(&self.pending, self.scanned) {
+                Ok(len) => len,
+                Err(resume) => {
+                    self.scanned = resume;
+                    return;
+                }
+            };
+            self.scanned = 0;
             let event = self.pending.split_to(len).freeze();
             match self.inspect(&event) {
                 Action::Keep => self.out.push_back(event),
@@ -318,38 +331,47 @@ impl Drop for MeterBody {
 
 /// Length of the first complete event in `buf` (up to and including the blank line that
 /// ends it; lines end in `\n`, `\r\n` or `\r`), or `None` while it is incomplete.
-fn event_len(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    let mut line_start = 0;
+pub(crate) fn event_len(buf: &[u8]) -> Option<usize> {
+    scan_event(buf, 0).ok()
+}
+
+/// [`event_len`], scanning from `from`: the start of a line, with no event's end before it.
+/// `Err` gives where the next scan (once more bytes came) can resume: the start of the
+/// last, incomplete line.
+fn scan_event(buf: &[u8], from: usize) -> Result<usize, usize> {
+    let mut i = from;
+    let mut line_start = from;
     while i < buf.len() {
         match buf[i] {
             b'\n' => {
                 let empty = i == line_start;
                 i += 1;
                 if empty {
-                    return Some(i);
+                    return Ok(i);
                 }
                 line_start = i;
             }
             b'\r' => {
                 // `\r` may be the first half of `\r\n` still on its way.
-                let next = *buf.get(i + 1)?;
+                let Some(&next) = buf.get(i + 1) else {
+                    return Err(line_start);
+                };
                 let empty = i == line_start;
                 i += if next == b'\n' { 2 } else { 1 };
                 if empty {
-                    return Some(i);
+                    return Ok(i);
                 }
                 line_start = i;
             }
             _ => i += 1,
         }
     }
-    None
+    Err(line_start)
 }
 
 /// The `data` of one event (several `data:` lines joined by `\n`), or `None` when it has
 /// none (a comment, a keep-alive).
-fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+pub(crate) fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
     let mut found: Option<Cow<'_, [u8]>> = None;
     for line in event.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -384,6 +406,40 @@ mod tests {
         assert_eq!(event_len(b"data: a\n"), None);
         assert_eq!(event_len(b"data: a\r\n\r"), None);
         assert_eq!(event_len(b": ping\n\n"), Some(8));
+    }
+
+    /// Resuming where the last scan stopped finds the same ends as scanning from 0, for
+    /// every way of cutting the input.
+    #[test]
+    fn resumed_scans_agree_with_whole_scans() {
+        let input: &[u8] = b"data: a\r\n\r\nevent: x\ndata: bb\n\n: c\r\rdata: d\n\ndata: e";
+        for cut in 0..=input.len() {
+            let mut buf = Vec::new();
+            let mut from = 0;
+            let mut ends = Vec::new();
+            for piece in [&input[..cut], &input[cut..]] {
+                buf.extend_from_slice(piece);
+                loop {
+                    match scan_event(&buf, from) {
+                        Ok(len) => {
+                            ends.push(buf.drain(..len).collect::<Vec<u8>>());
+                            from = 0;
+                        }
+                        Err(resume) => {
+                            from = resume;
+                            break;
+                        }
+                    }
+                }
+            }
+            let mut whole = input.to_vec();
+            let mut expected = Vec::new();
+            while let Some(len) = event_len(&whole) {
+                expected.push(whole.drain(..len).collect::<Vec<u8>>());
+            }
+            assert_eq!(ends, expected, "cut at {cut}");
+            assert_eq!(buf, whole, "cut at {cut}");
+        }
     }
 
     #[test]

@@ -68,6 +68,8 @@ use crate::openai::{Endpoint, Request};
 use crate::router::DEPLOYMENT_HEADER;
 
 pub use body::MeterBody;
+/// The meter's SSE framing, for the fuzz targets (`crate::fuzzing`).
+pub(crate) use body::{event_data, event_len};
 use prices::Prices;
 use spool::{FlushStop, Spool, SpoolError, SpoolMetrics, SpoolSettings};
 use usage::{Prompt, Seen};
@@ -127,8 +129,11 @@ struct LedgerInner {
     closing: Arc<watch::Sender<bool>>,
 }
 
-/// How long shutdown waits for requests still in the meter to append their records.
-const SETTLE_GRACE: Duration = Duration::from_secs(2);
+/// How long shutdown waits for requests still in the meter to append their records. A cut
+/// stream has no usage chunk and is counted by the tokenizer, whose tables may still be
+/// loading (the server starts that at SIGTERM; seconds on a busy machine). Drain (30 s) +
+/// this + the flush grace (5 s) stays inside the Kubernetes manifest's 45 s.
+const SETTLE_GRACE: Duration = Duration::from_secs(5);
 
 /// The meter's background work, to stop at shutdown.
 pub struct MeterTasks {
@@ -175,11 +180,14 @@ impl Ledger {
     ) -> Result<(Ledger, MeterTasks), MeterError> {
         let metrics = SpoolMetrics::new()?;
         metrics.register(registry)?;
-        let settings = SpoolSettings::new(
-            PathBuf::from(&config.spool_dir),
-            config.meter.spool_max_mb.saturating_mul(1024 * 1024),
-            Duration::from_millis(config.meter.flush_interval_ms),
-        );
+        let settings = SpoolSettings {
+            sync: config.meter.spool_sync,
+            ..SpoolSettings::new(
+                PathBuf::from(&config.spool_dir),
+                config.meter.spool_max_mb.saturating_mul(1024 * 1024),
+                Duration::from_millis(config.meter.flush_interval_ms),
+            )
+        };
         let (spool, flusher) = Spool::open(settings, metrics)?;
         let prices = Arc::new(Prices::new(store.clone()));
         if let Err(e) = prices.refresh().await {

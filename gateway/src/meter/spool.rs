@@ -21,6 +21,12 @@
 //! request waits for just its own. A segment is closed at `segment_bytes` and a new one
 //! created (and the folder synced, so the new file's name is durable too).
 //!
+//! With `meter.spool_sync: background` ([`SpoolSync::Background`]) there is no writer
+//! thread to wait for: the appending task writes its record itself (one `write` under a
+//! mutex), which a crash of this process cannot undo, and is acknowledged at once; a sync
+//! thread makes what was written durable within [`BACKGROUND_SYNC`] (and the writer before
+//! a rotation or a stop). That saves each request a disk sync and two thread hand-offs.
+//!
 //! # Flushing
 //!
 //! [`Flusher::run`] reads the segments in order, only as far as the writer has synced,
@@ -60,6 +66,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tollgate_admin::store::{Store, StoreError, UsageRecord};
 
+pub use crate::config::SpoolSync;
+
 /// Segment file names: twelve digits and this suffix.
 const SEGMENT_SUFFIX: &str = ".jsonl";
 const CHECKPOINT: &str = "checkpoint";
@@ -73,6 +81,8 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// Largest segment file; smaller when the whole spool is small.
 const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+/// Under [`SpoolSync::Background`]: longest time written records stay unsynced.
+pub const BACKGROUND_SYNC: Duration = Duration::from_millis(100);
 
 /// How the spool is set up (from `spool_dir` and the `meter:` section).
 #[derive(Clone, Debug)]
@@ -88,6 +98,8 @@ pub struct SpoolSettings {
     pub flush_interval: Duration,
     /// Most records per store insert.
     pub batch_records: usize,
+    /// Whether an append is acknowledged after `fdatasync` or after `write`.
+    pub sync: SpoolSync,
 }
 
 impl SpoolSettings {
@@ -100,6 +112,7 @@ impl SpoolSettings {
             segment_bytes: (max_bytes / 4).clamp(4096, SEGMENT_BYTES),
             flush_interval,
             batch_records: 1000,
+            sync: SpoolSync::Always,
         }
     }
 }
@@ -196,9 +209,18 @@ enum Message {
     Stop(oneshot::Sender<()>),
 }
 
+/// Where appends go.
+enum AppendTo {
+    /// Group commits on the writer thread ([`SpoolSync::Always`]).
+    Thread(mpsc::Sender<Message>),
+    /// Written by the appending thread itself ([`SpoolSync::Background`]); `None` once
+    /// closed.
+    Inline(Arc<Mutex<Option<Writer>>>),
+}
+
 struct Shared {
-    tx: mpsc::Sender<Message>,
-    /// False once the writer thread has stopped: nothing could be made durable.
+    sink: AppendTo,
+    /// False once the writer has stopped: nothing could be made durable.
     writing: Arc<AtomicBool>,
     max_bytes: i64,
     metrics: SpoolMetrics,
@@ -218,16 +240,28 @@ impl std::fmt::Debug for Spool {
     }
 }
 
-/// Resolves when the record is durable (or its group failed).
-pub struct Ack(oneshot::Receiver<Result<(), SpoolError>>);
+/// Resolves when the record is written as `meter.spool_sync` asks (or its group failed).
+pub struct Ack(AckState);
+
+enum AckState {
+    /// The writer thread answers after the group's sync.
+    Pending(oneshot::Receiver<Result<(), SpoolError>>),
+    /// Already written (inline); taken by the first poll.
+    Ready(Option<Result<(), SpoolError>>),
+}
 
 impl Future for Ack {
     type Output = Result<(), SpoolError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(SpoolError::Closed)))
+        match &mut self.0 {
+            AckState::Pending(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(SpoolError::Closed))),
+            AckState::Ready(result) => {
+                Poll::Ready(result.take().unwrap_or(Err(SpoolError::Closed)))
+            }
+        }
     }
 }
 
@@ -295,33 +329,50 @@ impl Spool {
         };
         let (committed_tx, committed_rx) = watch::channel(start);
         let sealed = Arc::new(Mutex::new(BTreeMap::new()));
-        let (tx, rx) = mpsc::channel();
         let writing = Arc::new(AtomicBool::new(true));
-        let shared = Arc::new(Shared {
-            tx,
-            writing: writing.clone(),
-            max_bytes: i64::try_from(settings.max_bytes).unwrap_or(i64::MAX),
-            metrics: metrics.clone(),
-        });
         let writer = Writer {
             dir: dir.clone(),
             segment_bytes: settings.segment_bytes.max(1),
             segment: first,
             file,
             size: 0,
+            synced: 0,
+            sync: settings.sync,
             broken: false,
             committed: committed_tx,
             sealed: sealed.clone(),
             metrics: metrics.clone(),
             _lock: lock.clone(),
         };
-        std::thread::Builder::new()
-            .name("tollgate-spool".into())
-            .spawn(move || {
-                writer.run(rx);
-                writing.store(false, Ordering::SeqCst);
-            })
-            .map_err(open_err)?;
+        let sink = match settings.sync {
+            SpoolSync::Always => {
+                let (tx, rx) = mpsc::channel();
+                let writing = writing.clone();
+                std::thread::Builder::new()
+                    .name("tollgate-spool".into())
+                    .spawn(move || {
+                        writer.run(rx);
+                        writing.store(false, Ordering::SeqCst);
+                    })
+                    .map_err(open_err)?;
+                AppendTo::Thread(tx)
+            }
+            SpoolSync::Background => {
+                let writer = Arc::new(Mutex::new(Some(writer)));
+                let weak = Arc::downgrade(&writer);
+                std::thread::Builder::new()
+                    .name("tollgate-spool-sync".into())
+                    .spawn(move || sync_loop(&weak))
+                    .map_err(open_err)?;
+                AppendTo::Inline(writer)
+            }
+        };
+        let shared = Arc::new(Shared {
+            sink,
+            writing,
+            max_bytes: i64::try_from(settings.max_bytes).unwrap_or(i64::MAX),
+            metrics: metrics.clone(),
+        });
         let flusher = Flusher {
             settings,
             metrics,
@@ -349,30 +400,94 @@ impl Spool {
         &self.shared.metrics
     }
 
-    /// Queues `record` for the next group commit. Synchronous, so a body dropped by a
-    /// disconnected client can still append; await the [`Ack`] to know it is durable.
+    /// Queues `record` for the next group commit, or (background sync) writes it now.
+    /// Synchronous, so a body dropped by a disconnected client can still append; await
+    /// the [`Ack`] to know it is written.
     pub fn append(&self, record: &UsageRecord) -> Result<Ack, SpoolError> {
         let mut line = serde_json::to_vec(record).map_err(SpoolError::Serialize)?;
         line.push(b'\n');
         let len = i64::try_from(line.len()).unwrap_or(i64::MAX);
-        let (ack, rx) = oneshot::channel();
         let metrics = &self.shared.metrics;
         metrics.depth_bytes.add(len);
         metrics.depth_records.inc();
-        if self.shared.tx.send(Message::Append { line, ack }).is_err() {
+        let closed = || {
             metrics.depth_bytes.sub(len);
             metrics.depth_records.dec();
-            return Err(SpoolError::Closed);
+            SpoolError::Closed
+        };
+        match &self.shared.sink {
+            AppendTo::Thread(tx) => {
+                let (ack, rx) = oneshot::channel();
+                if tx.send(Message::Append { line, ack }).is_err() {
+                    return Err(closed());
+                }
+                Ok(Ack(AckState::Pending(rx)))
+            }
+            AppendTo::Inline(writer) => {
+                let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
+                let Some(writer) = writer.as_mut() else {
+                    return Err(closed());
+                };
+                let result = writer.write_group(&line, 1).map_err(SpoolError::Write);
+                Ok(Ack(AckState::Ready(Some(result))))
+            }
         }
-        Ok(Ack(rx))
     }
 
     /// Writes and syncs every append queued so far, then stops the writer; later appends
     /// fail with [`SpoolError::Closed`].
     pub async fn close(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.shared.tx.send(Message::Stop(tx)).is_ok() {
-            let _ = rx.await;
+        match &self.shared.sink {
+            AppendTo::Thread(tx) => {
+                let (done, rx) = oneshot::channel();
+                if tx.send(Message::Stop(done)).is_ok() {
+                    let _ = rx.await;
+                }
+            }
+            AppendTo::Inline(writer) => {
+                let writer = writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+                if let Some(mut writer) = writer {
+                    // A last sync; then the files and the lock are released.
+                    writer.sync_written();
+                    self.shared.writing.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+}
+
+/// [`SpoolSync::Background`]: every [`BACKGROUND_SYNC`], syncs what was written since the
+/// last time, on a second handle of the segment so that appends go on meanwhile. Ends when
+/// the spool is closed or dropped.
+fn sync_loop(writer: &std::sync::Weak<Mutex<Option<Writer>>>) {
+    loop {
+        std::thread::sleep(BACKGROUND_SYNC);
+        let Some(writer) = writer.upgrade() else {
+            return;
+        };
+        let job = {
+            let mut guard = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(w) = guard.as_mut() else { return };
+            if w.synced >= w.size {
+                continue;
+            }
+            match w.file.try_clone() {
+                Ok(file) => (file, w.segment, w.size),
+                // No second handle: sync under the lock instead.
+                Err(_) => {
+                    w.sync_written();
+                    continue;
+                }
+            }
+        };
+        let (file, segment, size) = job;
+        let result = file.sync_data();
+        let mut guard = writer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = guard.as_mut().filter(|w| w.segment == segment) {
+            match result {
+                Ok(()) => w.synced = w.synced.max(size),
+                Err(e) => w.sync_failed(&e),
+            }
         }
     }
 }
@@ -384,8 +499,11 @@ struct Writer {
     segment_bytes: u64,
     segment: u64,
     file: File,
-    /// Synced length of `file`.
+    /// Written length of `file` (all of it acknowledged).
     size: u64,
+    /// Synced length of `file` (`size` under [`SpoolSync::Always`]).
+    synced: u64,
+    sync: SpoolSync,
     /// The last write or sync failed: start a new segment before the next one.
     broken: bool,
     committed: watch::Sender<Position>,
@@ -422,16 +540,7 @@ impl Writer {
                 }
             }
             if !acks.is_empty() {
-                let result = self.commit(&buf).map_err(Arc::new);
-                if result.is_err() {
-                    // These records will never be flushed.
-                    self.metrics
-                        .depth_bytes
-                        .sub(i64::try_from(buf.len()).unwrap_or(i64::MAX));
-                    self.metrics
-                        .depth_records
-                        .sub(i64::try_from(acks.len()).unwrap_or(i64::MAX));
-                }
+                let result = self.write_group(&buf, acks.len());
                 for ack in acks.drain(..) {
                     let _ = ack.send(result.clone().map_err(SpoolError::Write));
                 }
@@ -446,19 +555,40 @@ impl Writer {
         }
     }
 
-    /// Appends `buf` to the current segment and syncs it; on failure cuts the segment back
-    /// to its synced length so no partial group stays behind.
+    /// Commits `buf`, the lines of `records` records; on failure takes them off the
+    /// spool's depth (they will never be flushed).
+    fn write_group(&mut self, buf: &[u8], records: usize) -> Result<(), Arc<io::Error>> {
+        let result = self.commit(buf).map_err(Arc::new);
+        if result.is_err() {
+            self.metrics
+                .depth_bytes
+                .sub(i64::try_from(buf.len()).unwrap_or(i64::MAX));
+            self.metrics
+                .depth_records
+                .sub(i64::try_from(records).unwrap_or(i64::MAX));
+        }
+        result
+    }
+
+    /// Appends `buf` to the current segment and syncs it (under [`SpoolSync::Always`]); on
+    /// failure cuts the segment back to its acknowledged length so no partial group stays
+    /// behind.
     fn commit(&mut self, buf: &[u8]) -> io::Result<()> {
         if self.broken || (self.size > 0 && self.size + buf.len() as u64 > self.segment_bytes) {
+            self.sync_written();
             self.rotate()?;
         }
-        let written = self
-            .file
-            .write_all(buf)
-            .and_then(|()| self.file.sync_data());
+        let sync = self.sync;
+        let written = self.file.write_all(buf).and_then(|()| match sync {
+            SpoolSync::Always => self.file.sync_data(),
+            SpoolSync::Background => Ok(()),
+        });
         match written {
             Ok(()) => {
                 self.size += buf.len() as u64;
+                if sync == SpoolSync::Always {
+                    self.synced = self.size;
+                }
                 self.committed.send_replace(Position {
                     segment: self.segment,
                     offset: self.size,
@@ -479,6 +609,27 @@ impl Writer {
         }
     }
 
+    /// Syncs what was written and acknowledged but not yet synced
+    /// ([`SpoolSync::Background`]). A failure is logged: those records were already
+    /// acknowledged, and the flusher still reads them from the kernel's copy.
+    fn sync_written(&mut self) {
+        if self.synced >= self.size {
+            return;
+        }
+        match self.file.sync_data() {
+            Ok(()) => self.synced = self.size,
+            Err(e) => self.sync_failed(&e),
+        }
+    }
+
+    /// After a failed sync the file's state is unknown: go on in a fresh segment (the next
+    /// write rotates), and don't retry this one every [`BACKGROUND_SYNC`].
+    fn sync_failed(&mut self, e: &io::Error) {
+        tracing::error!(error = %e, segment = self.segment, "spool background sync failed");
+        self.synced = self.size;
+        self.broken = true;
+    }
+
     fn rotate(&mut self) -> io::Result<()> {
         let next = self.segment + 1;
         let file = create_segment(&self.dir, next)?;
@@ -489,6 +640,7 @@ impl Writer {
         self.segment = next;
         self.file = file;
         self.size = 0;
+        self.synced = 0;
         self.broken = false;
         self.committed.send_replace(Position {
             segment: next,
@@ -1019,9 +1171,49 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn appends_are_flushed_in_order_and_segments_deleted() {
+        flushed_in_order(SpoolSync::Always).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_sync_flushes_in_order_too() {
+        flushed_in_order(SpoolSync::Background).await;
+    }
+
+    /// An acknowledged record is in the file for any reader (so a kill -9 of the process
+    /// keeps it) before the background sync has run, and a restart replays it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_acks_mean_written_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SpoolSettings {
+            sync: SpoolSync::Background,
+            ..settings(dir.path())
+        };
+        let (spool, flusher) = Spool::open(settings.clone(), SpoolMetrics::new().unwrap()).unwrap();
+        spool.append(&record("bg-1")).unwrap().await.unwrap();
+        let segment = *list_segments(dir.path()).unwrap().last().unwrap();
+        let text = fs::read_to_string(segment_path(dir.path(), segment)).unwrap();
+        assert!(text.contains("\"bg-1\""), "{text}");
+        spool.close().await;
+        drop(flusher);
+        // A new process replays it.
+        let (_spool, flusher) = Spool::open(settings, SpoolMetrics::new().unwrap()).unwrap();
+        let fake = Fake::default();
+        let (stop, stop_rx) = FlushStop::new();
+        let task = tokio::spawn(flusher.run(fake.clone(), stop_rx));
+        wait_for(&fake, 1).await;
+        stop.stop_by(Instant::now() + Duration::from_secs(1));
+        task.await.unwrap();
+        assert_eq!(fake.ids(), vec!["bg-1".to_owned()]);
+    }
+
+    async fn flushed_in_order(sync: SpoolSync) {
         let dir = tempfile::tempdir().unwrap();
         let metrics = SpoolMetrics::new().unwrap();
-        let (spool, flusher) = Spool::open(settings(dir.path()), metrics.clone()).unwrap();
+        let settings = SpoolSettings {
+            sync,
+            ..settings(dir.path())
+        };
+        let (spool, flusher) = Spool::open(settings, metrics.clone()).unwrap();
         let fake = Fake::default();
         let (stop, stop_rx) = FlushStop::new();
         let task = tokio::spawn(flusher.run(fake.clone(), stop_rx));

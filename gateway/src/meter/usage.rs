@@ -230,6 +230,12 @@ impl Prompt {
         }
     }
 
+    /// An upper bound on [`Prompt::count`] without a tokenizer: every BPE token stands for
+    /// at least one byte of its text, so a text has at most as many tokens as bytes.
+    pub fn upper_bound(&self) -> u64 {
+        self.known + self.texts.iter().map(|t| t.len() as u64).sum::<u64>()
+    }
+
     /// Prompt tokens by the tokenizer (CPU work: call off the async threads).
     pub fn count(&self, model: &str) -> u64 {
         let bpe = encoding(model);

@@ -33,10 +33,12 @@ pub struct Azure {
     api_version: String,
     api_key: Option<HeaderValue>,
     timeouts: relay::Timeouts,
+    guard: relay::Guard,
 }
 
 impl Azure {
-    pub fn new(client: reqwest::Client, d: &DeploymentConfig) -> Self {
+    /// `max_body`: the most of an answer held in memory (`max_upstream_body_mb`).
+    pub fn new(client: reqwest::Client, d: &DeploymentConfig, max_body: usize) -> Self {
         let base = d
             .base_url
             .as_deref()
@@ -52,6 +54,7 @@ impl Azure {
                 .as_ref()
                 .and_then(|k| relay::secret_header(k.expose())),
             timeouts: relay::Timeouts::from_config(d),
+            guard: relay::Guard::new(d, max_body),
         }
     }
 
@@ -73,7 +76,14 @@ impl Azure {
         if let Some(key) = &self.api_key {
             builder = builder.header(API_KEY_HEADER, key.clone());
         }
-        openai::forward(builder, request, upstream_model, &self.timeouts).await
+        openai::forward(
+            builder,
+            request,
+            upstream_model,
+            &self.timeouts,
+            &self.guard,
+        )
+        .await
     }
 
     fn url(&self, endpoint: Endpoint) -> String {
@@ -99,7 +109,11 @@ mod tests {
         let config = Config::parse(&yaml, &|_| None).unwrap().validate().unwrap();
         // The binary installs the TLS provider in main; a test has to do it itself.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Azure::new(reqwest::Client::new(), &config.models[0].deployments[0])
+        Azure::new(
+            reqwest::Client::new(),
+            &config.models[0].deployments[0],
+            1 << 20,
+        )
     }
 
     #[test]

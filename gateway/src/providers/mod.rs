@@ -26,10 +26,12 @@ use crate::config::{DeploymentConfig, ProviderKind};
 use crate::error::UpstreamError;
 use crate::openai::Request;
 
-/// Shared parts every provider is built from: one pooled HTTP client for all upstreams.
+/// Shared parts every provider is built from: one pooled HTTP client for all upstreams,
+/// and the most of an answer a provider holds in memory.
 #[derive(Clone, Debug)]
 pub struct ProviderSet {
     client: reqwest::Client,
+    max_upstream_body: usize,
 }
 
 impl ProviderSet {
@@ -37,22 +39,39 @@ impl ProviderSet {
     /// only place a request can go.
     pub fn new() -> Result<Self, reqwest::Error> {
         let client = client(DEFAULT_CONNECT_TIMEOUT)?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            max_upstream_body: crate::config::Config::default().max_upstream_body_bytes(),
+        })
+    }
+
+    /// Sets `max_upstream_body_mb` (in bytes) for the providers built from now on.
+    pub fn with_max_upstream_body(mut self, bytes: usize) -> Self {
+        self.max_upstream_body = bytes;
+        self
+    }
+
+    /// `max_upstream_body_mb` in bytes.
+    pub fn max_upstream_body(&self) -> usize {
+        self.max_upstream_body
     }
 
     /// The provider for one deployment (config validation has checked its fields).
     pub fn build(&self, d: &DeploymentConfig) -> Provider {
         let client = self.client_for(d);
+        let max = self.max_upstream_body;
         match d.provider {
-            ProviderKind::Openai => Provider::OpenAi(openai::OpenAi::new(client, d)),
-            ProviderKind::Azure => Provider::Azure(azure::Azure::new(client, d)),
-            ProviderKind::Anthropic => Provider::Anthropic(anthropic::Anthropic::new(client, d)),
+            ProviderKind::Openai => Provider::OpenAi(openai::OpenAi::new(client, d, max)),
+            ProviderKind::Azure => Provider::Azure(azure::Azure::new(client, d, max)),
+            ProviderKind::Anthropic => {
+                Provider::Anthropic(anthropic::Anthropic::new(client, d, max))
+            }
             #[cfg(feature = "local")]
             ProviderKind::Local => Provider::Local(crate::local::Local::new(d)),
             // `Config::validate` refuses `local` in a build without it; should one slip
             // through, it is spoken to as OpenAI-compatible rather than crashing the start.
             #[cfg(not(feature = "local"))]
-            ProviderKind::Local => Provider::OpenAi(openai::OpenAi::new(client, d)),
+            ProviderKind::Local => Provider::OpenAi(openai::OpenAi::new(client, d, max)),
         }
     }
 }

@@ -28,10 +28,12 @@ pub struct OpenAi {
     /// `Bearer <api_key>`, made once; `None` for servers that need no key.
     authorization: Option<HeaderValue>,
     timeouts: relay::Timeouts,
+    guard: relay::Guard,
 }
 
 impl OpenAi {
-    pub fn new(client: reqwest::Client, d: &DeploymentConfig) -> Self {
+    /// `max_body`: the most of an answer held in memory (`max_upstream_body_mb`).
+    pub fn new(client: reqwest::Client, d: &DeploymentConfig, max_body: usize) -> Self {
         Self {
             client,
             base_url: d
@@ -46,6 +48,7 @@ impl OpenAi {
                 .filter(|k| !k.expose().is_empty())
                 .and_then(|k| relay::secret_header(&format!("Bearer {}", k.expose()))),
             timeouts: relay::Timeouts::from_config(d),
+            guard: relay::Guard::new(d, max_body),
         }
     }
 
@@ -55,7 +58,14 @@ impl OpenAi {
         upstream_model: &str,
     ) -> Result<Response, UpstreamError> {
         let builder = self.request(http::Method::POST, request.endpoint.path());
-        forward(builder, request, upstream_model, &self.timeouts).await
+        forward(
+            builder,
+            request,
+            upstream_model,
+            &self.timeouts,
+            &self.guard,
+        )
+        .await
     }
 
     /// A request to `path` below the API root, with the upstream's credentials. Also how
@@ -83,6 +93,7 @@ pub(super) async fn forward(
     request: &Request,
     upstream_model: &str,
     timeouts: &relay::Timeouts,
+    guard: &relay::Guard,
 ) -> Result<Response, UpstreamError> {
     let deadlines = timeouts.start();
     let body = serde_json::to_vec(&WithModel {
@@ -97,7 +108,7 @@ pub(super) async fn forward(
         builder = builder.header(header::ACCEPT, "text/event-stream");
     }
     let upstream = relay::send(builder, deadlines.headers).await?;
-    relay::passthrough(upstream, request.stream, &deadlines).await
+    relay::passthrough(upstream, request.stream, &deadlines, guard).await
 }
 
 /// Serializes the client's body with `model` replaced, without copying the body.

@@ -5,9 +5,11 @@
 //! The layer sits in the inner stack above the meter. For each request whose tenant or key
 //! has any limit it:
 //!
-//! 1. estimates what the request may use ([`tokens`]): prompt tokens by the tokenizer plus
+//! 1. estimates what the request may use ([`tokens`]): prompt tokens plus
 //!    `max_completion_tokens` / `max_tokens` (or `limits.default_max_tokens`), and their
-//!    cost at the model's price (the meter's price cache);
+//!    cost at the model's price (the meter's price cache). Prompt tokens are first bounded
+//!    by the texts' byte length; the tokenizer runs only when a tpm limit refuses that
+//!    bound;
 //! 2. checks and reserves in one atomic step, both scopes at once ([`engine`]): in process
 //!    ([`local`]) by default, in Redis ([`redis`], one Lua script) when `redis_url` is set;
 //! 3. refuses with 429 and `retry-after`: `rate_limit_exceeded` for rpm, tpm and
@@ -64,6 +66,7 @@ use engine::{Ask, Counts, Decision, Limit, Month, Scope, ScopeLimits, Taken, WIN
 use local::LocalEngine;
 use plans::Plans;
 use redis::RedisEngine;
+use tokens::Count;
 
 /// After a Redis failure, how long requests skip Redis (and get the failure policy).
 const REDIS_BACKOFF_MS: i64 = 1000;
@@ -519,12 +522,14 @@ impl Watch {
     /// Counts the output tokens in `data` (complete `data:` lines; a partial line waits
     /// for the next frame).
     fn count(&mut self, data: &[u8]) -> u64 {
-        self.line.extend_from_slice(data);
-        let Some(last) = self.line.iter().rposition(|b| *b == b'\n') else {
+        // Only the new bytes are searched: a line trickling in small pieces costs its
+        // length once, not its length squared.
+        let Some(last) = data.iter().rposition(|b| *b == b'\n') else {
+            self.line.extend_from_slice(data);
             return 0;
         };
-        let rest = self.line.split_off(last + 1);
-        let complete = std::mem::replace(&mut self.line, rest);
+        self.line.extend_from_slice(&data[..=last]);
+        let complete = std::mem::replace(&mut self.line, data[last + 1..].to_vec());
         let mut tokens = 0;
         for line in complete.split(|b| *b == b'\n') {
             let Some(json) = line.strip_prefix(b"data:") else {
@@ -709,12 +714,24 @@ where
             if limits.iter().all(ScopeLimits::is_unlimited) {
                 return inner.call(call).await;
             }
-            let (mut ask, covered, step_cost) = quota.ask(&call, limits).await;
+            let (mut ask, covered, step_cost) = quota.ask(&call, limits, Count::Bound).await;
             let watched = call.request.stream
                 && !tokens::bounded(&call.request)
                 && ask.limits.iter().any(ScopeLimits::has_monthly);
             let model = call.request.model.clone();
-            let (engine, counts) = match quota.admit(&mut ask).await {
+            let mut admitted = quota.admit(&mut ask).await;
+            // Only a tpm check weighs this request's tokens (monthly budgets and tokens
+            // admit while spent + reserved is below the limit), so only a tpm refusal can
+            // change with the tokenizer's count, never larger than the byte bound.
+            if let Err(Refusal::Limited {
+                limit: Limit::Tokens,
+                ..
+            }) = admitted
+            {
+                (ask, _, _) = quota.ask(&call, limits, Count::Exact).await;
+                admitted = quota.admit(&mut ask).await;
+            }
+            let (engine, counts) = match admitted {
                 Ok(admitted) => admitted,
                 Err(refusal) => return Ok(quota.refuse(&ask, refusal)),
             };
@@ -763,11 +780,11 @@ impl Quota {
     /// The reservation for `call`: tokens only when a token limit or budget needs them.
     /// Also: the output tokens it covers and what [`STEP`] more output costs (for
     /// [`Watch`]).
-    async fn ask(&self, call: &Call, limits: [ScopeLimits; 2]) -> (Ask, u64, i64) {
+    async fn ask(&self, call: &Call, limits: [ScopeLimits; 2], count: Count) -> (Ask, u64, i64) {
         let needs_tokens = limits.iter().any(|l| l.tpm.is_some() || l.has_monthly());
         let needs_cost = limits.iter().any(|l| l.budget.is_some());
         let (tokens, cost, output, step_cost) = if needs_tokens {
-            let usage = tokens::estimate(&call.request, self.inner.default_max_tokens);
+            let usage = tokens::estimate(&call.request, self.inner.default_max_tokens, count);
             let price = if needs_cost {
                 self.inner.prices.get(&call.request.model).await
             } else {

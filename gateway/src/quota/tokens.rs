@@ -4,8 +4,15 @@
 //! estimate for every other model), plus the most it may generate: `max_completion_tokens`,
 //! else `max_tokens`, else `limits.default_max_tokens`, times `n`.
 //!
-//! The estimate only has to be an upper bound that is close: the reservation is settled
-//! to the meter's real count when the answer ends.
+//! The estimate only has to be an upper bound: the reservation is settled to the meter's
+//! real count when the answer ends. So the limiter first reserves [`Count::Bound`] (a
+//! text's byte length, which no tokenizer count exceeds) and runs the tokenizer
+//! ([`Count::Exact`]) only when a tpm limit refuses that bound. A request that fits with
+//! room to spare, the common case, costs no tokenizer time and loads no BPE tables (tens
+//! of MiB for `o200k_base`), and is admitted or refused as with exact counting. The price:
+//! until it settles, a request holds its bound (for plain English about 4× its prompt
+//! tokens) against tpm and budgets, so concurrent requests near a limit are refused a
+//! little sooner; never later.
 
 use serde_json::Value;
 use tollgate_admin::store::Usage;
@@ -17,9 +24,22 @@ use crate::openai::{Endpoint, Request};
 /// upstream's problem to refuse.
 const MAX_N: u64 = 128;
 
+/// How prompt tokens are counted for a reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Count {
+    /// The byte length of the prompt's texts: no tokenizer, never below the exact count.
+    Bound,
+    /// The tokenizer's count (CPU work, and the BPE tables on first use).
+    Exact,
+}
+
 /// Tokens and images one request reserves.
-pub fn estimate(request: &Request, default_max_tokens: u64) -> Usage {
-    let input_tokens = Prompt::of(request).count(&request.model);
+pub fn estimate(request: &Request, default_max_tokens: u64, count: Count) -> Usage {
+    let prompt = Prompt::of(request);
+    let input_tokens = match count {
+        Count::Bound => prompt.upper_bound(),
+        Count::Exact => prompt.count(&request.model),
+    };
     let body = &request.body;
     let n = body
         .get("n")
@@ -71,7 +91,7 @@ mod tests {
             body.as_object_mut()
                 .unwrap()
                 .extend(extra.as_object().unwrap().clone());
-            estimate(&req(Endpoint::ChatCompletions, body), 1000)
+            estimate(&req(Endpoint::ChatCompletions, body), 1000, Count::Exact)
         };
         let plain = chat(json!({}));
         // "user" + "Hello there" (o200k: 1 + 2) + 3 per message + 3 per reply.
@@ -89,8 +109,48 @@ mod tests {
                 json!({"model": "text-embedding-3-small", "input": ["a b", [1, 2, 3]]}),
             ),
             1000,
+            Count::Exact,
         );
         assert_eq!(emb.output_tokens, 0);
         assert_eq!(emb.input_tokens, 2 + 3);
+    }
+
+    #[test]
+    fn the_bound_is_never_below_the_tokenizer() {
+        let texts = [
+            "Hello there",
+            "",
+            " ",
+            "日本語のテキストとemoji 🎉🎉🎉 mixed in",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "{\"json\": [1, 2, 3], \"nested\": {\"k\": \"v\"}}\n\t\r",
+            "\u{0}\u{1}\u{7f} control characters",
+        ];
+        for model in ["gpt-4o-mini", "gpt-4", "some-other-model"] {
+            for text in texts {
+                let body = json!({"model": model, "messages": [
+                    {"role": "system", "content": text},
+                    {"role": "user", "name": "n", "content": [{"type": "text", "text": text}]},
+                ]});
+                let r = req(Endpoint::ChatCompletions, body);
+                let bound = estimate(&r, 10, Count::Bound);
+                let exact = estimate(&r, 10, Count::Exact);
+                assert!(
+                    bound.input_tokens >= exact.input_tokens,
+                    "{model} {text:?}: bound {} < exact {}",
+                    bound.input_tokens,
+                    exact.input_tokens
+                );
+                assert_eq!(bound.output_tokens, exact.output_tokens);
+            }
+            let emb = req(
+                Endpoint::Embeddings,
+                json!({"model": model, "input": ["a b", [1, 2, 3], "🎉"]}),
+            );
+            assert!(
+                estimate(&emb, 0, Count::Bound).input_tokens
+                    >= estimate(&emb, 0, Count::Exact).input_tokens
+            );
+        }
     }
 }

@@ -138,10 +138,16 @@ async fn attempt_once(
     let breaker = &deployment.breaker;
     // Counted from now until the answer's body ends; dropped at once on a failed attempt.
     let in_flight = deployment.in_flight.start();
-    let result = deployment
-        .provider
-        .send(&call.request, &deployment.upstream_model)
-        .await;
+    // A client span per attempt when traces are exported (`crate::otlp`).
+    let result = crate::otlp::upstream_attempt(
+        &deployment.name,
+        &deployment.upstream_model,
+        call.request.endpoint,
+        deployment
+            .provider
+            .send(&call.request, &deployment.upstream_model),
+    )
+    .await;
     let now = Instant::now();
     let mut response = match result {
         Ok(response) => response,
@@ -190,6 +196,10 @@ async fn attempt_once(
                 return Outcome::Failed(deployment.stamp(broke));
             }
         }
+    }
+    if !peek_stream && call.request.stream && status.is_success() {
+        // The last attempt: a failure before the first chunk can no longer fail over.
+        response = response.map(crate::providers::relay::error_event_on_failure);
     }
     // Any other answer (2xx, or a 4xx that is the request's fault) shows the upstream is up.
     breaker.on_success();

@@ -52,6 +52,8 @@
 //! `permission_error` → `upstream_permission_denied`, `not_found_error` →
 //! `upstream_not_found`, `api_error` → `upstream_error`).
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod sse;
 mod stream;
 mod translate;
@@ -81,10 +83,12 @@ pub struct Anthropic {
     api_key: Option<HeaderValue>,
     max_tokens_default: u32,
     timeouts: relay::Timeouts,
+    guard: relay::Guard,
 }
 
 impl Anthropic {
-    pub fn new(client: reqwest::Client, d: &DeploymentConfig) -> Self {
+    /// `max_body`: the most of an answer held in memory (`max_upstream_body_mb`).
+    pub fn new(client: reqwest::Client, d: &DeploymentConfig, max_body: usize) -> Self {
         let base = d.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         Self {
             client,
@@ -95,6 +99,7 @@ impl Anthropic {
                 .and_then(|k| relay::secret_header(k.expose())),
             max_tokens_default: d.max_tokens_default.unwrap_or(DEFAULT_MAX_TOKENS),
             timeouts: relay::Timeouts::from_config(d),
+            guard: relay::Guard::new(d, max_body),
         }
     }
 
@@ -135,8 +140,8 @@ impl Anthropic {
 
         if status.is_client_error() || status.is_server_error() {
             let retry_after = upstream.headers().get(header::RETRY_AFTER).cloned();
-            let bytes = relay::read_all(upstream, deadlines.body).await?;
-            let (status, body) = translate::error(status, &bytes);
+            let bytes = relay::read_all(upstream, deadlines.body, self.guard.max_body()).await?;
+            let (status, body) = translate::error(status, &self.guard.redact(bytes));
             let mut headers = json_headers();
             if let Some(value) = retry_after {
                 headers.insert(header::RETRY_AFTER, value);
@@ -163,7 +168,7 @@ impl Anthropic {
             let body = Body::from_stream(stream::translate(events, translator));
             return relay::respond(StatusCode::OK, headers, true, body);
         }
-        let bytes = relay::read_all(upstream, deadlines.body).await?;
+        let bytes = relay::read_all(upstream, deadlines.body, self.guard.max_body()).await?;
         let answer = translate::response(&bytes)
             .ok_or(UpstreamError::Malformed("not an Anthropic message"))?;
         relay::respond(StatusCode::OK, json_headers(), false, json_body(&answer))
