@@ -191,7 +191,9 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
         () = shutdown_signal() => {
             tracing::info!("shutting down: draining requests in flight");
             let _ = stop_tx.send(true);
-            load_tokenizers();
+            // A stream cut at the drain deadline is counted by the tokenizer: load its
+            // tables now, not when the meter gives cut requests their few seconds.
+            crate::meter::usage::preload_tokenizers();
             match tokio::time::timeout(drain, &mut servers).await {
                 Ok(result) => finish(result),
                 Err(_) => {
@@ -221,24 +223,6 @@ fn finish(
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(ServeError::Other(format!("server error: {e}"))),
         Err(e) => Err(ServeError::Other(format!("server task failed: {e}"))),
-    }
-}
-
-/// Loads the meter's tokenizer tables (`meter::usage`) on a thread of their own, during the
-/// drain. A stream cut at the drain deadline has no usage chunk, so the meter counts what it
-/// delivered with the tokenizer; loading its tables the first time takes longer (seconds in
-/// a debug build) than the meter gives cut requests to settle, and their records were lost.
-/// A detached thread, not `spawn_blocking`: an idle gateway exits at once without waiting.
-fn load_tokenizers() {
-    for load in [
-        tiktoken_rs::o200k_base_singleton as fn() -> &'static tiktoken_rs::CoreBPE,
-        tiktoken_rs::cl100k_base_singleton,
-    ] {
-        let _ = std::thread::Builder::new()
-            .name("tokenizer-load".into())
-            .spawn(move || {
-                load();
-            });
     }
 }
 

@@ -251,6 +251,24 @@ fn push_str_fields(map: &Map<String, Value>, fields: &[&str], out: &mut String) 
     }
 }
 
+/// Starts loading both encodings [`encoding`] may pick, each on a detached thread of its
+/// own, so that a later count does not wait for them. Used at shutdown: a stream cut at the
+/// drain deadline has no usage chunk and is counted here, and loading the tables the first
+/// time takes longer (seconds in a debug build) than the meter gives cut requests to
+/// settle. Detached threads, not `spawn_blocking`: an idle gateway exits without waiting.
+pub fn preload_tokenizers() {
+    for load in [
+        tiktoken_rs::o200k_base_singleton as fn() -> &'static CoreBPE,
+        tiktoken_rs::cl100k_base_singleton,
+    ] {
+        let _ = std::thread::Builder::new()
+            .name("tokenizer-load".into())
+            .spawn(move || {
+                load();
+            });
+    }
+}
+
 /// The encoding for `model` (loaded on first use, then shared).
 fn encoding(model: &str) -> &'static CoreBPE {
     const O200K: &[&str] = &[
