@@ -65,7 +65,7 @@ fn main() {
         .unwrap();
         let prices: Vec<_> = config.prices.clone().into_iter().collect();
         store.seed_prices(&prices).await.unwrap();
-        let models = Models::from_config(&config, &ProviderSet::new().unwrap()).unwrap();
+        let models = Models::from_config(&config.models, &config.breaker, &ProviderSet::new().unwrap()).unwrap();
         let route = models.get("gpt-4o-mini").unwrap().clone();
         let words = "the quick brown fox jumps over the lazy dog ".repeat(13);
         let body = serde_json::json!({

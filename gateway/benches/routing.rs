@@ -59,7 +59,12 @@ fn closed_port() -> u16 {
 
 fn models(yaml: &str) -> Models {
     let config = Config::parse(yaml, &|_| None).unwrap().validate().unwrap();
-    Models::from_config(&config, &ProviderSet::new().unwrap()).unwrap()
+    Models::from_config(
+        &config.models,
+        &config.breaker,
+        &ProviderSet::new().unwrap(),
+    )
+    .unwrap()
 }
 
 fn call(models: &Models, model: &str) -> Call {

@@ -27,10 +27,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use http::{Request, header};
+use serde::Deserialize;
 use tollgate_admin::keys;
 use tollgate_admin::store::{Invalidation, KeyAuth, Store, StoreError};
 
-use crate::config::AuthConfig;
+use crate::base::ConfigError;
 use crate::error::ApiError;
 
 /// After the store failed a lookup, how long known keys skip it (see `store_down_until_ms`).
@@ -63,6 +64,66 @@ pub struct Principal {
 impl Principal {
     pub fn may_use(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|m| m == model)
+    }
+}
+
+/// `auth:` section: how long key lookups are trusted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Seconds a cached key lookup is used without asking the store. Revocations reach
+    /// every replica at once through the store's invalidation feed; this is the backstop.
+    #[serde(default = "default_cache_ttl_s")]
+    pub cache_ttl_s: f64,
+    /// While the store is unreachable, a key looked up within this many seconds keeps
+    /// working. Unknown keys get 503 meanwhile.
+    #[serde(default = "default_stale_if_store_down_s")]
+    pub stale_if_store_down_s: f64,
+    /// Most keys kept in the cache.
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            cache_ttl_s: default_cache_ttl_s(),
+            stale_if_store_down_s: default_stale_if_store_down_s(),
+            cache_capacity: default_cache_capacity(),
+        }
+    }
+}
+
+fn default_cache_ttl_s() -> f64 {
+    10.0
+}
+fn default_stale_if_store_down_s() -> f64 {
+    900.0
+}
+fn default_cache_capacity() -> u64 {
+    100_000
+}
+
+impl AuthConfig {
+    /// Checks what serde cannot; paths are `auth.*`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.cache_ttl_s.is_finite() && self.cache_ttl_s >= 0.0 && self.cache_ttl_s <= 3600.0)
+        {
+            return Err(ConfigError::new(
+                "auth.cache_ttl_s",
+                "must be between 0 and 3600 seconds",
+            ));
+        }
+        if !(self.stale_if_store_down_s.is_finite()
+            && self.stale_if_store_down_s >= 0.0
+            && self.stale_if_store_down_s <= 7.0 * 86_400.0)
+        {
+            return Err(ConfigError::new(
+                "auth.stale_if_store_down_s",
+                "must be between 0 and 604800 seconds",
+            ));
+        }
+        Ok(())
     }
 }
 

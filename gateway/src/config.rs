@@ -5,12 +5,18 @@
 //! names the failing field (`models[1].deployments[0].base_url: missing`), and `main` exits
 //! 64 on it. Secrets are [`Secret`]s, so a `Debug` of the config never prints them.
 
-use std::collections::HashSet;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
 use serde::Deserialize;
+
+pub use crate::auth::AuthConfig;
+pub use crate::base::{ConfigError, Secret};
+pub use crate::meter::config::{CacheHitCharge, MeterConfig, SpoolSync};
+pub use crate::passthrough::PassthroughConfig;
+pub use crate::providers::config::{DeploymentConfig, ProviderKind, TimeoutsConfig};
+pub use crate::quota::config::{LimitsConfig, RedisFailure};
+pub use crate::router::config::{BreakerConfig, ModelConfig, RetryConfig};
 
 /// The default data-plane address of the embedded default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -18,45 +24,6 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
 /// The embedded default store: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tollgate.db";
-
-/// A configuration error: the path of the failing field and what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct ConfigError {
-    pub path: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// A string that never prints: API keys, tokens, URLs with passwords.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("*****")
-    }
-}
 
 /// The whole configuration file. Every key of DESIGN.md's shape is accepted; unknown keys
 /// are refused so a typo never silently turns a setting off.
@@ -137,128 +104,8 @@ pub struct Config {
     pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
-/// `passthrough:`: the upstream for the OpenAI endpoints the gateway does not interpret.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PassthroughConfig {
-    /// One OpenAI-compatible deployment (`provider: openai`): these objects live in one
-    /// upstream account, so they cannot be spread over several.
-    pub deployment: DeploymentConfig,
-}
-
-/// `meter:` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MeterConfig {
-    /// Most MiB of usage records the spool holds while the store cannot take them. When it
-    /// is full, new requests are refused with 503 `service_unavailable` (and `retry-after`)
-    /// instead of being served unmetered, until the store is back and the spool drains.
-    #[serde(default = "default_spool_max_mb")]
-    pub spool_max_mb: u64,
-    /// Milliseconds the flusher lets new records gather before it sends them to the store:
-    /// larger batches under load, at most this much delay before usage is queryable.
-    #[serde(default = "default_flush_interval_ms")]
-    pub flush_interval_ms: u64,
-    /// What a cache hit is charged: `none` (recorded with its tokens at cost 0) or `full`
-    /// (the same cost as the upstream answer would have had).
-    #[serde(default)]
-    pub cache_hit_charge: CacheHitCharge,
-    /// Days raw usage records are kept; older ones are pruned once a day (the daily
-    /// rollups that usage queries and invoices read are kept). `null`: keep everything.
-    #[serde(default = "default_retention_days")]
-    pub retention_days: Option<u32>,
-    /// When a usage record counts as written, i.e. when its response may end.
-    #[serde(default)]
-    pub spool_sync: SpoolSync,
-}
-
-impl Default for MeterConfig {
-    fn default() -> Self {
-        Self {
-            spool_max_mb: default_spool_max_mb(),
-            flush_interval_ms: default_flush_interval_ms(),
-            cache_hit_charge: CacheHitCharge::default(),
-            retention_days: default_retention_days(),
-            spool_sync: SpoolSync::default(),
-        }
-    }
-}
-
-/// `meter.spool_sync`: what a usage record must survive before its response ends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SpoolSync {
-    /// `fdatasync` first (shared by every record of a group commit): the record survives
-    /// the gateway's crash and the machine's.
-    #[default]
-    Always,
-    /// Handed to the kernel first (`write`), synced in the background at most 100 ms
-    /// later: the record survives the gateway's crash (kill -9, OOM), not a power loss or
-    /// kernel crash in that window. Saves a disk sync on every request's path.
-    Background,
-}
-
-/// `meter.cache_hit_charge`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheHitCharge {
-    /// Cache hits cost nothing.
-    #[default]
-    None,
-    /// Cache hits cost what the answer cost when it came from the upstream.
-    Full,
-}
-
 fn default_spool_dir() -> String {
     "./tollgate-spool".to_owned()
-}
-fn default_spool_max_mb() -> u64 {
-    512
-}
-fn default_retention_days() -> Option<u32> {
-    Some(400)
-}
-fn default_flush_interval_ms() -> u64 {
-    200
-}
-
-/// `limits:` section: how the quota layer behaves. The limits themselves are data (plans
-/// and keys in the store), not config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// What happens while Redis (`redis_url`) is unreachable: `fail_open` serves with the
-    /// in-process limiter as a local guard; `fail_closed` refuses at once with 503.
-    #[serde(default)]
-    pub redis_failure: RedisFailure,
-    /// Completion tokens reserved for a request that sets neither `max_tokens` nor
-    /// `max_completion_tokens` (settled to the real count afterwards).
-    #[serde(default = "default_reserve_output_tokens")]
-    pub default_max_tokens: u64,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            redis_failure: RedisFailure::default(),
-            default_max_tokens: default_reserve_output_tokens(),
-        }
-    }
-}
-
-fn default_reserve_output_tokens() -> u64 {
-    1024
-}
-
-/// `limits.redis_failure`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RedisFailure {
-    /// Keep serving, limited per replica by the in-process engine.
-    #[default]
-    FailOpen,
-    /// Refuse limited requests with 503 `service_unavailable` (`retry-after: 1`).
-    FailClosed,
 }
 
 /// `admin:` section.
@@ -274,271 +121,6 @@ pub struct AdminConfig {
     /// HTTPS on the admin plane, like the top-level `tls`.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
-}
-
-/// `auth:` section: how long key lookups are trusted.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Seconds a cached key lookup is used without asking the store. Revocations reach
-    /// every replica at once through the store's invalidation feed; this is the backstop.
-    #[serde(default = "default_cache_ttl_s")]
-    pub cache_ttl_s: f64,
-    /// While the store is unreachable, a key looked up within this many seconds keeps
-    /// working. Unknown keys get 503 meanwhile.
-    #[serde(default = "default_stale_if_store_down_s")]
-    pub stale_if_store_down_s: f64,
-    /// Most keys kept in the cache.
-    #[serde(default = "default_cache_capacity")]
-    pub cache_capacity: u64,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            cache_ttl_s: default_cache_ttl_s(),
-            stale_if_store_down_s: default_stale_if_store_down_s(),
-            cache_capacity: default_cache_capacity(),
-        }
-    }
-}
-
-fn default_cache_ttl_s() -> f64 {
-    10.0
-}
-fn default_stale_if_store_down_s() -> f64 {
-    900.0
-}
-fn default_cache_capacity() -> u64 {
-    100_000
-}
-
-/// One entry of `models:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// What clients send as `model`.
-    pub name: String,
-    /// Backends that serve it.
-    #[serde(default)]
-    pub deployments: Vec<DeploymentConfig>,
-    /// How often a failed call (connect error, timeout before headers, 429, 5xx) is tried
-    /// again on this model's deployments. Absent: each deployment at most once, up to 3
-    /// attempts, so a one-deployment model keeps the plain "one call" behaviour.
-    #[serde(default)]
-    pub retries: Option<RetryConfig>,
-    /// Other models (by client-facing name) tried in order when every attempt on this one
-    /// failed with a retryable failure. Not followed transitively: a fallback's own
-    /// `fallbacks` are ignored, so chains cannot loop.
-    #[serde(default)]
-    pub fallbacks: Vec<String>,
-    /// Circuit breaker for this model's deployments; absent: the top-level `breaker`.
-    #[serde(default)]
-    pub breaker: Option<BreakerConfig>,
-    /// This model's response cache policy (`enabled`, `ttl_s`); see `crate::cache`.
-    #[serde(default)]
-    pub cache: Option<crate::cache::CachePolicy>,
-}
-
-/// `retries:` of a model.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetryConfig {
-    /// Attempts in total on this model (the first call included), 1..=10.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// Base of the exponential backoff between attempts, in ms; each wait is a random
-    /// value in `0..=min(max_backoff_ms, backoff_ms * 2^(n-1))` (full jitter) so that
-    /// gateways retrying together do not hit the next deployment in lockstep.
-    #[serde(default = "default_backoff_ms")]
-    pub backoff_ms: u64,
-    /// Cap on one backoff wait, in ms.
-    #[serde(default = "default_max_backoff_ms")]
-    pub max_backoff_ms: u64,
-    /// Longest upstream `retry-after` honoured, in seconds: the deployment is skipped until
-    /// then (the request moves on to another deployment instead of sleeping).
-    #[serde(default = "default_max_retry_after_s")]
-    pub max_retry_after_s: f64,
-}
-
-fn default_max_attempts() -> u32 {
-    3
-}
-fn default_backoff_ms() -> u64 {
-    50
-}
-fn default_max_backoff_ms() -> u64 {
-    2000
-}
-fn default_max_retry_after_s() -> f64 {
-    30.0
-}
-
-/// `breaker:` (top level as the default, or per model).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BreakerConfig {
-    /// Consecutive retryable failures that eject a deployment, >= 1.
-    #[serde(default = "default_breaker_failures")]
-    pub failures: u32,
-    /// Seconds an ejected deployment is skipped before one probe request is let through.
-    #[serde(default = "default_breaker_cooldown_s")]
-    pub cooldown_s: f64,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        Self {
-            failures: default_breaker_failures(),
-            cooldown_s: default_breaker_cooldown_s(),
-        }
-    }
-}
-
-fn default_breaker_failures() -> u32 {
-    5
-}
-fn default_breaker_cooldown_s() -> f64 {
-    30.0
-}
-
-fn validate_breaker(at: &str, b: &BreakerConfig) -> Result<(), ConfigError> {
-    if b.failures == 0 {
-        return Err(ConfigError::new(
-            format!("{at}.failures"),
-            "must be at least 1",
-        ));
-    }
-    if !(b.cooldown_s.is_finite() && b.cooldown_s > 0.0 && b.cooldown_s <= 3600.0) {
-        return Err(ConfigError::new(
-            format!("{at}.cooldown_s"),
-            "must be more than 0 and at most 3600 seconds",
-        ));
-    }
-    Ok(())
-}
-
-fn validate_retries(at: &str, r: &RetryConfig) -> Result<(), ConfigError> {
-    if !(1..=10).contains(&r.max_attempts) {
-        return Err(ConfigError::new(
-            format!("{at}.max_attempts"),
-            "must be between 1 and 10",
-        ));
-    }
-    if r.backoff_ms > 60_000 || r.max_backoff_ms > 60_000 {
-        return Err(ConfigError::new(
-            format!("{at}.backoff_ms"),
-            "backoff_ms and max_backoff_ms must be at most 60000",
-        ));
-    }
-    if !(r.max_retry_after_s.is_finite()
-        && r.max_retry_after_s >= 0.0
-        && r.max_retry_after_s <= 3600.0)
-    {
-        return Err(ConfigError::new(
-            format!("{at}.max_retry_after_s"),
-            "must be between 0 and 3600 seconds",
-        ));
-    }
-    Ok(())
-}
-
-/// The wire protocol a deployment speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    /// OpenAI or any OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI).
-    Openai,
-    Azure,
-    Anthropic,
-    Local,
-}
-
-impl ProviderKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Openai => "openai",
-            Self::Azure => "azure",
-            Self::Anthropic => "anthropic",
-            Self::Local => "local",
-        }
-    }
-}
-
-/// One backend of a model.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeploymentConfig {
-    pub provider: ProviderKind,
-    /// Shown in `x-tollgate-deployment`; defaults to the upstream `model`.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The upstream's API root, e.g. `https://api.openai.com/v1`.
-    #[serde(default)]
-    pub base_url: Option<String>,
-    /// The upstream key; the client's key is never forwarded.
-    #[serde(default)]
-    pub api_key: Option<Secret>,
-    /// The model name the upstream expects; defaults to the client-facing name.
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Relative share of traffic.
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-    /// Upstream deadline: time to response headers (and to a non-streamed answer's whole
-    /// body), and the longest gap between stream chunks. `timeouts` refines it.
-    #[serde(default = "default_timeout_s")]
-    pub timeout_s: f64,
-    /// Finer upstream deadlines (connect, first byte, total); see [`TimeoutsConfig`].
-    #[serde(default)]
-    pub timeouts: Option<TimeoutsConfig>,
-    /// Requests per minute this deployment is sent, counted in process (per replica): at
-    /// the cap it is skipped for the next deployment, and when all are capped the client
-    /// gets 429 `rate_limit_exceeded` with `retry-after`.
-    #[serde(default)]
-    pub rpm: Option<u32>,
-    /// Tokens per minute, like `rpm`; a request counts its estimated prompt tokens plus
-    /// `max_tokens` (or `max_completion_tokens`) when sent.
-    #[serde(default)]
-    pub tpm: Option<u64>,
-    /// Azure's `api-version` query value, e.g. `2024-10-21` (required for `azure`, refused
-    /// elsewhere): Azure versions its API per request, not per URL.
-    #[serde(default)]
-    pub api_version: Option<String>,
-    /// Azure's deployment name (required for `azure`, refused elsewhere): on Azure the
-    /// deployment in the URL picks the model, not `model` in the body.
-    #[serde(default)]
-    pub deployment: Option<String>,
-    /// `max_tokens` sent to Anthropic when the client sets neither `max_tokens` nor
-    /// `max_completion_tokens` (`anthropic` only; default 4096): the Messages API requires
-    /// it, OpenAI's does not.
-    #[serde(default)]
-    pub max_tokens_default: Option<u32>,
-    /// Local model folder (`provider: local`): `config.json`, `tokenizer.json`, `*.safetensors`.
-    #[serde(default)]
-    pub path: Option<String>,
-    /// Requests that may wait for a local model's thread (`provider: local`; default 64).
-    /// Beyond it the deployment answers 429 at once, so routing spills over.
-    #[serde(default)]
-    pub queue_size: Option<u32>,
-}
-
-/// `timeouts:` of a deployment. Each is optional; absent ones keep `timeout_s`'s meaning.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TimeoutsConfig {
-    /// TCP (and TLS) connect; default 10 s. Exceeding it fails over to the next deployment.
-    #[serde(default)]
-    pub connect_s: Option<f64>,
-    /// From sending the request to the response headers; default `timeout_s`. Exceeding
-    /// it fails over (nothing reached the client yet).
-    #[serde(default)]
-    pub first_byte_s: Option<f64>,
-    /// The whole exchange, to the body's last byte. A stream that runs past it ends with an
-    /// error event and no `[DONE]`; unset, a stream ends after one hour
-    /// (`providers::relay::DEFAULT_STREAM_TOTAL`), so an endless upstream is always cut.
-    #[serde(default)]
-    pub total_s: Option<f64>,
 }
 
 fn default_listen() -> String {
@@ -567,12 +149,6 @@ fn default_max_in_flight() -> usize {
 
 fn default_request_timeout_s() -> u64 {
     600
-}
-fn default_weight() -> u32 {
-    1
-}
-fn default_timeout_s() -> f64 {
-    60.0
 }
 
 impl Default for Config {
@@ -678,47 +254,14 @@ impl Config {
                 "must be between 1 and 1024",
             ));
         }
-        let auth = &self.auth;
-        if !(auth.cache_ttl_s.is_finite() && auth.cache_ttl_s >= 0.0 && auth.cache_ttl_s <= 3600.0)
-        {
-            return Err(ConfigError::new(
-                "auth.cache_ttl_s",
-                "must be between 0 and 3600 seconds",
-            ));
-        }
-        if !(auth.stale_if_store_down_s.is_finite()
-            && auth.stale_if_store_down_s >= 0.0
-            && auth.stale_if_store_down_s <= 7.0 * 86_400.0)
-        {
-            return Err(ConfigError::new(
-                "auth.stale_if_store_down_s",
-                "must be between 0 and 604800 seconds",
-            ));
-        }
+        self.auth.validate()?;
         if self.request_timeout_s == 0 {
             return Err(ConfigError::new("request_timeout_s", "must be at least 1"));
         }
         if self.spool_dir.trim().is_empty() {
             return Err(ConfigError::new("spool_dir", "must not be empty"));
         }
-        if !(1..=1_048_576).contains(&self.meter.spool_max_mb) {
-            return Err(ConfigError::new(
-                "meter.spool_max_mb",
-                "must be between 1 and 1048576 (1 TiB)",
-            ));
-        }
-        if self.meter.retention_days == Some(0) {
-            return Err(ConfigError::new(
-                "meter.retention_days",
-                "must be at least 1 (or null to keep every record)",
-            ));
-        }
-        if !(1..=60_000).contains(&self.meter.flush_interval_ms) {
-            return Err(ConfigError::new(
-                "meter.flush_interval_ms",
-                "must be between 1 and 60000",
-            ));
-        }
+        self.meter.validate()?;
         // Builds the verifier once to check the keys; `serve` builds it again to use it.
         tollgate_admin::operator::OperatorAuth::with_jwt(None, self.admin.jwt.as_ref()).map_err(
             |message| match message.split_once(": ") {
@@ -726,43 +269,9 @@ impl Config {
                 _ => ConfigError::new("admin.jwt", message),
             },
         )?;
-        let mut names = HashSet::new();
-        for (i, model) in self.models.iter().enumerate() {
-            let at = format!("models[{i}]");
-            if model.name.trim().is_empty() {
-                return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
-            }
-            if !names.insert(model.name.as_str()) {
-                return Err(ConfigError::new(
-                    format!("{at}.name"),
-                    format!("duplicate model name '{}'", model.name),
-                ));
-            }
-            if model.deployments.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{at}.deployments"),
-                    "needs at least one deployment",
-                ));
-            }
-            for (j, d) in model.deployments.iter().enumerate() {
-                validate_deployment(&format!("{at}.deployments[{j}]"), d)?;
-            }
-            if let Some(r) = &model.retries {
-                validate_retries(&format!("{at}.retries"), r)?;
-            }
-            if let Some(b) = &model.breaker {
-                validate_breaker(&format!("{at}.breaker"), b)?;
-            }
-        }
-        validate_breaker("breaker", &self.breaker)?;
+        crate::router::config::validate(&self.models, &self.breaker)?;
         if let Some(p) = &self.passthrough {
-            if p.deployment.provider != ProviderKind::Openai {
-                return Err(ConfigError::new(
-                    "passthrough.deployment.provider",
-                    "must be openai (files, fine-tuning and batches are OpenAI's API)",
-                ));
-            }
-            validate_deployment("passthrough.deployment", &p.deployment)?;
+            p.validate()?;
         }
         if let Some(otlp) = &self.otlp {
             otlp.validate()?;
@@ -773,18 +282,6 @@ impl Config {
                 .enumerate()
                 .map(|(i, m)| (i, m.cache.as_ref())),
         )?;
-        // Fallbacks are checked after every name is known, so they may point forward.
-        for (i, model) in self.models.iter().enumerate() {
-            for (k, fallback) in model.fallbacks.iter().enumerate() {
-                let at = format!("models[{i}].fallbacks[{k}]");
-                if fallback == &model.name {
-                    return Err(ConfigError::new(at, "a model cannot fall back to itself"));
-                }
-                if !names.contains(fallback.as_str()) {
-                    return Err(ConfigError::new(at, format!("unknown model '{fallback}'")));
-                }
-            }
-        }
         Ok(self)
     }
 
@@ -805,169 +302,6 @@ impl Config {
     pub fn inert_sections(&self) -> Vec<&'static str> {
         Vec::new()
     }
-}
-
-fn validate_deployment(at: &str, d: &DeploymentConfig) -> Result<(), ConfigError> {
-    let field = |name: &str| format!("{at}.{name}");
-    match d.provider {
-        ProviderKind::Openai => {
-            let Some(url) = d.base_url.as_deref() else {
-                return Err(ConfigError::new(field("base_url"), "missing"));
-            };
-            validate_base_url(&field("base_url"), url)?;
-        }
-        ProviderKind::Azure => {
-            let Some(url) = d.base_url.as_deref() else {
-                return Err(ConfigError::new(
-                    field("base_url"),
-                    "missing (the resource endpoint, e.g. https://myres.openai.azure.com)",
-                ));
-            };
-            validate_base_url(&field("base_url"), url)?;
-            // Both go into the URL as they are: limiting them to the characters Azure
-            // allows means nothing needs escaping and nothing can change the URL's shape.
-            required_token(&field("deployment"), d.deployment.as_deref(), b"-_.")?;
-            required_token(&field("api_version"), d.api_version.as_deref(), b"-.")?;
-            required_key(&field("api_key"), d)?;
-        }
-        ProviderKind::Anthropic => {
-            // Optional: the provider defaults to https://api.anthropic.com/v1.
-            if let Some(url) = d.base_url.as_deref() {
-                validate_base_url(&field("base_url"), url)?;
-            }
-            required_key(&field("api_key"), d)?;
-        }
-        // The folder itself is loaded (and checked) by `local::preload` at start.
-        #[cfg(feature = "local")]
-        ProviderKind::Local => match d.path.as_deref() {
-            None => return Err(ConfigError::new(field("path"), "missing")),
-            Some("") => return Err(ConfigError::new(field("path"), "must not be empty")),
-            Some(_) => {}
-        },
-        #[cfg(not(feature = "local"))]
-        ProviderKind::Local => {
-            return Err(ConfigError::new(
-                field("provider"),
-                "'local' is not available in this build (built without the `local` feature)",
-            ));
-        }
-    }
-    // Fields of one provider on another are refused: they would silently do nothing.
-    let only_for = [
-        ("deployment", d.deployment.is_some(), ProviderKind::Azure),
-        ("api_version", d.api_version.is_some(), ProviderKind::Azure),
-        (
-            "max_tokens_default",
-            d.max_tokens_default.is_some(),
-            ProviderKind::Anthropic,
-        ),
-        ("path", d.path.is_some(), ProviderKind::Local),
-        ("queue_size", d.queue_size.is_some(), ProviderKind::Local),
-    ];
-    for (name, set, provider) in only_for {
-        if set && d.provider != provider {
-            return Err(ConfigError::new(
-                field(name),
-                format!("only used by provider: {}", provider.as_str()),
-            ));
-        }
-    }
-    if d.max_tokens_default == Some(0) {
-        return Err(ConfigError::new(
-            field("max_tokens_default"),
-            "must be at least 1",
-        ));
-    }
-    if let Some(key) = &d.api_key
-        && !key.expose().bytes().all(|b| b.is_ascii_graphic())
-    {
-        // Checked here so a key with a stray newline fails at start, not on every request.
-        return Err(ConfigError::new(
-            field("api_key"),
-            "must be printable ASCII without spaces (it is sent as a header; the value is not shown)",
-        ));
-    }
-    if d.weight == 0 {
-        return Err(ConfigError::new(field("weight"), "must be at least 1"));
-    }
-    if !(d.timeout_s.is_finite() && d.timeout_s > 0.0 && d.timeout_s <= 86_400.0) {
-        return Err(ConfigError::new(
-            field("timeout_s"),
-            "must be between 0 and 86400 seconds",
-        ));
-    }
-    if let Some(t) = &d.timeouts {
-        for (name, value) in [
-            ("connect_s", t.connect_s),
-            ("first_byte_s", t.first_byte_s),
-            ("total_s", t.total_s),
-        ] {
-            if let Some(v) = value
-                && !(v.is_finite() && v > 0.0 && v <= 86_400.0)
-            {
-                return Err(ConfigError::new(
-                    field(&format!("timeouts.{name}")),
-                    "must be between 0 and 86400 seconds",
-                ));
-            }
-        }
-    }
-    if d.rpm == Some(0) {
-        return Err(ConfigError::new(field("rpm"), "must be at least 1"));
-    }
-    if d.tpm == Some(0) {
-        return Err(ConfigError::new(field("tpm"), "must be at least 1"));
-    }
-    if let Some(name) = &d.name
-        && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()))
-    {
-        return Err(ConfigError::new(
-            field("name"),
-            "must be non-empty printable ASCII without spaces (it is sent as a header)",
-        ));
-    }
-    Ok(())
-}
-
-/// A required, non-empty value made of ASCII letters, digits and `extra`.
-fn required_token(at: &str, value: Option<&str>, extra: &[u8]) -> Result<(), ConfigError> {
-    let Some(value) = value else {
-        return Err(ConfigError::new(at, "missing"));
-    };
-    if value.is_empty()
-        || !value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
-    {
-        let allowed: String = extra.iter().map(|&b| char::from(b)).collect();
-        return Err(ConfigError::new(
-            at,
-            format!("must be non-empty: letters, digits and '{allowed}' only"),
-        ));
-    }
-    Ok(())
-}
-
-/// Hosted providers always need a key; an empty one (an unset `${VAR:-}`) is refused at
-/// start rather than answered with the upstream's 401 on every request.
-fn required_key(at: &str, d: &DeploymentConfig) -> Result<(), ConfigError> {
-    match &d.api_key {
-        Some(key) if !key.expose().is_empty() => Ok(()),
-        Some(_) => Err(ConfigError::new(at, "must not be empty")),
-        None => Err(ConfigError::new(at, "missing")),
-    }
-}
-
-fn validate_base_url(at: &str, url: &str) -> Result<(), ConfigError> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|e| ConfigError::new(at, format!("not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(ConfigError::new(at, "must be an http:// or https:// URL"));
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(ConfigError::new(at, "must not have a query or fragment"));
-    }
-    Ok(())
 }
 
 fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {

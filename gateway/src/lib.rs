@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod base;
 pub mod cache;
 pub mod call;
 pub mod cli;

@@ -31,18 +31,42 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use serde::Deserialize;
 use serde_json::Value;
 use tollgate_admin::store::{Store, UsageRecord};
 use tower_http::request_id::RequestId;
 
 use crate::api::ClientRequestId;
 use crate::auth::Principal;
-use crate::config::DeploymentConfig;
+use crate::base::ConfigError;
 use crate::error::{self, ApiError, Passthrough as Relayed, UpstreamError};
 use crate::meter::Ledger;
+use crate::providers::config::{DeploymentConfig, ProviderKind, validate_deployment};
 use crate::providers::openai::OpenAi;
 use crate::providers::{ProviderSet, relay};
 use crate::router::DEPLOYMENT_HEADER;
+
+/// `passthrough:`: the upstream for the OpenAI endpoints the gateway does not interpret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughConfig {
+    /// One OpenAI-compatible deployment (`provider: openai`): these objects live in one
+    /// upstream account, so they cannot be spread over several.
+    pub deployment: DeploymentConfig,
+}
+
+impl PassthroughConfig {
+    /// Checks the deployment; paths are `passthrough.deployment.*`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.deployment.provider != ProviderKind::Openai {
+            return Err(ConfigError::new(
+                "passthrough.deployment.provider",
+                "must be openai (files, fine-tuning and batches are OpenAI's API)",
+            ));
+        }
+        validate_deployment("passthrough.deployment", &self.deployment)
+    }
+}
 
 /// Longest JSON answer read whole (lists, objects); file contents stream instead.
 const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;

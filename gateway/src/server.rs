@@ -95,8 +95,19 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
         .with_max_upstream_body(config.max_upstream_body_bytes());
     // Local models load before the routes that use them; a bad folder is a config error.
     #[cfg(feature = "local")]
-    crate::local::preload(&config)?;
-    let models = Arc::new(Models::from_config(&config, &providers).map_err(ServeError::Other)?);
+    crate::local::preload(config.models.iter().enumerate().flat_map(|(m, model)| {
+        model.deployments.iter().enumerate().map(move |(i, d)| {
+            (
+                format!("models[{m}].deployments[{i}]"),
+                model.name.as_str(),
+                d,
+            )
+        })
+    }))?;
+    let models = Arc::new(
+        Models::from_config(&config.models, &config.breaker, &providers)
+            .map_err(ServeError::Other)?,
+    );
     for section in config.inert_sections() {
         tracing::warn!(
             section,
@@ -105,7 +116,8 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     }
 
     let registry = prometheus::Registry::new();
-    let (ledger, meter_tasks) = Ledger::start(store.clone(), &config, &registry).await?;
+    let (ledger, meter_tasks) =
+        Ledger::start(store.clone(), &config.spool_dir, &config.meter, &registry).await?;
     crate::router::metrics::CircuitMetrics::register(models.clone(), &registry)
         .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;
     let models_for_ready = models.clone();
@@ -119,8 +131,19 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
         Some(url) => Some(Redis::start(url.expose(), &registry).map_err(ServeError::Other)?),
         None => None,
     };
-    let cache = crate::cache::Cache::new(&config, redis.clone(), &registry)
-        .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;
+    let cache_policies = config
+        .models
+        .iter()
+        .filter_map(|m| m.cache.clone().map(|c| (m.name.clone(), c)))
+        .collect();
+    let cache = crate::cache::Cache::new(
+        &config.cache,
+        cache_policies,
+        config.request_timeout_s,
+        redis.clone(),
+        &registry,
+    )
+    .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;
     let purge_hook = tollgate_admin::api::CachePurgeHook(Arc::new(cache.clone()));
     let passthrough = match &config.passthrough {
         Some(p) => Some(

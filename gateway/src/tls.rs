@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::ConfigError;
+use crate::base::ConfigError;
 
 /// `tls:` (and `admin.tls:`): serve HTTPS instead of plain HTTP on that listener.
 #[derive(Debug, Clone, Deserialize)]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::base::ConfigError;
 
 /// The top-level `cache:` section.
 #[derive(Debug, Clone, Deserialize)]

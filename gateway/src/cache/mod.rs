@@ -81,8 +81,12 @@ struct Inner {
 
 impl Cache {
     /// The cache for `config`: entries in Redis when `redis` is given, else in process.
+    /// `models` are the models' own `cache:` policies; `request_timeout_s` bounds how long
+    /// an idempotency key waits for its first request.
     pub fn new(
-        config: &crate::config::Config,
+        config: &CacheConfig,
+        models: std::collections::HashMap<String, CachePolicy>,
+        request_timeout_s: u64,
         redis: Option<Redis>,
         registry: &Registry,
     ) -> Result<Self, prometheus::Error> {
@@ -104,22 +108,17 @@ impl Cache {
         registry.register(Box::new(writes.clone()))?;
         let store = match redis {
             Some(redis) => Store::redis(redis),
-            None => Store::memory(config.cache.capacity_bytes()),
+            None => Store::memory(config.capacity_bytes()),
         };
         let idempotency = idempotency::IdempotencyLayer::new(
             store.clone(),
-            config.cache.max_entry_bytes(),
-            config.request_timeout_s,
+            config.max_entry_bytes(),
+            request_timeout_s,
             registry,
         )?;
-        let models = config
-            .models
-            .iter()
-            .filter_map(|m| m.cache.clone().map(|c| (m.name.clone(), c)))
-            .collect();
         Ok(Self {
             inner: Arc::new(Inner {
-                config: config.cache.clone(),
+                config: config.clone(),
                 models,
                 store,
                 flights: Arc::new(Flights::default()),

@@ -31,9 +31,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::config::{Config, ConfigError, DeploymentConfig, ProviderKind};
+use crate::base::ConfigError;
 use crate::error::{ApiError, UpstreamError};
 use crate::openai::Request;
+use crate::providers::config::{DeploymentConfig, ProviderKind};
 
 pub use http::serve;
 
@@ -200,13 +201,18 @@ fn canonical(path: &str) -> PathBuf {
 
 /// Loads every `provider: local` model of the config before the routes are built, so a
 /// bad folder stops the start with an error naming the field (exit 64).
-pub fn preload(config: &Config) -> Result<(), ConfigError> {
-    for (m, model) in config.models.iter().enumerate() {
-        for (i, d) in model.deployments.iter().enumerate() {
+///
+/// `deployments`: each deployment with its config path (`models[0].deployments[1]`) and the
+/// name of its model.
+pub fn preload<'a>(
+    deployments: impl IntoIterator<Item = (String, &'a str, &'a DeploymentConfig)>,
+) -> Result<(), ConfigError> {
+    {
+        for (at, model, d) in deployments {
             if d.provider != ProviderKind::Local {
                 continue;
             }
-            let field = format!("models[{m}].deployments[{i}].path");
+            let field = format!("{at}.path");
             let Some(path) = d.path.as_deref() else {
                 return Err(ConfigError::new(field, "missing"));
             };
@@ -220,7 +226,7 @@ pub fn preload(config: &Config) -> Result<(), ConfigError> {
             let engine =
                 load(&key, queue).map_err(|e| ConfigError::new(field.clone(), e.to_string()))?;
             tracing::info!(
-                model = %model.name,
+                model = %model,
                 path = %key.display(),
                 engine = ?engine,
                 ms = started.elapsed().as_millis() as u64,

@@ -39,6 +39,7 @@
 //! ```
 
 mod body;
+pub mod config;
 mod metrics;
 pub mod prices;
 pub mod spool;
@@ -62,10 +63,10 @@ use tokio::task::JoinHandle;
 use tollgate_admin::store::{MicroUsd, Price, Store, Usage, UsageRecord};
 
 use crate::call::Call;
-use crate::config::{CacheHitCharge, Config};
 use crate::error::{self, ApiError, Passthrough};
 use crate::openai::{Endpoint, Request};
 use crate::router::DEPLOYMENT_HEADER;
+pub use config::{CacheHitCharge, MeterConfig};
 
 pub use body::MeterBody;
 /// The meter's SSE framing, for the fuzz targets (`crate::fuzzing`).
@@ -175,17 +176,18 @@ impl Ledger {
     /// starts the spool writer, its flusher and the price refresher.
     pub async fn start(
         store: Store,
-        config: &Config,
+        spool_dir: &str,
+        config: &MeterConfig,
         registry: &Registry,
     ) -> Result<(Ledger, MeterTasks), MeterError> {
         let metrics = SpoolMetrics::new()?;
         metrics.register(registry)?;
         let settings = SpoolSettings {
-            sync: config.meter.spool_sync,
+            sync: config.spool_sync,
             ..SpoolSettings::new(
-                PathBuf::from(&config.spool_dir),
-                config.meter.spool_max_mb.saturating_mul(1024 * 1024),
-                Duration::from_millis(config.meter.flush_interval_ms),
+                PathBuf::from(spool_dir),
+                config.spool_max_mb.saturating_mul(1024 * 1024),
+                Duration::from_millis(config.flush_interval_ms),
             )
         };
         let (spool, flusher) = Spool::open(settings, metrics)?;
@@ -200,7 +202,7 @@ impl Ledger {
             inner: Arc::new(LedgerInner {
                 spool: spool.clone(),
                 prices,
-                cache_hit_charge: config.meter.cache_hit_charge,
+                cache_hit_charge: config.cache_hit_charge,
                 metrics: Some(metrics::UsageMetrics::register(registry)?),
                 closing: Arc::new(watch::Sender::new(false)),
             }),

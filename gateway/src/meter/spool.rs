@@ -66,7 +66,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tollgate_admin::store::{Store, StoreError, UsageRecord};
 
-pub use crate::config::SpoolSync;
+pub use super::config::SpoolSync;
 
 /// Segment file names: twelve digits and this suffix.
 const SEGMENT_SUFFIX: &str = ".jsonl";

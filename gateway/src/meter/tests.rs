@@ -111,7 +111,12 @@ fn call(endpoint: Endpoint, body: Value) -> Call {
         &|_| None,
     )
     .unwrap();
-    let models = Models::from_config(&config, &ProviderSet::new().unwrap()).unwrap();
+    let models = Models::from_config(
+        &config.models,
+        &config.breaker,
+        &ProviderSet::new().unwrap(),
+    )
+    .unwrap();
     Call {
         request_id: "req-1".into(),
         principal: Principal {

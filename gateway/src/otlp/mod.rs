@@ -41,7 +41,7 @@ use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request};
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Secret};
+use crate::base::{ConfigError, Secret};
 use context::Parent;
 use encode::{Kind, SpanRecord, Value};
 pub use export::shutdown;

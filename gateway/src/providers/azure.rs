@@ -16,8 +16,8 @@
 use axum::response::{IntoResponse, Response};
 use http::HeaderValue;
 
+use super::config::DeploymentConfig;
 use super::{openai, relay};
-use crate::config::DeploymentConfig;
 use crate::error::{self, UpstreamError};
 use crate::openai::{Endpoint, Request};
 

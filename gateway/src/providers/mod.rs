@@ -15,6 +15,7 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod config;
 pub mod openai;
 pub(crate) mod relay;
 
@@ -22,9 +23,9 @@ use std::time::Duration;
 
 use axum::response::Response;
 
-use crate::config::{DeploymentConfig, ProviderKind};
 use crate::error::UpstreamError;
 use crate::openai::Request;
+use config::{DeploymentConfig, ProviderKind};
 
 /// Shared parts every provider is built from: one pooled HTTP client for all upstreams,
 /// and the most of an answer a provider holds in memory.
@@ -41,7 +42,7 @@ impl ProviderSet {
         let client = client(DEFAULT_CONNECT_TIMEOUT)?;
         Ok(Self {
             client,
-            max_upstream_body: crate::config::Config::default().max_upstream_body_bytes(),
+            max_upstream_body: DEFAULT_MAX_UPSTREAM_BODY,
         })
     }
 
@@ -75,6 +76,9 @@ impl ProviderSet {
         }
     }
 }
+
+/// `max_upstream_body_mb`'s default (256 MiB), until [`ProviderSet::with_max_upstream_body`].
+const DEFAULT_MAX_UPSTREAM_BODY: usize = 256 << 20;
 
 /// Connect timeout of the shared client (a deployment's `timeouts.connect_s` overrides it).
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

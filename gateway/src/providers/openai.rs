@@ -15,8 +15,8 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 use serde_json::{Map, Value};
 
+use super::config::DeploymentConfig;
 use super::relay;
-use crate::config::DeploymentConfig;
 use crate::error::UpstreamError;
 use crate::openai::Request;
 

@@ -16,7 +16,7 @@ use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, StatusCode, header};
 use tokio::time::Instant;
 
-use crate::config::Secret;
+use crate::base::Secret;
 use crate::error::{Passthrough, UpstreamError};
 
 /// How long a stream may run when its deployment sets no `timeouts.total_s`: far beyond
@@ -50,7 +50,7 @@ pub struct Deadlines {
 }
 
 impl Timeouts {
-    pub fn from_config(d: &crate::config::DeploymentConfig) -> Self {
+    pub fn from_config(d: &super::config::DeploymentConfig) -> Self {
         let t = d.timeouts.clone().unwrap_or_default();
         let timeout = Duration::from_secs_f64(d.timeout_s);
         Self {
@@ -212,7 +212,7 @@ pub struct Guard {
 const REDACTED: &[u8] = b"[redacted]";
 
 impl Guard {
-    pub fn new(d: &crate::config::DeploymentConfig, max_body: usize) -> Self {
+    pub fn new(d: &super::config::DeploymentConfig, max_body: usize) -> Self {
         Self {
             max_body,
             key: d.api_key.clone().filter(|k| !k.expose().is_empty()),
@@ -645,10 +645,11 @@ mod tests {
 
     #[test]
     fn an_echoed_key_is_redacted() {
-        let d: crate::config::DeploymentConfig = serde_json::from_value(serde_json::json!({
-            "provider": "openai", "base_url": "http://x", "api_key": "sk-up"
-        }))
-        .unwrap();
+        let d: crate::providers::config::DeploymentConfig =
+            serde_json::from_value(serde_json::json!({
+                "provider": "openai", "base_url": "http://x", "api_key": "sk-up"
+            }))
+            .unwrap();
         let g = Guard::new(&d, 1 << 20);
         let body = Bytes::from_static(b"{\"m\":\"Bearer sk-up is wrong; sk-u sk-upsk-up\"}");
         assert_eq!(

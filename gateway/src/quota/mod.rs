@@ -34,6 +34,7 @@
 //! reservation it reserves more, and ends with an `insufficient_quota` error event when
 //! nothing is left.
 
+pub mod config;
 pub mod engine;
 pub mod local;
 pub mod plans;
@@ -58,10 +59,10 @@ use tokio::sync::oneshot;
 use tollgate_admin::store::Store;
 
 use crate::call::Call;
-use crate::config::{LimitsConfig, RedisFailure};
 use crate::error::ApiError;
 use crate::meter::prices::Prices;
 use crate::meter::{ChargeReport, Charged};
+pub use config::{LimitsConfig, RedisFailure};
 use engine::{Ask, Counts, Decision, Limit, Month, Scope, ScopeLimits, Taken, WINDOW_MS};
 use local::LocalEngine;
 use plans::Plans;

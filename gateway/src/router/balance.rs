@@ -170,7 +170,7 @@ mod tests {
             ));
         }
         let config = Config::parse(&yaml, &|_| None).unwrap();
-        let models = Models::from_config(&config, &providers()).unwrap();
+        let models = Models::from_config(&config.models, &config.breaker, &providers()).unwrap();
         models.get("m").unwrap().clone()
     }
 
@@ -224,7 +224,7 @@ mod tests {
             "      - { provider: openai, base_url: 'http://127.0.0.1:9/v1', name: b, rpm: 2 }\n",
         );
         let config = Config::parse(&yaml, &|_| None).unwrap();
-        let models = Models::from_config(&config, &providers()).unwrap();
+        let models = Models::from_config(&config.models, &config.breaker, &providers()).unwrap();
         let route = models.get("m").unwrap();
         let now = Instant::now();
         let picks: Vec<usize> = (0..3)

@@ -16,6 +16,7 @@
 mod balance;
 pub mod breaker;
 pub mod caps;
+pub mod config;
 pub mod inflight;
 pub mod metrics;
 pub mod retry;
@@ -32,9 +33,9 @@ use futures_util::future::BoxFuture;
 use http::HeaderValue;
 
 use crate::call::Call;
-use crate::config::{BreakerConfig, Config, ModelConfig};
 use crate::providers::{Provider, ProviderSet};
 use breaker::Breaker;
+pub use config::{BreakerConfig, ModelConfig};
 use retry::RetryPolicy;
 
 /// The header that names the deployment that served.
@@ -144,14 +145,18 @@ pub struct Models {
 }
 
 impl Models {
-    pub fn from_config(config: &Config, providers: &ProviderSet) -> Result<Self, String> {
+    pub fn from_config(
+        config: &[ModelConfig],
+        breaker: &BreakerConfig,
+        providers: &ProviderSet,
+    ) -> Result<Self, String> {
         let mut models = Self::default();
-        for model in &config.models {
-            let route = Arc::new(ModelRoute::new(model, providers, &config.breaker)?);
+        for model in config {
+            let route = Arc::new(ModelRoute::new(model, providers, breaker)?);
             models.by_name.insert(model.name.clone(), route.clone());
             models.order.push(route);
         }
-        for model in &config.models {
+        for model in config {
             let Some(route) = models.by_name.get(&model.name) else {
                 continue;
             };

@@ -64,9 +64,9 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::Value;
 
 use super::relay;
-use crate::config::DeploymentConfig;
 use crate::error::{self, UpstreamError};
 use crate::openai::{Endpoint, Request};
+use crate::providers::config::DeploymentConfig;
 
 /// Where Anthropic's API lives when a deployment names no `base_url`.
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com/v1";
