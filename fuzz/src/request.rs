@@ -1,10 +1,11 @@
-//! Target `request`: a client's body for each data-plane endpoint into the typed request
-//! (`openai::Request::parse`, what `api.rs` runs before anything else reads it).
+//! Target `request`: a client's body for each data-plane endpoint, checked and read once
+//! (`openai::parse`, what `api.rs` runs before anything else reads it).
 //!
 //! Input: one byte picks the endpoint, the rest is the body. Properties: a parsed request
 //! has a non-empty `model` and `stream` only where streaming exists, both as the body says;
-//! the body re-serialised (what goes upstream) parses back to the same request; a refusal
-//! is a 400 `invalid_request_error` whose `param`, when set, is non-empty.
+//! the body as it goes upstream (`Payload::write`, the model replaced by itself) is the
+//! same JSON as the client's, keys in the same order, and parses back to the same request;
+//! a refusal is a 400 `invalid_request_error` whose `param`, when set, is non-empty.
 //!
 //! "The same" is exact, floats included: this target found serde_json's default float
 //! parser one ulp off for a 47-digit number, so the workspace turns on its
@@ -13,7 +14,7 @@
 use http::StatusCode;
 use serde_json::Value;
 use tollgate_gateway::meter::usage::Prompt;
-use tollgate_gateway::openai::{Endpoint, Request};
+use tollgate_gateway::openai::{Endpoint, Parsed, parse};
 
 const ENDPOINTS: [Endpoint; 5] = [
     Endpoint::ChatCompletions,
@@ -28,8 +29,8 @@ pub fn run(data: &[u8]) {
         return;
     };
     let endpoint = ENDPOINTS[usize::from(pick) % ENDPOINTS.len()];
-    match Request::parse(endpoint, body) {
-        Ok(request) => check(endpoint, &request),
+    match parse(endpoint, bytes::Bytes::copy_from_slice(body)) {
+        Ok(parsed) => check(endpoint, body, &parsed),
         Err(e) => {
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert_eq!(e.kind, "invalid_request_error");
@@ -40,44 +41,45 @@ pub fn run(data: &[u8]) {
     }
 }
 
-fn check(endpoint: Endpoint, request: &Request) {
-    assert_eq!(request.endpoint, endpoint);
-    assert!(!request.model.is_empty());
+fn check(endpoint: Endpoint, body: &[u8], parsed: &Parsed) {
+    assert!(!parsed.model.is_empty());
+    let Ok(Value::Object(original)) = serde_json::from_slice::<Value>(body) else {
+        panic!("a body that parsed is not a JSON object");
+    };
     assert_eq!(
-        request.body.get("model").and_then(Value::as_str),
-        Some(request.model.as_str())
+        original.get("model").and_then(Value::as_str),
+        Some(parsed.model.as_str())
     );
-    let stream = request
-        .body
+    let stream = original
         .get("stream")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    assert_eq!(request.stream, stream);
+    assert_eq!(parsed.params.stream, stream);
     if stream {
         assert!(matches!(
             endpoint,
             Endpoint::ChatCompletions | Endpoint::Completions
         ));
     }
-    let Ok(sent) = serde_json::to_vec(&request.body) else {
-        panic!("a parsed body does not serialise");
+    let sent = parsed.payload.write(&parsed.model, false);
+    let Ok(Value::Object(upstream)) = serde_json::from_slice::<Value>(&sent) else {
+        panic!("the body for the upstream is not a JSON object");
     };
-    match Request::parse(endpoint, &sent) {
+    assert!(
+        same(&Value::Object(upstream), &Value::Object(original)),
+        "the body changed on its way upstream"
+    );
+    match parse(endpoint, bytes::Bytes::from(sent)) {
         Ok(again) => {
-            assert_eq!(again.model, request.model);
-            assert_eq!(again.stream, request.stream);
-            assert!(
-                same(
-                    &Value::Object(again.body),
-                    &Value::Object(request.body.clone())
-                ),
-                "the body changed in a round trip"
-            );
+            assert_eq!(again.model, parsed.model);
+            assert_eq!(again.params.stream, parsed.params.stream);
+            assert_eq!(again.params.max_output, parsed.params.max_output);
         }
-        Err(e) => panic!("the re-serialised body is refused: {}", e.message),
+        Err(e) => panic!("the upstream body is refused: {}", e.message),
     }
-    // The meter copies the prompt text of every request it passes.
-    let _ = Prompt::of(request);
+    // What the quota and the meter read of the prompt, without a tokenizer.
+    let _ = Prompt::of(endpoint, &parsed.payload);
+    let _ = Prompt::bound(endpoint, &parsed.payload);
 }
 
 /// Equal, keys in the same order (what goes upstream keeps the client's order).

@@ -1,4 +1,4 @@
-//! What the quota layer adds to a request: `QuotaService` around an inner service that
+//! What the quota layer adds to a request: the quota stage around an inner service that
 //! answers at once, against the same inner service alone. The plan sets every limit (rpm,
 //! tpm, max_concurrent, monthly budget), so each request counts its prompt with the
 //! tokenizer (a ~120-token chat message), prices it, checks and reserves in both scopes,
@@ -17,18 +17,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::response::Response;
 use tollgate_admin::store::{PlanLimits, Store};
-use tollgate_gateway::auth::Principal;
-use tollgate_gateway::call::Call;
 use tollgate_gateway::config::{Config, LimitsConfig};
-use tollgate_gateway::meter::prices::Prices;
-use tollgate_gateway::openai::{Endpoint, Request};
-use tollgate_gateway::providers::ProviderSet;
-use tollgate_gateway::quota::{Quota, QuotaLayer};
+use tollgate_gateway::exchange::{Call, Endpoint, Principal, Reply};
+use tollgate_gateway::prices::Prices;
+use tollgate_gateway::quota::Quota;
 use tollgate_gateway::redis::Redis;
-use tollgate_gateway::router::Models;
+use tollgate_gateway::service::StageLayer;
 use tower::{Layer, Service, ServiceExt};
 
 const WARMUP: usize = 2_000;
@@ -65,18 +60,14 @@ fn main() {
         .unwrap();
         let prices: Vec<_> = config.prices.clone().into_iter().collect();
         store.seed_prices(&prices).await.unwrap();
-        let models = Models::from_config(&config.models, &config.breaker, &ProviderSet::new().unwrap()).unwrap();
-        let route = models.get("gpt-4o-mini").unwrap().clone();
         let words = "the quick brown fox jumps over the lazy dog ".repeat(13);
         let body = serde_json::json!({
             "model": "gpt-4o-mini",
             "max_tokens": 256,
             "messages": [{"role": "user", "content": words}],
         });
-        let request = Request::parse(Endpoint::ChatCompletions, body.to_string().as_bytes()).unwrap();
-        let call = Call {
-            request_id: "bench".into(),
-            principal: Principal {
+        let parsed = tollgate_gateway::openai::parse(Endpoint::ChatCompletions, body.to_string().into()).unwrap();
+        let principal = Principal {
                 tenant_id: tenant.id.clone(),
                 key_id: "benchkey".into(),
                 plan: "bench".into(),
@@ -86,13 +77,20 @@ fn main() {
                 max_concurrent: None,
                 monthly_budget_micro_usd: None,
                 monthly_tokens: None,
-            },
-            request,
-            route,
+        };
+        let call = Call {
+            request_id: "bench".into(),
+            principal: Arc::new(principal.clone()),
+            endpoint: Endpoint::ChatCompletions,
+            model: parsed.model.into(),
+            params: parsed.params,
+            payload: Arc::new(parsed.payload),
             directives: Default::default(),
+            ask_usage: false,
+            upload: None,
         };
         let inner = tower::service_fn(|_call: Call| async {
-            Ok::<_, Infallible>(Response::new(Body::from("{}")))
+            Ok::<_, Infallible>(Reply::json(http::StatusCode::OK, "{}".into(), None))
         });
         let prices = Arc::new(Prices::new(store.clone()));
         prices.refresh().await.unwrap();
@@ -100,13 +98,13 @@ fn main() {
         report("no quota layer", measure(inner, &call).await);
         let registry = prometheus::Registry::new();
         let local = Quota::new(&LimitsConfig::default(), store.clone(), prices.clone(), None, &registry);
-        report("in-process engine", measure(QuotaLayer::new(local.clone()).layer(inner), &call).await);
+        report("in-process engine", measure(StageLayer(local.clone()).layer(inner), &call).await);
         // The same without token limits or budgets: no tokenizer, no price.
         let rpm_only = PlanLimits { rpm: Some(u32::MAX), max_concurrent: Some(100_000), ..PlanLimits::default() };
         store.put_plan("bench-rpm", rpm_only).await.unwrap();
         let mut rpm_call = call.clone();
-        rpm_call.principal.plan = "bench-rpm".into();
-        report("in-process rpm only", measure(QuotaLayer::new(local).layer(inner), &rpm_call).await);
+        rpm_call.principal = Arc::new(Principal { plan: "bench-rpm".into(), ..principal });
+        report("in-process rpm only", measure(StageLayer(local).layer(inner), &rpm_call).await);
 
         let url = std::env::var("TOLLGATE_BENCH_REDIS_URL")
             .or_else(|_| std::env::var("TOLLGATE_TEST_REDIS_URL"))
@@ -117,7 +115,7 @@ fn main() {
                 let redis = Redis::start(&url, &registry).unwrap();
                 assert!(redis.connected_within(Duration::from_secs(5)).await, "redis unreachable");
                 let quota = Quota::new(&LimitsConfig::default(), store.clone(), prices, Some(redis), &registry);
-                report("redis engine", measure(QuotaLayer::new(quota).layer(inner), &call).await);
+                report("redis engine", measure(StageLayer(quota).layer(inner), &call).await);
             }
         }
     });
@@ -127,7 +125,7 @@ fn main() {
 /// body is dropped (which settles the reservation in the background).
 async fn measure<S>(mut service: S, call: &Call) -> Vec<f64>
 where
-    S: Service<Call, Response = Response, Error = Infallible>,
+    S: Service<Call, Response = Reply, Error = Infallible>,
 {
     let mut times = Vec::with_capacity(REQUESTS);
     for i in 0..WARMUP + REQUESTS {

@@ -6,7 +6,7 @@
 //! 2. Added cost per request: the same non-streamed chat request sent to an in-process
 //!    upstream on 127.0.0.1, once straight through the deployment's provider and once
 //!    through `router::retry::serve` (choice, breaker, in-flight guard, header stamp,
-//!    body wrapper). The difference of the medians is the routing layer's own cost.
+//!    in-flight count). The difference of the medians is the routing layer's own cost.
 //! 3. Fail-over time: a model whose first deployment is a closed port (connection
 //!    refused) and whose second is healthy, with the breaker kept closed so every request
 //!    meets the dead one first; reported next to the healthy baseline. Then the same with
@@ -24,11 +24,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use http_body_util::BodyExt;
-use tollgate_gateway::auth::Principal;
-use tollgate_gateway::call::Call;
 use tollgate_gateway::config::Config;
-use tollgate_gateway::openai::{Endpoint, Request};
+use tollgate_gateway::exchange::{Call, Endpoint, Principal, Reply};
 use tollgate_gateway::providers::ProviderSet;
 use tollgate_gateway::router::{Models, retry};
 
@@ -67,11 +64,12 @@ fn models(yaml: &str) -> Models {
     .unwrap()
 }
 
-fn call(models: &Models, model: &str) -> Call {
+fn call(model: &str) -> Call {
     let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    let parsed = tollgate_gateway::openai::parse(Endpoint::ChatCompletions, body.into()).unwrap();
     Call {
         request_id: "bench".into(),
-        principal: Principal {
+        principal: Arc::new(Principal {
             tenant_id: "t".into(),
             key_id: "k".into(),
             plan: "default".into(),
@@ -81,10 +79,14 @@ fn call(models: &Models, model: &str) -> Call {
             max_concurrent: None,
             monthly_budget_micro_usd: None,
             monthly_tokens: None,
-        },
-        request: Request::parse(Endpoint::ChatCompletions, body.as_bytes()).unwrap(),
-        route: models.get(model).unwrap().clone(),
+        }),
+        endpoint: Endpoint::ChatCompletions,
+        model: parsed.model.into(),
+        params: parsed.params,
+        payload: Arc::new(parsed.payload),
         directives: Default::default(),
+        ask_usage: false,
+        upload: None,
     }
 }
 
@@ -93,18 +95,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median latency in µs of `REQUESTS` sequential calls of `f`, body read to the end.
+/// Median latency in µs of `REQUESTS` sequential calls of `f` (whole answers).
 async fn latency<F, Fut>(mut f: F) -> f64
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = axum::response::Response>,
+    Fut: std::future::Future<Output = Reply>,
 {
     let mut samples = Vec::with_capacity(REQUESTS);
     for _ in 0..REQUESTS {
         let started = Instant::now();
-        let response = f().await;
-        assert!(response.status().is_success(), "{}", response.status());
-        let _ = response.into_body().collect().await.unwrap();
+        let reply = f().await;
+        assert!(reply.status.is_success(), "{}", reply.status);
+        drop(reply);
         samples.push(started.elapsed().as_secs_f64() * 1e6);
     }
     median(samples)
@@ -150,21 +152,22 @@ fn main() {
         println!("choose (2 deployments, equal weights): {:.0} ns per call", median(per_call));
 
         // 2. Added cost per request.
-        let one = call(&m, "one");
-        let deployment = &one.route.deployments[0];
+        let one = call("one");
+        let one_route = m.get("one").unwrap().clone();
+        let deployment = &one_route.deployments[0];
         let (mut direct, mut routed) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             direct.push(
                 latency(|| async {
                     deployment
                         .provider
-                        .send(&one.request, &deployment.upstream_model)
+                        .send(&one, &deployment.upstream_model)
                         .await
                         .unwrap()
                 })
                 .await,
             );
-            routed.push(latency(|| retry::serve(&one)).await);
+            routed.push(latency(|| retry::serve(&one_route, &one)).await);
         }
         let (direct, routed) = (median(direct), median(routed));
         println!(
@@ -173,13 +176,14 @@ fn main() {
         );
 
         // 3. Fail-over from a dead deployment (connection refused), breaker kept closed.
-        let failover = call(&m, "failover");
+        let failover = call("failover");
+        let failover_route = m.get("failover").unwrap().clone();
         let mut over = Vec::new();
         for _ in 0..ROUNDS {
             over.push(
                 latency(|| async {
-                    let r = retry::serve(&failover).await;
-                    assert_eq!(r.headers()["x-tollgate-deployment"], "good");
+                    let r = retry::serve(&failover_route, &failover).await;
+                    assert_eq!(r.facts.deployment.as_ref().unwrap(), "good");
                     r
                 })
                 .await,
@@ -192,13 +196,14 @@ fn main() {
         );
 
         // ... and with the breaker on: 3 failures open it, then the dead one is skipped.
-        let ejecting = call(&m, "ejecting");
+        let ejecting = call("ejecting");
+        let ejecting_route = m.get("ejecting").unwrap().clone();
         let started = Instant::now();
         let mut opened_after = None;
         for i in 0..20 {
-            let _ = retry::serve(&ejecting).await.into_body().collect().await;
+            drop(retry::serve(&ejecting_route, &ejecting).await);
             if matches!(
-                ejecting.route.deployments[0].breaker.state(),
+                ejecting_route.deployments[0].breaker.state(),
                 tollgate_gateway::router::breaker::State::Open { .. }
             ) {
                 opened_after = Some((i + 1, started.elapsed()));
@@ -206,7 +211,7 @@ fn main() {
             }
         }
         let (n, took) = opened_after.expect("the breaker opens");
-        let skipped = latency(|| retry::serve(&ejecting)).await;
+        let skipped = latency(|| retry::serve(&ejecting_route, &ejecting)).await;
         println!(
             "breaker (failures: 3) opened after {n} requests ({:.1} ms); then requests skip the dead deployment: {skipped:.1} µs per request",
             took.as_secs_f64() * 1e3

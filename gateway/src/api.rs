@@ -1,8 +1,9 @@
-//! The `/v1/*` router: thin handlers that turn a request into a [`Call`] and hand it to
-//! the inner stack.
+//! The `/v1/*` router and the edge of the inner stack: thin handlers that turn a request
+//! into a [`Call`], hand it to the inner stack, and turn its [`Reply`] into the client's
+//! response ([`respond`], the one place where client-facing headers are written).
 //!
-//! A handler reads the body once, checks it ([`openai::Request::parse`]), resolves the
-//! model (404 `model_not_found`, 403 when the key may not use it) and calls the stack.
+//! A handler reads the body once, checks it ([`openai::parse`]), resolves the model (404
+//! `model_not_found`, 403 when the key may not use it) and calls the stack.
 
 use std::sync::Arc;
 
@@ -12,23 +13,22 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
-use http::StatusCode;
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
-use tower::ServiceExt;
-
 use tower_http::request_id::RequestId;
 
-use crate::auth::Principal;
-use crate::call::{Call, CallService};
+use crate::base::headers;
 use crate::error::{self, ApiError};
-use crate::openai::{self, Endpoint};
+use crate::exchange::{Answer, Call, Directives, Endpoint, Outcome, Principal, RateLine, Reply};
+use crate::openai;
 use crate::router::Models;
+use crate::service::Calls;
 
 /// What handlers need: the configured models and the inner stack.
 #[derive(Clone)]
 pub struct AppState {
     pub models: Arc<Models>,
-    pub calls: CallService,
+    pub calls: Calls,
 }
 
 /// The data-plane routes. Layers (auth, limits, ...) are added by `stack.rs`.
@@ -54,7 +54,7 @@ fn model_object(id: &str) -> Value {
 
 async fn list_models(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(principal): Extension<Arc<Principal>>,
 ) -> Json<Value> {
     let data: Vec<Value> = state
         .models
@@ -67,7 +67,7 @@ async fn list_models(
 
 async fn get_model(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(principal): Extension<Arc<Principal>>,
     Path(id): Path<String>,
 ) -> Response {
     match state.models.get(&id) {
@@ -121,19 +121,30 @@ pub(crate) fn ledger_id(made: Option<&RequestId>, client: Option<&ClientRequestI
     }
 }
 
+/// The request id the client sees (`x-request-id`), for error messages.
+pub(crate) fn shown_id(made: Option<&RequestId>) -> String {
+    made.and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 macro_rules! endpoint_handler {
     ($name:ident, $endpoint:expr) => {
         async fn $name(
             State(state): State<AppState>,
-            Extension(principal): Extension<Principal>,
+            Extension(principal): Extension<Arc<Principal>>,
             made: Option<Extension<RequestId>>,
             client: Option<Extension<ClientRequestId>>,
             headers: http::HeaderMap,
             body: Result<Bytes, BytesRejection>,
         ) -> Response {
             let request_id = ledger_id(made.as_deref(), client.as_deref());
-            let directives = crate::cache::Directives::from_headers(&headers);
-            handle($endpoint, state, principal, request_id, directives, body).await
+            let shown = shown_id(made.as_deref());
+            let directives = Directives::from_headers(&headers);
+            handle(
+                $endpoint, state, principal, request_id, shown, directives, body,
+            )
+            .await
         }
     };
 }
@@ -147,30 +158,31 @@ endpoint_handler!(moderations, Endpoint::Moderations);
 async fn handle(
     endpoint: Endpoint,
     state: AppState,
-    principal: Principal,
+    principal: Arc<Principal>,
     request_id: String,
-    directives: crate::cache::Directives,
+    shown_id: String,
+    directives: Directives,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let call = match prepare(endpoint, &state, principal, request_id, body) {
-        Ok(call) => Call { directives, ..call },
+    let call = match prepare(endpoint, &state, principal, request_id, directives, body) {
+        Ok(call) => call,
         Err(e) => return e.into_response(),
     };
-    // Only configured names label metrics: a client cannot mint series.
-    let model = crate::observe::ModelLabel(std::sync::Arc::from(call.route.name.as_str()));
-    let mut response = match state.calls.oneshot(call).await {
-        Ok(response) => response,
-        Err(never) => match never {},
+    let outcome = Outcome {
+        model: Some(call.model.clone()),
+        principal: Some(call.principal.clone()),
+        ..Outcome::default()
     };
-    response.extensions_mut().insert(model);
-    response
+    let reply = crate::service::call(state.calls, call).await;
+    respond(reply, outcome, &shown_id)
 }
 
 fn prepare(
     endpoint: Endpoint,
     state: &AppState,
-    principal: Principal,
+    principal: Arc<Principal>,
     request_id: String,
+    directives: Directives,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Call, ApiError> {
     let bytes = body.map_err(|rejection| {
@@ -180,20 +192,115 @@ fn prepare(
             ApiError::invalid_request("The request body could not be read.", None)
         }
     })?;
-    let request = openai::Request::parse(endpoint, &bytes)?;
+    let parsed = openai::parse(endpoint, bytes)?;
     let route = state
         .models
-        .get(&request.model)
-        .ok_or_else(|| error::model_not_found(&request.model))?
-        .clone();
+        .get(&parsed.model)
+        .ok_or_else(|| error::model_not_found(&parsed.model))?;
     if !principal.may_use(&route.name) {
         return Err(error::model_not_allowed(&route.name));
     }
     Ok(Call {
-        request_id,
+        request_id: Arc::from(request_id),
         principal,
-        request,
-        route,
-        directives: Default::default(),
+        endpoint,
+        model: route.label.clone(),
+        params: parsed.params,
+        payload: Arc::new(parsed.payload),
+        directives,
+        ask_usage: false,
+        upload: None,
     })
+}
+
+/// The client's response for a reply: its status and body, and every header the gateway
+/// adds, written here once from the reply's facts; an [`Outcome`] for the edge layers.
+/// `request_id` goes into the message of the gateway's own 5xx errors.
+pub fn respond(reply: Reply, mut outcome: Outcome, request_id: &str) -> Response {
+    let Reply {
+        status,
+        answer,
+        facts,
+    } = reply;
+    let mut response = match answer {
+        Answer::Json { bytes, .. } => {
+            let mut r = Response::new(Body::from(bytes));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Answer::Events(events) => {
+            let mut r = Response::new(Body::new(events.into_body()));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            // No proxy on the way may buffer a stream.
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
+        Answer::Error(e) => error::with_request_id(e, request_id).into_response(),
+        Answer::Raw { content_type, body } => {
+            let mut r = Response::new(body);
+            if let Some(t) = content_type {
+                r.headers_mut().insert(header::CONTENT_TYPE, t);
+            }
+            r
+        }
+    };
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    if let Some(cache) = facts.cache {
+        h.insert(headers::CACHE, HeaderValue::from_static(cache.as_str()));
+    }
+    if let Some(d) = &facts.deployment {
+        h.insert(headers::DEPLOYMENT, d.clone());
+    }
+    if let Some(cost) = facts.cost
+        && let Ok(v) = HeaderValue::from_str(&cost.to_string())
+    {
+        h.insert(headers::COST, v);
+    }
+    if let Some(seconds) = facts.retry_after
+        && !h.contains_key(header::RETRY_AFTER)
+    {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Some(rate) = &facts.rate {
+        rate_headers(h, REQUESTS, rate.requests.as_ref());
+        rate_headers(h, TOKENS, rate.tokens.as_ref());
+    }
+    outcome.cache = facts.cache;
+    outcome.deployment = facts.deployment;
+    outcome.upstream = facts.upstream;
+    response.extensions_mut().insert(outcome);
+    response
+}
+
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-requests`.
+const REQUESTS: [&str; 3] = [
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+];
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-tokens`.
+const TOKENS: [&str; 3] = [
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+];
+
+fn rate_headers(h: &mut http::HeaderMap, names: [&'static str; 3], line: Option<&RateLine>) {
+    let Some(line) = line else {
+        return;
+    };
+    let [limit, remaining, reset] = names.map(HeaderName::from_static);
+    h.insert(limit, HeaderValue::from(line.limit));
+    h.insert(remaining, HeaderValue::from(line.remaining));
+    if let Ok(v) = HeaderValue::from_str(&line.reset) {
+        h.insert(reset, v);
+    }
 }

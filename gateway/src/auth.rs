@@ -15,17 +15,17 @@
 //! [`TOUCH_INTERVAL`].
 //!
 //! ```text
-//! let app = ServiceBuilder::new().layer(AuthLayer::new(keys)).service(router);
+//! let app = ServiceBuilder::new().layer(StageLayer(keys)).service(router);
 //! ```
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use futures_util::future::BoxFuture;
 use http::{Request, header};
 use serde::Deserialize;
 use tollgate_admin::keys;
@@ -33,6 +33,7 @@ use tollgate_admin::store::{Invalidation, KeyAuth, Store, StoreError};
 
 use crate::base::ConfigError;
 use crate::error::ApiError;
+pub use crate::exchange::Principal;
 
 /// After the store failed a lookup, how long known keys skip it (see `store_down_until_ms`).
 const STORE_RETRY: Duration = Duration::from_secs(1);
@@ -40,32 +41,6 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// How often `last_used_at` is written for the keys used since the last write.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Who is calling: set by the auth layer, read by everything below it.
-#[derive(Clone, Debug)]
-pub struct Principal {
-    pub tenant_id: String,
-    pub key_id: String,
-    /// The tenant's plan: its limits count per tenant (`crate::quota`).
-    pub plan: String,
-    /// Models this key may use; empty means all.
-    pub models: Arc<[String]>,
-    /// The key's own requests per minute (per key, on top of the plan's).
-    pub rpm: Option<u32>,
-    /// The key's own tokens per minute.
-    pub tpm: Option<u32>,
-    /// The key's own requests in flight at once.
-    pub max_concurrent: Option<u32>,
-    /// The key's own spend per calendar month (UTC), integer micro-USD.
-    pub monthly_budget_micro_usd: Option<i64>,
-    /// The key's own tokens per calendar month (UTC).
-    pub monthly_tokens: Option<u64>,
-}
-
-impl Principal {
-    pub fn may_use(&self, model: &str) -> bool {
-        self.models.is_empty() || self.models.iter().any(|m| m == model)
-    }
-}
 
 /// `auth:` section: how long key lookups are trusted.
 #[derive(Debug, Clone, Deserialize)]
@@ -131,7 +106,7 @@ impl AuthConfig {
 struct Entry {
     record: KeyAuth,
     /// The principal this key authenticates as, built once per lookup.
-    principal: Principal,
+    principal: Arc<Principal>,
     /// When the store said so, on [`Keys::clock`].
     fetched_ms: u64,
     /// Used since the last `last_used_at` write.
@@ -189,7 +164,10 @@ impl Keys {
     }
 
     /// Authenticates an `Authorization` header value.
-    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Principal, ApiError> {
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+    ) -> Result<Arc<Principal>, ApiError> {
         let Some(raw) = authorization else {
             return Err(ApiError::invalid_api_key(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer tg-...'.",
@@ -239,7 +217,7 @@ impl Keys {
         match self.inner.store.lookup_key(public_id).await {
             Ok(Some(record)) => {
                 let entry = Arc::new(Entry {
-                    principal: Principal {
+                    principal: Arc::new(Principal {
                         tenant_id: record.tenant_id.clone(),
                         key_id: record.key_id.clone(),
                         plan: record.plan.clone(),
@@ -249,7 +227,7 @@ impl Keys {
                         max_concurrent: record.max_concurrent,
                         monthly_budget_micro_usd: record.monthly_budget_usd.map(|m| m.micros()),
                         monthly_tokens: record.monthly_tokens,
-                    },
+                    }),
                     record,
                     fetched_ms: now,
                     used: AtomicBool::new(
@@ -378,59 +356,23 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Tower layer that authenticates every request it sees.
-#[derive(Clone)]
-pub struct AuthLayer {
-    keys: Keys,
-}
-
-impl AuthLayer {
-    pub fn new(keys: Keys) -> Self {
-        Self { keys }
-    }
-}
-
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = Auth<S>;
-
-    fn layer(&self, inner: S) -> Auth<S> {
-        Auth {
-            inner,
-            keys: self.keys.clone(),
-        }
-    }
-}
-
-// === impl Auth ===
-
-/// The auth service: answers 401/503 itself, or calls the inner service with a
-/// [`Principal`] in the request's extensions.
-#[derive(Clone)]
-pub struct Auth<S> {
-    inner: S,
-    keys: Keys,
-}
-
-impl<S, B> tower::Service<Request<B>> for Auth<S>
+/// Authenticates every request it sees: answers 401/503 itself, or calls the rest of the
+/// stack with the [`Principal`] in the request's extensions.
+impl<S> crate::service::Stage<S> for Keys
 where
-    S: tower::Service<Request<B>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: tower::Service<Request<Body>, Response = Response, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
+    type Request = Request<Body>;
     type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // The clone that was driven to readiness serves this request (tower's usual swap).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let keys = self.keys.clone();
-        Box::pin(async move {
+    fn serve(
+        &self,
+        mut request: Request<Body>,
+        next: S,
+    ) -> impl Future<Output = Response> + Send + 'static {
+        let keys = self.clone();
+        async move {
             let authorization = request
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -440,12 +382,11 @@ where
                     let span = tracing::Span::current();
                     span.record("tenant", principal.tenant_id.as_str());
                     span.record("key", principal.key_id.as_str());
-                    crate::otlp::record_principal(&principal.tenant_id, &principal.key_id);
                     request.extensions_mut().insert(principal);
-                    inner.call(request).await
+                    crate::service::call(next, request).await
                 }
-                Err(error) => Ok(error.into_response()),
+                Err(error) => error.into_response(),
             }
-        })
+        }
     }
 }

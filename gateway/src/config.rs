@@ -481,8 +481,8 @@ fn expand_str(
     Ok(out)
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
 

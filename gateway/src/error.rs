@@ -1,5 +1,11 @@
 //! Data-plane errors. Every error the gateway makes becomes an OpenAI-shaped response here
-//! (the type is shared with the admin plane); this is the only module that picks a status.
+//! (the type is shared with the admin plane); this is the only module that picks a status:
+//! the layers call a constructor below and return it in their `Reply`.
+//!
+//! Upstream errors: a 4xx keeps its status, message and code (the client needs "context
+//! length exceeded"), with the deployment's key redacted; a 5xx (or an answer the gateway
+//! could not use) becomes the gateway's own 502 / 503 / 504 ([`upstream_status`],
+//! [`UpstreamError::to_api`]), and the upstream's body goes to the operator's log only.
 //!
 //! Two safety nets sit in the stack as well: [`on_panic`] turns a panic into a 500 JSON
 //! answer instead of a dropped connection, and [`shape`] rewrites the plain-text error
@@ -12,12 +18,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 pub use tollgate_admin::error::ApiError;
 
-use crate::openai::Endpoint;
-
-/// Marks a response whose body came from an upstream, so [`shape`] leaves it untouched:
-/// upstream errors pass through with their own status and body.
-#[derive(Clone, Copy, Debug)]
-pub struct Passthrough;
+use crate::exchange::Endpoint;
 
 /// 404 `model_not_found`.
 pub fn model_not_found(model: &str) -> ApiError {
@@ -77,6 +78,13 @@ pub fn metering_unavailable() -> ApiError {
         .with_retry_after(5)
 }
 
+/// 503 `overloaded`: the process is at `max_in_flight`.
+pub fn overloaded() -> ApiError {
+    ApiError::unavailable("The gateway is at capacity. Please retry shortly.")
+        .with_code("overloaded")
+        .with_retry_after(1)
+}
+
 /// 503 for a request still waiting on its upstream when the gateway stops (after the
 /// drain deadline).
 pub fn shutting_down() -> ApiError {
@@ -91,6 +99,132 @@ pub fn upstream_broke_off(deployment: &str) -> ApiError {
         format!("The upstream '{deployment}' sent an incomplete response."),
     )
     .with_code("upstream_error")
+}
+
+/// The gateway's answer for an upstream's 5xx (after retries): 503 when the upstream said
+/// it was overloaded or unavailable (503, Anthropic's 529), 504 when it timed out (504),
+/// 502 otherwise. The upstream's body is not relayed.
+pub fn upstream_status(deployment: &str, upstream: StatusCode) -> ApiError {
+    let (status, code, what) = match upstream.as_u16() {
+        503 | 529 => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_overloaded",
+            "is overloaded or unavailable",
+        ),
+        504 => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "timed out",
+        ),
+        _ => (StatusCode::BAD_GATEWAY, "upstream_error", "failed"),
+    };
+    ApiError::new(
+        status,
+        "server_error",
+        format!(
+            "The upstream '{deployment}' {what} (HTTP {}). Please retry.",
+            upstream.as_u16()
+        ),
+    )
+    .with_code(code)
+}
+
+/// An upstream's 4xx whose body is not OpenAI's error JSON: its status, with its text as
+/// the message (redacted by the caller).
+pub fn upstream_refusal(status: StatusCode, message: String) -> ApiError {
+    let kind = if status == StatusCode::TOO_MANY_REQUESTS {
+        "requests"
+    } else {
+        "invalid_request_error"
+    };
+    ApiError::new(status, kind, message).with_code("upstream_error")
+}
+
+/// Whether an upstream status is one the gateway answers itself ([`upstream_status`]).
+pub fn is_upstream_failure(status: StatusCode) -> bool {
+    status.is_server_error()
+}
+
+/// 429 `rate_limit_exceeded`: a requests, tokens or concurrency limit.
+pub fn rate_limited(message: String, retry_after_s: u64) -> ApiError {
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "requests", message)
+        .with_code("rate_limit_exceeded")
+        .with_retry_after(retry_after_s)
+}
+
+/// 429 `insufficient_quota`: a monthly budget or token quota is spent.
+pub fn insufficient_quota(message: String, retry_after_s: u64) -> ApiError {
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message)
+        .with_code("insufficient_quota")
+        .with_retry_after(retry_after_s)
+}
+
+/// 503 while Redis is unreachable under `limits.redis_failure: fail_closed`.
+pub fn limits_unavailable() -> ApiError {
+    ApiError::unavailable("Rate limits cannot be checked right now. Please retry shortly.")
+        .with_retry_after(1)
+}
+
+/// 429 when every deployment of a model is at its configured `rpm` / `tpm` cap.
+pub fn all_capped(model: &str, retry_after: std::time::Duration) -> ApiError {
+    let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    rate_limited(
+        format!(
+            "Every deployment of the model '{model}' is at its configured rate cap. Please retry after {seconds} s."
+        ),
+        seconds,
+    )
+}
+
+/// 429 from a local model whose queue is full: busy, not broken, so routing moves on.
+pub fn model_busy(model: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "requests",
+        format!("The local model '{model}' is busy (its queue is full). Please retry."),
+    )
+    .with_code("rate_limit_exceeded")
+}
+
+/// 500 when a local model failed while answering.
+pub fn model_failed() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "The local model failed to answer.",
+    )
+    .with_code("local_inference_failed")
+}
+
+/// 422 / 409 for `Idempotency-Key` misuse: the same key with another body, or while the
+/// first request is still running.
+pub fn idempotency_mismatch() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request_error",
+        "This Idempotency-Key was already used with a different request body or endpoint. Use a new key for a new request.",
+    )
+    .with_code("idempotency_key_reused")
+}
+
+/// See [`idempotency_mismatch`].
+pub fn idempotency_in_progress() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "invalid_request_error",
+        "A request with this Idempotency-Key is still in progress. Retry once it has finished.",
+    )
+    .with_code("idempotency_key_in_progress")
+    .with_retry_after(1)
+}
+
+/// A 5xx made by the gateway, with the request's id in its message, so an operator can
+/// find the log line (which holds what the client is not shown).
+pub fn with_request_id(mut error: ApiError, request_id: &str) -> ApiError {
+    if error.status.is_server_error() && !request_id.is_empty() {
+        error.message = format!("{} (request id: {request_id})", error.message);
+    }
+    error
 }
 
 /// Why an upstream call failed, by cause: the status follows from it (502 / 504).
@@ -162,6 +296,19 @@ impl UpstreamError {
     }
 }
 
+/// Whether a body failed because it went over `max_body_mb` (the body limit's error, under
+/// whatever wraps it).
+pub fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// `CatchPanicLayer` handler: a 500 in OpenAI's shape; the panic payload is logged, not sent.
 pub fn on_panic(payload: Box<dyn Any + Send + 'static>) -> Response {
     let detail = payload
@@ -174,16 +321,15 @@ pub fn on_panic(payload: Box<dyn Any + Send + 'static>) -> Response {
 }
 
 /// Rewrites gateway-made error responses that are not JSON (tower-http's 413 and timeout,
-/// axum's empty 404/405) into OpenAI's shape. Upstream passthroughs are left alone.
+/// axum's empty 404/405) into OpenAI's shape. JSON answers (ours, and relayed upstream
+/// errors, which are always JSON by then) are left alone.
 pub fn shape<B>(response: http::Response<B>) -> Response
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error())
-        || response.extensions().get::<Passthrough>().is_some()
-    {
+    if !(status.is_client_error() || status.is_server_error()) {
         return response.map(Body::new);
     }
     let is_json = response

@@ -3,9 +3,8 @@
 //!
 //! The layer sits at the edge, just inside the request id and the trace span, so it sees
 //! every answer (auth and validation errors, limits, cache hits, upstream answers) and the
-//! whole time a request spent in the process. The router below stamps the time it spent
-//! waiting on upstreams on its response ([`UpstreamElapsed`]); the difference is the
-//! gateway's own overhead:
+//! whole time a request spent in the process. The reply's [`Outcome`] says how long it
+//! waited on upstreams; the difference is the gateway's own overhead:
 //!
 //! - `x-tollgate-overhead-ms` on every response: time to the response headers minus the
 //!   upstream's share (a whole answer's body for plain requests, the headers for streams);
@@ -15,30 +14,21 @@
 //! - one `access` log line per request at `info` (method, path, status, model, deployment,
 //!   cache, durations; never headers or prompt text).
 //!
-//! The handler names the model it parsed with a [`ModelLabel`] response extension; requests
-//! that never got that far are labelled `-`.
+//! The outcome names the model the handler resolved; requests that never got that far are
+//! labelled `-`.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::Response;
-use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-/// Response header with the gateway's own time, in milliseconds.
-pub const OVERHEAD_HEADER: &str = "x-tollgate-overhead-ms";
-
-/// Time spent waiting on upstreams for this answer, summed over attempts; set by the router.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct UpstreamElapsed(pub Duration);
-
-/// The client-facing model a request named; set by the `/v1` handlers.
-#[derive(Clone, Debug)]
-pub struct ModelLabel(pub Arc<str>);
+use crate::base::headers::OVERHEAD;
+use crate::exchange::Outcome;
 
 /// The series this layer feeds.
 #[derive(Clone)]
@@ -94,34 +84,6 @@ impl RequestMetrics {
     }
 }
 
-/// The tower layer.
-#[derive(Clone)]
-pub struct ObserveLayer {
-    metrics: RequestMetrics,
-}
-
-impl ObserveLayer {
-    pub fn new(metrics: RequestMetrics) -> Self {
-        Self { metrics }
-    }
-}
-
-impl<S> tower::Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Observe {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Observe<S> {
-    inner: S,
-    metrics: RequestMetrics,
-}
-
 /// The `/v1` path's last segments as a metric label: a fixed set, so a client cannot
 /// create series by requesting made-up paths.
 fn endpoint_label(path: &str) -> &'static str {
@@ -140,62 +102,49 @@ fn endpoint_label(path: &str) -> &'static str {
     }
 }
 
-impl<S, B> tower::Service<Request<Body>> for Observe<S>
+impl<S> crate::service::Stage<S> for RequestMetrics
 where
-    S: tower::Service<Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
+    S: tower::Service<Request<Body>, Response = Response, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
 {
+    type Request = Request<Body>;
     type Response = Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response, S::Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn serve(
+        &self,
+        request: Request<Body>,
+        next: S,
+    ) -> impl Future<Output = Response> + Send + 'static {
         let start = Instant::now();
         let endpoint = endpoint_label(request.uri().path());
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let metrics = self.metrics.clone();
-        // The clone that was driven to readiness serves this call (tower's contract).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let mut response = inner.call(request).await?;
+        let metrics = self.clone();
+        async move {
+            let mut response = crate::service::call(next, request).await;
             let to_headers = start.elapsed();
-            let upstream = response
-                .extensions()
-                .get::<UpstreamElapsed>()
-                .map_or(Duration::ZERO, |u| u.0);
+            let outcome = response.extensions_mut().get_mut::<Outcome>();
+            let upstream = outcome.as_ref().map_or(Duration::ZERO, |o| o.upstream);
             let overhead = to_headers.saturating_sub(upstream);
+            let (model, cache, deployment) = match outcome {
+                Some(o) => {
+                    // For the trace layer around this one.
+                    o.overhead = Some(overhead);
+                    (
+                        o.model.clone().unwrap_or_else(|| Arc::from("-")),
+                        o.cache.map_or("none", |c| c.as_str()),
+                        o.deployment
+                            .as_ref()
+                            .and_then(|d| d.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned(),
+                    )
+                }
+                None => (Arc::from("-"), "none", "-".to_owned()),
+            };
             if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1e3)) {
-                response.headers_mut().insert(OVERHEAD_HEADER, v);
+                response.headers_mut().insert(OVERHEAD, v);
             }
-            let model: Arc<str> = response
-                .extensions()
-                .get::<ModelLabel>()
-                .map_or_else(|| Arc::from("-"), |m| m.0.clone());
-            let cache = response
-                .headers()
-                .get("x-tollgate-cache")
-                .and_then(|v| v.to_str().ok())
-                .map_or("none", |v| match v {
-                    "hit" => "hit",
-                    "miss" => "miss",
-                    "bypass" => "bypass",
-                    _ => "other",
-                });
-            let deployment = response
-                .headers()
-                .get(crate::router::DEPLOYMENT_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_owned();
             let status = response.status();
             metrics
                 .requests
@@ -219,8 +168,8 @@ where
                 method,
                 path,
             };
-            Ok(crate::guard::hold_until_body_ends(response, done))
-        })
+            crate::guard::hold_until_body_ends(response, done)
+        }
     }
 }
 

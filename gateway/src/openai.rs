@@ -1,79 +1,30 @@
-//! OpenAI wire types: the endpoints the gateway serves and the checks on their request
-//! bodies.
+//! OpenAI's request bodies: checked and read once, at the edge.
 //!
-//! The body is parsed once, into a JSON object that is forwarded as it came (unknown fields
-//! such as `tools`, `response_format`, `logprobs` or image parts pass through unchanged).
-//! Next to it, a typed view of the fields the gateway reads is deserialized from that same
-//! object, so a wrong type is a 400 that names the field (`messages[0].role`).
+//! [`parse`] splits the body into its fields once ([`Payload`]), checks the types of the
+//! fields the gateway reads (a wrong type is a 400 naming the field, `messages[0].role`),
+//! and reads the typed [`Params`] the layers decide on. The body itself goes upstream as
+//! it came: unknown fields such as `tools`, `response_format`, `logprobs` or image parts
+//! pass through byte for byte.
+//!
+//! [`Request`] is the same body as a JSON tree, for the providers that translate it into
+//! another API (Anthropic) or run it themselves (local models).
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+pub use crate::exchange::Endpoint;
+use crate::exchange::{Call, Params, Payload, PayloadError, without_position};
 
-/// A `POST` endpoint of the data plane.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    ChatCompletions,
-    Completions,
-    Embeddings,
-    ImagesGenerations,
-    Moderations,
-}
-
-impl Endpoint {
-    /// The path below the API root, as sent upstream.
-    pub fn path(self) -> &'static str {
-        match self {
-            Self::ChatCompletions => "/chat/completions",
-            Self::Completions => "/completions",
-            Self::Embeddings => "/embeddings",
-            Self::ImagesGenerations => "/images/generations",
-            Self::Moderations => "/moderations",
-        }
-    }
-
-    /// A short label for logs and metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::ChatCompletions => "chat_completions",
-            Self::Completions => "completions",
-            Self::Embeddings => "embeddings",
-            Self::ImagesGenerations => "images_generations",
-            Self::Moderations => "moderations",
-        }
-    }
-
-    fn can_stream(self) -> bool {
-        matches!(self, Self::ChatCompletions | Self::Completions)
-    }
-}
-
-/// A parsed, checked request body.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub endpoint: Endpoint,
+/// A checked request body and what the layers read from it.
+#[derive(Debug)]
+pub struct Parsed {
     /// The client-facing model name.
     pub model: String,
-    pub stream: bool,
-    /// The whole body, forwarded with only `model` rewritten.
-    pub body: Map<String, Value>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code, reason = "fields are read by serde to check their types")]
-struct ChatView {
-    model: String,
-    messages: Vec<MessageView>,
-    stream: Option<bool>,
-    stream_options: Option<StreamOptionsView>,
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-    n: Option<u32>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    seed: Option<i64>,
+    pub params: Params,
+    pub payload: Payload,
 }
 
 #[derive(Deserialize)]
@@ -83,126 +34,137 @@ struct MessageView {
 }
 
 #[derive(Deserialize)]
-#[allow(dead_code, reason = "fields are read by serde to check their types")]
 struct StreamOptionsView {
+    #[serde(default)]
     include_usage: Option<bool>,
 }
 
-#[derive(Deserialize)]
-#[allow(dead_code, reason = "fields are read by serde to check their types")]
-struct CompletionView {
-    model: String,
-    prompt: Value,
-    stream: Option<bool>,
-    stream_options: Option<StreamOptionsView>,
-    max_tokens: Option<u64>,
-    n: Option<u32>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    seed: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code, reason = "fields are read by serde to check their types")]
-struct EmbeddingView {
-    model: String,
-    input: Value,
-    dimensions: Option<u32>,
-    encoding_format: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code, reason = "fields are read by serde to check their types")]
-struct ImageView {
-    model: String,
-    prompt: String,
-    n: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code, reason = "fields are read by serde to check their types")]
-struct ModerationView {
-    model: String,
-    input: Value,
-}
-
-impl Request {
-    /// Parses and checks a request body for `endpoint`.
-    ///
-    /// `model` is required on every endpoint (also moderations, where OpenAI has a default)
-    /// because routing needs it.
-    pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            ApiError::invalid_request(
-                format!(
-                    "We could not parse the JSON body of your request ({}). The body must be a JSON object.",
-                    e
-                ),
-                None,
-            )
-        })?;
-        let Value::Object(body) = value else {
-            return Err(ApiError::invalid_request(
-                "The request body must be a JSON object.",
-                None,
-            ));
-        };
-        match endpoint {
-            Endpoint::ChatCompletions => {
-                let view: ChatView = typed(&body)?;
-                if view.messages.is_empty() {
-                    return Err(ApiError::invalid_request(
-                        "'messages' must contain at least one message.",
-                        Some("messages"),
-                    ));
-                }
-            }
-            Endpoint::Completions => {
-                let _: CompletionView = typed(&body)?;
-            }
-            Endpoint::Embeddings => {
-                let view: EmbeddingView = typed(&body)?;
-                check_input(&view.input)?;
-            }
-            Endpoint::ImagesGenerations => {
-                let _: ImageView = typed(&body)?;
-            }
-            Endpoint::Moderations => {
-                let view: ModerationView = typed(&body)?;
-                check_input(&view.input)?;
-            }
+/// Parses and checks a request body for `endpoint`.
+///
+/// `model` is required on every endpoint (also moderations, where OpenAI has a default)
+/// because routing needs it.
+pub fn parse(endpoint: Endpoint, bytes: Bytes) -> Result<Parsed, ApiError> {
+    let payload = Payload::parse(bytes).map_err(|e| match e {
+        PayloadError::Syntax(message) => ApiError::invalid_request(
+            format!(
+                "We could not parse the JSON body of your request ({message}). The body must be a JSON object."
+            ),
+            None,
+        ),
+        PayloadError::NotAnObject => {
+            ApiError::invalid_request("The request body must be a JSON object.", None)
         }
-        let model = match body.get("model") {
-            Some(Value::String(m)) if !m.is_empty() => m.clone(),
-            _ => {
+    })?;
+    let mut params = Params::default();
+    let mut max_tokens = None;
+    let mut max_completion_tokens = None;
+    // Fields in the order the client wrote them: the first wrong one is reported.
+    for (key, raw) in payload.iter() {
+        match (key, endpoint) {
+            ("model", _) => {
+                typed::<String>(key, raw)?;
+            }
+            ("messages", Endpoint::ChatCompletions) => {
+                typed::<Vec<MessageView>>(key, raw)?;
+            }
+            ("prompt", Endpoint::ImagesGenerations) => {
+                typed::<String>(key, raw)?;
+            }
+            ("stream", _) => params.stream = typed::<Option<bool>>(key, raw)?.unwrap_or(false),
+            ("stream_options", Endpoint::ChatCompletions | Endpoint::Completions) => {
+                params.include_usage = typed::<Option<StreamOptionsView>>(key, raw)?
+                    .and_then(|o| o.include_usage)
+                    .unwrap_or(false);
+            }
+            ("max_tokens", Endpoint::ChatCompletions | Endpoint::Completions) => {
+                max_tokens = typed::<Option<u64>>(key, raw)?;
+            }
+            ("max_completion_tokens", Endpoint::ChatCompletions) => {
+                max_completion_tokens = typed::<Option<u64>>(key, raw)?;
+            }
+            (
+                "n",
+                Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::ImagesGenerations,
+            ) => params.n = typed::<Option<u32>>(key, raw)?.map(u64::from),
+            ("temperature", Endpoint::ChatCompletions | Endpoint::Completions) => {
+                params.temperature = typed::<Option<f64>>(key, raw)?;
+            }
+            ("top_p", Endpoint::ChatCompletions | Endpoint::Completions) => {
+                typed::<Option<f64>>(key, raw)?;
+            }
+            ("seed", Endpoint::ChatCompletions | Endpoint::Completions) => {
+                params.seed = typed::<Option<i64>>(key, raw)?.is_some();
+            }
+            ("dimensions", Endpoint::Embeddings) => {
+                typed::<Option<u32>>(key, raw)?;
+            }
+            ("encoding_format", Endpoint::Embeddings) => {
+                typed::<Option<String>>(key, raw)?;
+            }
+            _ => {}
+        }
+    }
+    params.max_output = max_completion_tokens.or(max_tokens);
+    let required: &[&str] = match endpoint {
+        Endpoint::ChatCompletions => &["model", "messages"],
+        Endpoint::Completions => &["model", "prompt"],
+        Endpoint::Embeddings | Endpoint::Moderations => &["model", "input"],
+        Endpoint::ImagesGenerations => &["model", "prompt"],
+        Endpoint::Files | Endpoint::FineTuning | Endpoint::Batches => &[],
+    };
+    for field in required {
+        if payload.raw(field).is_none() {
+            return Err(ApiError::invalid_request(
+                format!("Missing required parameter: '{field}'."),
+                Some(field),
+            ));
+        }
+    }
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            if payload.raw("messages").is_some_and(|m| m.starts_with(b"[") && is_empty_array(m)) {
                 return Err(ApiError::invalid_request(
-                    "'model' must be a non-empty string.",
-                    Some("model"),
+                    "'messages' must contain at least one message.",
+                    Some("messages"),
                 ));
             }
-        };
-        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        if stream && !endpoint.can_stream() {
+        }
+        Endpoint::Embeddings | Endpoint::Moderations => check_input(payload.raw("input"))?,
+        _ => {}
+    }
+    let model = match payload.field::<String>("model") {
+        Some(Ok(m)) if !m.is_empty() => m,
+        _ => {
             return Err(ApiError::invalid_request(
-                "Streaming is not supported on this endpoint.",
-                Some("stream"),
+                "'model' must be a non-empty string.",
+                Some("model"),
             ));
         }
-        Ok(Self {
-            endpoint,
-            model,
-            stream,
-            body,
-        })
+    };
+    if params.stream && !endpoint.can_stream() {
+        return Err(ApiError::invalid_request(
+            "Streaming is not supported on this endpoint.",
+            Some("stream"),
+        ));
     }
+    Ok(Parsed {
+        model,
+        params,
+        payload,
+    })
+}
+
+fn is_empty_array(raw: &[u8]) -> bool {
+    raw[1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b']')
 }
 
 /// `input` of embeddings and moderations: a string or a non-empty array.
-fn check_input(input: &Value) -> Result<(), ApiError> {
-    match input {
-        Value::String(_) => Ok(()),
-        Value::Array(items) if !items.is_empty() => Ok(()),
-        Value::Array(_) => Err(ApiError::invalid_request(
+fn check_input(input: Option<&[u8]>) -> Result<(), ApiError> {
+    let input = input.unwrap_or_default();
+    match input.first() {
+        Some(b'"') => Ok(()),
+        Some(b'[') if !is_empty_array(input) => Ok(()),
+        Some(b'[') => Err(ApiError::invalid_request(
             "'input' must not be empty.",
             Some("input"),
         )),
@@ -213,54 +175,137 @@ fn check_input(input: &Value) -> Result<(), ApiError> {
     }
 }
 
-/// Deserializes the typed view, turning serde's error into a 400 naming the field.
-fn typed<T: DeserializeOwned>(body: &Map<String, Value>) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(body).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.inner().to_string();
-        let path = if path == "." { String::new() } else { path };
-        if let Some(field) = message
+/// Deserializes one field, turning serde's error into a 400 naming the field.
+fn typed<T: DeserializeOwned>(field: &str, raw: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = if inner == "." {
+            field.to_owned()
+        } else if inner.starts_with('[') {
+            format!("{field}{inner}")
+        } else {
+            format!("{field}.{inner}")
+        };
+        let message = without_position(e.inner());
+        if let Some(missing) = message
             .strip_prefix("missing field `")
             .and_then(|r| r.split('`').next())
         {
-            let param = if path.is_empty() {
-                field.to_owned()
-            } else {
-                format!("{path}.{field}")
-            };
+            let param = format!("{path}.{missing}");
             return ApiError::invalid_request(
                 format!("Missing required parameter: '{param}'."),
                 Some(&param),
             );
         }
-        let param = if path.is_empty() {
-            None
-        } else {
-            Some(path.as_str())
-        };
-        let shown = param.unwrap_or("body");
-        ApiError::invalid_request(format!("Invalid value for '{shown}': {message}."), param)
+        ApiError::invalid_request(
+            format!("Invalid value for '{path}': {message}."),
+            Some(&path),
+        )
     })
 }
 
-#[cfg(test)]
+/// A request body as a JSON tree, for providers that translate or run it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub endpoint: Endpoint,
+    /// The client-facing model name.
+    pub model: String,
+    pub stream: bool,
+    /// The whole body.
+    pub body: Map<String, Value>,
+}
+
+impl Request {
+    /// The tree of a call's body (one parse of it), with `stream_options.include_usage`
+    /// set when the meter asks for usage.
+    pub fn of(call: &Call) -> Self {
+        let mut body = call.payload.to_map();
+        if call.ask_usage {
+            let options = body
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !options.is_object() {
+                *options = Value::Object(Map::new());
+            }
+            if let Value::Object(options) = options {
+                options.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
+        Self {
+            endpoint: call.endpoint,
+            model: call.model.to_string(),
+            stream: call.params.stream,
+            body,
+        }
+    }
+
+    /// Checks a body ([`parse`]) and makes its tree.
+    pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<Self, ApiError> {
+        let parsed = parse(endpoint, Bytes::copy_from_slice(bytes))?;
+        Ok(Self {
+            endpoint,
+            model: parsed.model,
+            stream: parsed.params.stream,
+            body: parsed.payload.to_map(),
+        })
+    }
+}
+
 #[allow(clippy::unwrap_used, reason = "tests")]
+/// A call for tests: `body` checked as a client's, by tenant `t1` key `k1` on plan
+/// `default`, request id `req-1`.
+#[cfg(test)]
+#[allow(clippy::panic, reason = "tests")]
+pub fn test_call(endpoint: Endpoint, body: Value) -> Call {
+    let parsed = parse(endpoint, Bytes::from(body.to_string())).unwrap_or_else(|e| {
+        panic!("test body refused: {}", e.message)
+    });
+    Call {
+        request_id: "req-1".into(),
+        principal: std::sync::Arc::new(crate::exchange::Principal {
+            tenant_id: "t1".into(),
+            key_id: "k1".into(),
+            plan: "default".into(),
+            models: std::sync::Arc::new([]),
+            rpm: None,
+            tpm: None,
+            max_concurrent: None,
+            monthly_budget_micro_usd: None,
+            monthly_tokens: None,
+        }),
+        endpoint,
+        model: parsed.model.into(),
+        params: parsed.params,
+        payload: std::sync::Arc::new(parsed.payload),
+        directives: crate::exchange::Directives::default(),
+        ask_usage: false,
+        upload: None,
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     fn err(endpoint: Endpoint, body: &str) -> ApiError {
-        Request::parse(endpoint, body.as_bytes()).unwrap_err()
+        parse(endpoint, Bytes::copy_from_slice(body.as_bytes())).unwrap_err()
     }
 
     #[test]
-    fn chat_keeps_unknown_fields() {
+    fn chat_keeps_unknown_fields_and_reads_params() {
         let body = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:x"}}]}],
-            "tools":[{"type":"function"}],"response_format":{"type":"json_object"},"logprobs":true,"seed":7,"stream":true}"#;
-        let r = Request::parse(Endpoint::ChatCompletions, body.as_bytes()).unwrap();
-        assert_eq!(r.model, "m");
-        assert!(r.stream);
+            "tools":[{"type":"function"}],"response_format":{"type":"json_object"},"logprobs":true,"seed":7,"stream":true,
+            "stream_options":{"include_usage":true},"max_tokens":5,"max_completion_tokens":9,"temperature":0}"#;
+        let p = parse(Endpoint::ChatCompletions, Bytes::copy_from_slice(body.as_bytes())).unwrap();
+        assert_eq!(p.model, "m");
+        assert!(p.params.stream && p.params.include_usage && p.params.seed);
+        assert_eq!(p.params.max_output, Some(9));
+        assert_eq!(p.params.temperature, Some(0.0));
         let original: Value = serde_json::from_str(body).unwrap();
-        assert_eq!(Value::Object(r.body), original);
+        assert_eq!(Value::Object(p.payload.to_map()), original);
+        let forwarded: Value = serde_json::from_slice(&p.payload.write("m", false)).unwrap();
+        assert_eq!(forwarded, original);
     }
 
     #[test]
@@ -280,11 +325,13 @@ mod tests {
             r#"{"model":"m","messages":[{"content":"x"}]}"#,
         );
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        assert_eq!(e.message, "Missing required parameter: 'messages[0].role'.");
         let e = err(
             Endpoint::ChatCompletions,
             r#"{"model":"m","messages":[{"role":"user"}],"temperature":"hot"}"#,
         );
         assert_eq!(e.param.as_deref(), Some("temperature"));
+        assert!(e.message.starts_with("Invalid value for 'temperature': invalid type: string \"hot\""), "{}", e.message);
         let e = err(Endpoint::ChatCompletions, r#"{"model":7,"messages":[]}"#);
         assert_eq!(e.param.as_deref(), Some("model"));
         let e = err(Endpoint::ChatCompletions, r#"{"model":"m","messages":[]}"#);
@@ -301,6 +348,11 @@ mod tests {
             r#"{"model":"","messages":[{"role":"user"}]}"#,
         );
         assert_eq!(e.param.as_deref(), Some("model"));
+        let e = err(
+            Endpoint::ChatCompletions,
+            r#"{"model":"m","messages":[{"role":"user"}],"stream_options":{"include_usage":"yes"}}"#,
+        );
+        assert_eq!(e.param.as_deref(), Some("stream_options.include_usage"));
     }
 
     #[test]

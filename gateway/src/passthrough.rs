@@ -12,9 +12,12 @@
 //!   names another tenant's file is a 404 too. Files a batch or job produces
 //!   (`output_file_id`, `error_file_id`, `result_files`) become the tenant's when it reads
 //!   the batch or job, so it can download its results.
-//! - **Metering.** One usage record per request (model `passthrough`, endpoint `files`,
-//!   `fine_tuning` or `batches`, no tokens, cost 0: the upstream bills the work itself).
-//!   When the meter's spool is full the request is refused with 503, as on `/v1/chat`.
+//! - **Limits and metering, as every call.** A passthrough request is a `Call` through the
+//!   same quota and meter as chat (rpm, concurrency and budgets apply: a tenant at its
+//!   budget cannot create batch work), ending at this module's upstream exchange instead
+//!   of the router. One usage record per forwarded request (model `passthrough`, endpoint
+//!   `files`, `fine_tuning` or `batches`, no tokens, cost 0: the upstream bills the work
+//!   itself). When the meter's spool is full the request is refused with 503.
 //! - **Where requests go.** Only to the configured base URL, with the configured key; the
 //!   client's key and headers are never forwarded. Upload bodies (multipart) stream through
 //!   as they arrive, bounded by `max_body_mb`; downloads stream back.
@@ -22,29 +25,32 @@
 //! Deadlines: the deployment's `timeouts.first_byte_s` (else `timeout_s`) bounds the time
 //! to the response headers, upload included; `timeout_s` the gap between download chunks.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, OriginalUri, Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{DefaultBodyLimit, OriginalUri, State};
+use axum::response::Response;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use futures_util::future::BoxFuture;
+use http::{HeaderValue, Method, header};
 use serde::Deserialize;
 use serde_json::Value;
-use tollgate_admin::store::{Store, UsageRecord};
+use tollgate_admin::store::Store;
 use tower_http::request_id::RequestId;
 
 use crate::api::ClientRequestId;
-use crate::auth::Principal;
 use crate::base::ConfigError;
-use crate::error::{self, ApiError, Passthrough as Relayed, UpstreamError};
-use crate::meter::Ledger;
+use crate::error::{self, ApiError, UpstreamError};
+use crate::exchange::{
+    Answer, Call, Directives, Endpoint, Outcome, Params, Payload, Principal, Reply, Upload,
+};
 use crate::providers::config::{DeploymentConfig, ProviderKind, validate_deployment};
 use crate::providers::openai::OpenAi;
 use crate::providers::{ProviderSet, relay};
-use crate::router::DEPLOYMENT_HEADER;
+use crate::service::Calls;
 
 /// `passthrough:`: the upstream for the OpenAI endpoints the gateway does not interpret.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,7 +77,7 @@ impl PassthroughConfig {
 /// Longest JSON answer read whole (lists, objects); file contents stream instead.
 const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
 
-/// The passthrough's shared state.
+/// The passthrough's upstream exchange: the innermost service of its calls' stack.
 #[derive(Clone)]
 pub struct Passthrough {
     inner: Arc<Inner>,
@@ -83,7 +89,6 @@ struct Inner {
     name: String,
     header: HeaderValue,
     store: Store,
-    ledger: Ledger,
 }
 
 /// The kind of object an endpoint family manages, as stored.
@@ -103,12 +108,30 @@ impl Kind {
         }
     }
 
-    /// The usage record's `endpoint`.
-    fn endpoint(self) -> &'static str {
+    /// The call's endpoint (the usage record's `endpoint`).
+    fn endpoint(self) -> Endpoint {
         match self {
-            Self::File => "files",
-            Self::FineTuningJob => "fine_tuning",
-            Self::Batch => "batches",
+            Self::File => Endpoint::Files,
+            Self::FineTuningJob => Endpoint::FineTuning,
+            Self::Batch => Endpoint::Batches,
+        }
+    }
+
+    fn of(endpoint: Endpoint) -> Option<Self> {
+        match endpoint {
+            Endpoint::Files => Some(Self::File),
+            Endpoint::FineTuning => Some(Self::FineTuningJob),
+            Endpoint::Batches => Some(Self::Batch),
+            _ => None,
+        }
+    }
+
+    /// The path of the family, below `/v1`.
+    fn root(self) -> &'static str {
+        match self {
+            Self::File => "/files",
+            Self::FineTuningJob => "/fine_tuning/jobs",
+            Self::Batch => "/batches",
         }
     }
 
@@ -123,7 +146,7 @@ impl Kind {
 }
 
 /// What one request does, for scoping.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op<'a> {
     /// Creates an object: its `id` becomes the tenant's. The body's file references
     /// (fine-tuning jobs, batches) must be the tenant's files.
@@ -143,14 +166,26 @@ fn file_refs(kind: Kind) -> &'static [&'static str] {
     }
 }
 
+impl<'a> Op<'a> {
+    /// The operation of a request on `kind`, from its method and path (below `/v1`):
+    /// the family's root is a create (POST) or a list; anything below it is one object.
+    fn of(kind: Kind, method: &Method, path: &'a str) -> Self {
+        let path = path.split('?').next().unwrap_or_default();
+        let rest = path
+            .strip_prefix(kind.root())
+            .unwrap_or_default()
+            .trim_start_matches('/');
+        match rest.split('/').next().filter(|id| !id.is_empty()) {
+            Some(id) => Self::Object(id),
+            None if method == Method::POST => Self::Create,
+            None => Self::List,
+        }
+    }
+}
+
 impl Passthrough {
     /// Built from `passthrough.deployment` (config validation checked it is `openai`).
-    pub fn new(
-        d: &DeploymentConfig,
-        providers: &ProviderSet,
-        store: Store,
-        ledger: Ledger,
-    ) -> Result<Self, String> {
+    pub fn new(d: &DeploymentConfig, providers: &ProviderSet, store: Store) -> Result<Self, String> {
         let name = d
             .name
             .clone()
@@ -164,15 +199,20 @@ impl Passthrough {
                 name,
                 header,
                 store,
-                ledger,
             }),
         })
     }
 }
 
+/// The passthrough calls' stack (quota → meter → [`Passthrough`]), as the routes hold it.
+#[derive(Clone)]
+pub struct Routes {
+    pub calls: Calls,
+}
+
 /// The passthrough routes (no fallback: they merge into the `/v1` router). Without a
 /// `passthrough` section they answer 404 saying so.
-pub fn routes(passthrough: Option<Passthrough>) -> axum::Router {
+pub fn routes(passthrough: Option<Routes>) -> axum::Router {
     let Some(state) = passthrough else {
         return axum::Router::new()
             .route("/v1/files", get(not_configured).post(not_configured))
@@ -195,16 +235,16 @@ pub fn routes(passthrough: Option<Passthrough>) -> axum::Router {
             );
     };
     axum::Router::new()
-        .route("/v1/files", post(files_create).get(files_list))
-        .route("/v1/files/{id}", get(files_get).delete(files_delete))
-        .route("/v1/files/{id}/content", get(files_get))
-        .route("/v1/fine_tuning/jobs", post(jobs_create).get(jobs_list))
-        .route("/v1/fine_tuning/jobs/{id}", get(jobs_object))
-        .route("/v1/fine_tuning/jobs/{id}/cancel", post(jobs_object))
-        .route("/v1/fine_tuning/jobs/{id}/events", get(jobs_object))
-        .route("/v1/batches", post(batches_create).get(batches_list))
-        .route("/v1/batches/{id}", get(batches_object))
-        .route("/v1/batches/{id}/cancel", post(batches_object))
+        .route("/v1/files", post(files).get(files))
+        .route("/v1/files/{id}", get(files).delete(files))
+        .route("/v1/files/{id}/content", get(files))
+        .route("/v1/fine_tuning/jobs", post(jobs).get(jobs))
+        .route("/v1/fine_tuning/jobs/{id}", get(jobs))
+        .route("/v1/fine_tuning/jobs/{id}/cancel", post(jobs))
+        .route("/v1/fine_tuning/jobs/{id}/events", get(jobs))
+        .route("/v1/batches", post(batches).get(batches))
+        .route("/v1/batches/{id}", get(batches))
+        .route("/v1/batches/{id}/cancel", post(batches))
         // `max_body_mb` is enforced by the stack's limit layer; axum's 2 MiB would cut in.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -217,43 +257,28 @@ async fn not_configured() -> ApiError {
     .with_code("unknown_url")
 }
 
-/// What every handler extracts besides its path.
+/// What every handler extracts besides the body.
 struct Ctx {
-    principal: Principal,
+    principal: Arc<Principal>,
     request_id: String,
+    shown_id: String,
     method: Method,
     /// Path and query, forwarded as they are (the path is one of ours by routing).
     path_and_query: String,
-    headers: HeaderMap,
+    content_type: Option<HeaderValue>,
+    content_length: Option<HeaderValue>,
 }
 
-macro_rules! handlers {
-    ($kind:expr, $create:ident, $list:ident, $object:ident) => {
-        async fn $create(State(s): State<Passthrough>, ctx: Ctx, body: Body) -> Response {
-            serve(&s, ctx, $kind, Op::Create, body).await
-        }
-
-        async fn $list(State(s): State<Passthrough>, ctx: Ctx) -> Response {
-            serve(&s, ctx, $kind, Op::List, Body::empty()).await
-        }
-
-        async fn $object(
-            State(s): State<Passthrough>,
-            ctx: Ctx,
-            Path(id): Path<String>,
-        ) -> Response {
-            serve(&s, ctx, $kind, Op::Object(&id), Body::empty()).await
-        }
-    };
+async fn files(State(s): State<Routes>, ctx: Ctx, body: Body) -> Response {
+    serve(s, ctx, Kind::File, body).await
 }
 
-handlers!(Kind::File, files_create, files_list, files_get);
-handlers!(Kind::FineTuningJob, jobs_create, jobs_list, jobs_object);
-handlers!(Kind::Batch, batches_create, batches_list, batches_object);
+async fn jobs(State(s): State<Routes>, ctx: Ctx, body: Body) -> Response {
+    serve(s, ctx, Kind::FineTuningJob, body).await
+}
 
-/// `DELETE /v1/files/{id}`: the same as a get; the method travels in [`Ctx`].
-async fn files_delete(s: State<Passthrough>, ctx: Ctx, id: Path<String>) -> Response {
-    files_get(s, ctx, id).await
+async fn batches(State(s): State<Routes>, ctx: Ctx, body: Body) -> Response {
+    serve(s, ctx, Kind::Batch, body).await
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Ctx {
@@ -266,7 +291,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Ctx {
         // The auth layer in front puts it there; without it, nobody is served.
         let principal = parts
             .extensions
-            .get::<Principal>()
+            .get::<Arc<Principal>>()
             .cloned()
             .ok_or_else(|| ApiError::invalid_api_key("You didn't provide an API key."))?;
         let made = parts.extensions.get::<RequestId>();
@@ -278,49 +303,88 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Ctx {
         Ok(Self {
             principal,
             request_id: crate::api::ledger_id(made, client),
+            shown_id: crate::api::shown_id(made),
             method: parts.method.clone(),
             path_and_query: uri
                 .path_and_query()
                 .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()),
-            headers: parts.headers.clone(),
+            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+            content_length: parts.headers.get(header::CONTENT_LENGTH).cloned(),
         })
     }
 }
 
-/// Checks scope, forwards, scopes the answer, meters.
-async fn serve(s: &Passthrough, ctx: Ctx, kind: Kind, op: Op<'_>, body: Body) -> Response {
-    let started = std::time::Instant::now();
-    if !s.inner.ledger.has_room() {
-        return error::metering_unavailable().into_response();
-    }
-    let response = match exchange(s, &ctx, kind, op, body).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
+/// The name passthrough calls go by in the ledger and the limits.
+const MODEL: &str = "passthrough";
+
+/// Makes the request a call and sends it through its stack.
+async fn serve(s: Routes, ctx: Ctx, kind: Kind, body: Body) -> Response {
+    let mut upload = Upload::new(
+        ctx.method,
+        ctx.path_and_query,
+        ctx.content_type,
+        body,
+    );
+    upload.content_length = ctx.content_length;
+    let call = Call {
+        request_id: Arc::from(ctx.request_id),
+        principal: ctx.principal.clone(),
+        endpoint: kind.endpoint(),
+        model: Arc::from(MODEL),
+        params: Params::default(),
+        payload: Arc::new(Payload::empty()),
+        directives: Directives::default(),
+        ask_usage: false,
+        upload: Some(Arc::new(upload)),
     };
-    // Refused before any upstream call (scope, bad input): not metered, like the other
-    // endpoints' validation errors.
-    let mut response = response;
-    if response.extensions().get::<Forwarded>().is_some() {
-        meter(s, &ctx, kind, response.status(), started).await;
-        response
-            .headers_mut()
-            .insert(DEPLOYMENT_HEADER, s.inner.header.clone());
-    }
-    response
+    let outcome = Outcome {
+        principal: Some(ctx.principal),
+        ..Outcome::default()
+    };
+    let reply = crate::service::call(s.calls, call).await;
+    crate::api::respond(reply, outcome, &ctx.shown_id)
 }
 
-/// Marks a response that came from the upstream (and is therefore metered).
-#[derive(Clone, Copy, Debug)]
-struct Forwarded;
+impl tower::Service<Call> for Passthrough {
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Reply, Infallible>>;
 
-async fn exchange(
-    s: &Passthrough,
-    ctx: &Ctx,
-    kind: Kind,
-    op: Op<'_>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let tenant = ctx.principal.tenant_id.as_str();
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        let s = self.clone();
+        Box::pin(async move {
+            let mut reply = match exchange(&s, &call).await {
+                Ok(reply) => reply,
+                Err(e) => Reply::error(e),
+            };
+            if reply.facts.relayed || reply.status.is_server_error() {
+                reply.facts.deployment = Some(s.inner.header.clone());
+            }
+            Ok(reply)
+        })
+    }
+}
+
+/// Checks scope, forwards, scopes the answer. Errors refused before any upstream call
+/// (scope, bad input) are the gateway's 4xx: not metered, like the other endpoints'.
+async fn exchange(s: &Passthrough, call: &Call) -> Result<Reply, ApiError> {
+    let (Some(kind), Some(upload)) = (Kind::of(call.endpoint), call.upload.as_ref()) else {
+        return Err(error::unknown_url());
+    };
+    // `base_url` ends in the API root (`.../v1`), like every deployment's.
+    let upstream_path = upload
+        .path_and_query
+        .strip_prefix("/v1")
+        .unwrap_or(&upload.path_and_query);
+    let op = Op::of(kind, &upload.method, upstream_path);
+    let tenant = call.principal.tenant_id.as_str();
     let store = &s.inner.store;
     if let Op::Object(id) = op {
         let owner = store
@@ -332,24 +396,21 @@ async fn exchange(
         }
     }
     let deadlines = s.inner.upstream.timeouts().start();
-    // `base_url` ends in the API root (`.../v1`), like every deployment's.
-    let upstream_path = ctx
-        .path_and_query
-        .strip_prefix("/v1")
-        .unwrap_or(&ctx.path_and_query);
-    let mut builder = s.inner.upstream.request(ctx.method.clone(), upstream_path);
-    for name in [header::CONTENT_TYPE, header::CONTENT_LENGTH] {
-        if let Some(value) = ctx.headers.get(&name) {
-            builder = builder.header(name, value.clone());
-        }
+    let mut builder = s.inner.upstream.request(upload.method.clone(), upstream_path);
+    if let Some(value) = &upload.content_type {
+        builder = builder.header(header::CONTENT_TYPE, value.clone());
     }
+    if let Some(value) = &upload.content_length {
+        builder = builder.header(header::CONTENT_LENGTH, value.clone());
+    }
+    let body = upload.take_body();
     // Whether the upload body failed while streaming (too large, client gone).
     let upload_failed = Arc::new(std::sync::Mutex::new(None::<bool>));
     builder = match op {
         Op::Create if kind == Kind::File => {
             let failed = upload_failed.clone();
             let stream = body.into_data_stream().map_err(move |e| {
-                let too_large = is_length_limit(&e);
+                let too_large = error::is_length_limit(&e);
                 if let Ok(mut f) = failed.lock() {
                     *f = Some(too_large);
                 }
@@ -362,7 +423,7 @@ async fn exchange(
             let bytes = axum::body::to_bytes(body, MAX_JSON_BYTES)
                 .await
                 .map_err(|e| {
-                    if is_length_limit(&e) {
+                    if error::is_length_limit(&e) {
                         error::body_too_large()
                     } else {
                         ApiError::invalid_request("The request body could not be read.", None)
@@ -378,52 +439,58 @@ async fn exchange(
         Ok(upstream) => upstream,
         Err(e) => {
             let failed = upload_failed.lock().ok().and_then(|f| *f);
-            return Err(match failed {
-                Some(true) => error::body_too_large(),
-                Some(false) => {
-                    ApiError::invalid_request("The request body could not be read.", None)
-                }
+            return match failed {
+                Some(true) => Err(error::body_too_large()),
+                Some(false) => Err(ApiError::invalid_request(
+                    "The request body could not be read.",
+                    None,
+                )),
                 None => {
                     tracing::warn!(deployment = %s.inner.name, error = %e, "passthrough upstream call failed");
-                    return Ok(upstream_failed(e.to_api(&s.inner.name)));
+                    Ok(Reply::error(e.to_api(&s.inner.name)))
                 }
-            });
+            };
         }
     };
     let status = upstream.status();
-    let is_content = matches!(op, Op::Object(_)) && ctx.path_and_query.contains("/content");
-    if !status.is_success() || is_content {
-        // Errors pass through as the upstream sent them; file contents stream back.
-        let mut headers = HeaderMap::new();
-        for name in [
-            header::CONTENT_TYPE,
-            header::CONTENT_DISPOSITION,
-            header::RETRY_AFTER,
-        ] {
-            if let Some(value) = upstream.headers().get(&name) {
-                headers.insert(name, value.clone());
-            }
+    if !status.is_success() {
+        let reply = relay::failed(upstream, &deadlines, s.inner.upstream.guard())
+            .await
+            .unwrap_or_else(|e| Reply::error(e.to_api(&s.inner.name)));
+        if error::is_upstream_failure(reply.status) {
+            // As for every call: an upstream's 5xx is the gateway's own error.
+            let mut e = error::upstream_status(&s.inner.name, reply.status);
+            e.retry_after = reply.facts.retry_after;
+            return Ok(Reply::error(e));
         }
+        return Ok(reply);
+    }
+    let is_content = matches!(op, Op::Object(_)) && upload.path_and_query.contains("/content");
+    if is_content {
+        // File contents stream back as they come.
+        let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();
         let body = Body::from_stream(relay::idle_timeout(upstream.bytes_stream(), &deadlines));
-        return Ok(forwarded(status, headers, body));
+        let mut reply = Reply {
+            status,
+            answer: Answer::Raw { content_type, body },
+            facts: Default::default(),
+        };
+        reply.facts.relayed = true;
+        return Ok(reply);
     }
     let bytes = match relay::read_all(upstream, deadlines.body, MAX_JSON_BYTES).await {
-        Ok(bytes) if bytes.len() <= MAX_JSON_BYTES => bytes,
-        Ok(_) => {
-            let e = UpstreamError::Malformed("answer too large");
-            return Ok(upstream_failed(e.to_api(&s.inner.name)));
-        }
-        Err(e) => return Ok(upstream_failed(e.to_api(&s.inner.name))),
+        Ok(bytes) => bytes,
+        Err(e) => return Ok(Reply::error(e.to_api(&s.inner.name))),
     };
     let Ok(mut json) = serde_json::from_slice::<Value>(&bytes) else {
-        // Not JSON (unexpected for these endpoints): relayed as it is.
-        return Ok(forwarded(status, json_headers(), Body::from(bytes)));
+        let e = UpstreamError::Malformed("an answer that is not JSON");
+        return Ok(Reply::error(e.to_api(&s.inner.name)));
     };
     match op {
         Op::Create => {
             let Some(id) = json.get("id").and_then(Value::as_str) else {
                 let e = UpstreamError::Malformed("created object without an id");
-                return Ok(upstream_failed(e.to_api(&s.inner.name)));
+                return Ok(Reply::error(e.to_api(&s.inner.name)));
             };
             store
                 .record_passthrough_object(kind.stored(), id, tenant)
@@ -434,11 +501,9 @@ async fn exchange(
         Op::List => filter_list(store, tenant, kind, &mut json).await?,
         Op::Object(_) => record_result_files(store, tenant, &json).await,
     }
-    Ok(forwarded(
-        status,
-        json_headers(),
-        Body::from(json.to_string()),
-    ))
+    let mut reply = Reply::json(status, Bytes::from(json.to_string()), None);
+    reply.facts.relayed = true;
+    Ok(reply)
 }
 
 /// Keeps only the tenant's objects in a list answer's `data`.
@@ -539,43 +604,6 @@ async fn check_file_refs(
     Ok(())
 }
 
-/// One usage record for a forwarded request. A failure is logged: the upstream already
-/// acted, so refusing the answer now would only hide that from the client.
-async fn meter(
-    s: &Passthrough,
-    ctx: &Ctx,
-    kind: Kind,
-    status: StatusCode,
-    started: std::time::Instant,
-) {
-    let created_at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let record = UsageRecord {
-        request_id: ctx.request_id.clone(),
-        tenant_id: ctx.principal.tenant_id.clone(),
-        key_id: ctx.principal.key_id.clone(),
-        model: "passthrough".to_owned(),
-        deployment: s.inner.name.clone(),
-        endpoint: kind.endpoint().to_owned(),
-        status: status.as_u16(),
-        input_tokens: 0,
-        output_tokens: 0,
-        cached_tokens: 0,
-        images: 0,
-        cost_micro_usd: 0,
-        cache_hit: false,
-        usage_reported: false,
-        client_disconnected: false,
-        latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        ttft_ms: None,
-        created_at_ms,
-    };
-    if let Err(e) = s.inner.ledger.append_record(&record).await {
-        tracing::error!(error = %e, request_id = %ctx.request_id, "passthrough usage record not written");
-    }
-}
-
 /// 404 in OpenAI's words, for an id that does not exist or is another tenant's.
 fn no_such(kind: Kind, id: &str, param: &str) -> ApiError {
     ApiError::not_found(format!("No such {} object: {id}", kind.title())).with_param(param)
@@ -586,44 +614,9 @@ fn store_unavailable(e: tollgate_admin::store::StoreError) -> ApiError {
     ApiError::unavailable("The gateway cannot check object ownership right now. Please retry.")
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
-}
 
-fn json_headers() -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers
-}
-
-/// An upstream answer for the client: left alone by the error shaper, and metered.
-fn forwarded(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
-    let mut response = (status, body).into_response();
-    response.headers_mut().extend(headers);
-    response.extensions_mut().insert(Relayed);
-    response.extensions_mut().insert(Forwarded);
-    response
-}
-
-/// Our 502/504 for a failed upstream call: metered like any request that reached out.
-fn upstream_failed(e: ApiError) -> Response {
-    let mut response = e.into_response();
-    response.extensions_mut().insert(Forwarded);
-    response
-}
-
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use crate::config::Config;
 

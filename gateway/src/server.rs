@@ -95,15 +95,25 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
         .with_max_upstream_body(config.max_upstream_body_bytes());
     // Local models load before the routes that use them; a bad folder is a config error.
     #[cfg(feature = "local")]
-    crate::local::preload(config.models.iter().enumerate().flat_map(|(m, model)| {
-        model.deployments.iter().enumerate().map(move |(i, d)| {
-            (
-                format!("models[{m}].deployments[{i}]"),
-                model.name.as_str(),
-                d,
-            )
-        })
-    }))?;
+    {
+        let local: Vec<(String, &str, &crate::providers::config::DeploymentConfig)> = config
+            .models
+            .iter()
+            .enumerate()
+            .flat_map(|(m, model)| {
+                model.deployments.iter().enumerate().map(move |(i, d)| {
+                    (format!("models[{m}].deployments[{i}]"), model.name.as_str(), d)
+                })
+            })
+            .filter(|(_, _, d)| d.provider == crate::providers::config::ProviderKind::Local)
+            .collect();
+        crate::local::preload(local.iter().map(|(at, model, d)| crate::local::LocalModel {
+            at,
+            model,
+            path: d.path.as_deref(),
+            queue_size: d.queue_size,
+        }))?;
+    }
     let models = Arc::new(
         Models::from_config(&config.models, &config.breaker, &providers)
             .map_err(ServeError::Other)?,
@@ -139,6 +149,7 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     let cache = crate::cache::Cache::new(
         &config.cache,
         cache_policies,
+        models.upstream_models(),
         config.request_timeout_s,
         redis.clone(),
         &registry,
@@ -147,26 +158,35 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     let purge_hook = tollgate_admin::api::CachePurgeHook(Arc::new(cache.clone()));
     let passthrough = match &config.passthrough {
         Some(p) => Some(
-            crate::passthrough::Passthrough::new(
-                &p.deployment,
-                &providers,
-                store.clone(),
-                ledger.clone(),
-            )
-            .map_err(ServeError::Other)?,
+            crate::passthrough::Passthrough::new(&p.deployment, &providers, store.clone())
+                .map_err(ServeError::Other)?,
         ),
         None => None,
     };
-    let data = stack::data_plane(
-        &config,
+    // Plans and spend come from the store; reservations are priced like the meter prices.
+    let quota = crate::quota::Quota::new(
+        &config.limits,
+        keys.store(),
+        ledger.prices(),
+        redis.clone(),
+        &registry,
+    );
+    let data = stack::app(
+        &stack::EdgeSettings {
+            max_body: usize::try_from(config.max_body_mb.saturating_mul(1024 * 1024))
+                .unwrap_or(usize::MAX),
+            request_timeout: Duration::from_secs(config.request_timeout_s),
+            max_in_flight: config.max_in_flight,
+            otlp: config.otlp.clone(),
+        },
         stack::Parts {
             keys,
             models,
             ledger,
-            redis,
-            registry: registry.clone(),
+            quota,
             cache,
             passthrough,
+            registry: registry.clone(),
         },
     )
     .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;
@@ -329,24 +349,4 @@ fn banner(data: &Plane<'_>, admin: &Plane<'_>, startup: &Startup, token: Option<
     let _ = out.flush();
 }
 
-/// Resolves on SIGTERM or ctrl-c; `serve` and `tollgate worker` both stop on it.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-}
+pub use crate::listener::shutdown_signal;

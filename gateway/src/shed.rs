@@ -10,22 +10,21 @@
 //!
 //! The check is one atomic increment; nothing waits on a lock or a queue.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures_util::future::{BoxFuture, FutureExt};
 use http::Request;
 use prometheus::{IntCounter, IntGauge, Registry};
 
-use crate::error::ApiError;
+use crate::error;
 
-/// The layer; clones share one counter.
+/// The bound; clones share one counter.
 #[derive(Clone)]
-pub struct ShedLayer {
+pub struct Shed {
     state: Arc<State>,
 }
 
@@ -36,7 +35,7 @@ struct State {
     shed: IntCounter,
 }
 
-impl ShedLayer {
+impl Shed {
     /// `max`: requests in flight at once; 0 means no bound.
     pub fn new(max: usize, registry: &Registry) -> Result<Self, prometheus::Error> {
         let gauge = IntGauge::new(
@@ -58,29 +57,6 @@ impl ShedLayer {
             }),
         })
     }
-}
-
-impl<S> tower::Layer<S> for ShedLayer {
-    type Service = Shed<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Shed {
-            inner,
-            state: self.state.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Shed<S> {
-    inner: S,
-    state: Arc<State>,
-}
-
-/// 503 `overloaded`: the process is at `max_in_flight`.
-pub fn overloaded() -> ApiError {
-    ApiError::unavailable("The gateway is at capacity. Please retry shortly.")
-        .with_code("overloaded")
-        .with_retry_after(1)
 }
 
 /// How much of a shed request's body is read (and dropped) so its client gets the 503:
@@ -116,47 +92,47 @@ impl Drop for Slot {
     }
 }
 
-impl<S, B> tower::Service<Request<Body>> for Shed<S>
+impl<S> crate::service::Stage<S> for Shed
 where
-    S: tower::Service<Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
+    S: tower::Service<Request<Body>, Response = Response, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
 {
+    type Request = Request<Body>;
     type Response = Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response, S::Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let state = &self.state;
+    fn serve(
+        &self,
+        request: Request<Body>,
+        next: S,
+    ) -> impl Future<Output = Response> + Send + 'static {
+        let state = self.state.clone();
         let before = state.in_flight.fetch_add(1, Ordering::AcqRel);
-        if state.max > 0 && before >= state.max {
+        let admitted = !(state.max > 0 && before >= state.max);
+        let slot = if admitted {
+            state.gauge.inc();
+            Some(Slot(state.clone()))
+        } else {
             state.in_flight.fetch_sub(1, Ordering::AcqRel);
             state.shed.inc();
-            drain(request.into_body());
-            return std::future::ready(Ok(overloaded().into_response())).boxed();
+            None
+        };
+        async move {
+            let Some(slot) = slot else {
+                drain(request.into_body());
+                return error::overloaded().into_response();
+            };
+            // Dropped here if the call is cancelled (client gone).
+            let response = crate::service::call(next, request).await;
+            crate::guard::hold_until_body_ends(response, slot)
         }
-        state.gauge.inc();
-        let slot = Slot(state.clone());
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            // Dropped here if the inner call fails or is cancelled (client gone).
-            let response = inner.call(request).await?;
-            Ok(crate::guard::hold_until_body_ends(response, slot))
-        })
     }
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use http_body_util::BodyExt;
     use tower::{Service, ServiceExt};
 
@@ -189,7 +165,7 @@ mod tests {
     #[tokio::test]
     async fn sheds_past_the_bound_until_bodies_end() {
         let registry = Registry::new();
-        let layer = ShedLayer::new(2, &registry).unwrap();
+        let layer = crate::service::StageLayer(Shed::new(2, &registry).unwrap());
         let mut svc = tower::Layer::layer(&layer, slow());
         let a = svc
             .ready()
@@ -239,13 +215,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(e.status(), http::StatusCode::OK);
-        assert_eq!(layer.state.shed.get(), 1);
+        assert_eq!(layer.0.state.shed.get(), 1);
     }
 
     #[tokio::test]
     async fn zero_means_unbounded() {
         let registry = Registry::new();
-        let layer = ShedLayer::new(0, &registry).unwrap();
+        let layer = crate::service::StageLayer(Shed::new(0, &registry).unwrap());
         let mut svc = tower::Layer::layer(&layer, slow());
         let mut held = Vec::new();
         for _ in 0..100 {

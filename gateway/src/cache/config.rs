@@ -142,8 +142,8 @@ impl CacheConfig {
     }
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -184,8 +184,8 @@ mod tests {
     }
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod in_config {
     use crate::config::Config;
 

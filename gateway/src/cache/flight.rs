@@ -102,8 +102,8 @@ impl Follower {
     }
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -21,13 +21,13 @@
 //! and counted. A pending record outlives a crashed gateway for `PENDING_TTL` at most.
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::store::{Claim, Store};
-use crate::auth::Principal;
 use crate::error::{self, ApiError};
+use crate::exchange::Principal;
 
 /// The request header.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -81,9 +81,9 @@ fn decode(record: &Bytes) -> Option<(Meta, Bytes)> {
     Some((meta, record.slice(split + 1..)))
 }
 
-/// Adds [`Idempotency`] to a stack.
+/// The `Idempotency-Key` stage; clones share the store.
 #[derive(Clone)]
-pub struct IdempotencyLayer {
+pub struct Idempotency {
     shared: std::sync::Arc<Shared>,
 }
 
@@ -94,7 +94,7 @@ struct Shared {
     results: IntCounterVec,
 }
 
-impl IdempotencyLayer {
+impl Idempotency {
     /// `request_timeout_s` bounds how long a pending claim is kept (a stream may run past
     /// it, so at least 10 minutes).
     pub fn new(
@@ -122,76 +122,41 @@ impl IdempotencyLayer {
     }
 }
 
-impl<S> tower::Layer<S> for IdempotencyLayer {
-    type Service = Idempotency<S>;
+impl<S> crate::service::Stage<S> for Idempotency
+where
+    S: tower::Service<Request<Body>, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Request = Request<Body>;
+    type Response = Response;
 
-    fn layer(&self, inner: S) -> Idempotency<S> {
-        Idempotency {
-            inner,
-            shared: self.shared.clone(),
+    fn serve(
+        &self,
+        request: Request<Body>,
+        next: S,
+    ) -> impl Future<Output = Response> + Send + 'static {
+        let shared = self.shared.clone();
+        async move {
+            let applies = request.method() == Method::POST
+                && request.uri().path().starts_with("/v1/")
+                && request.headers().contains_key(IDEMPOTENCY_KEY);
+            let principal = request.extensions().get::<Arc<Principal>>().cloned();
+            let (Some(principal), true) = (principal, applies) else {
+                return crate::service::call(next, request).await;
+            };
+            guarded(shared, next, principal, request).await
         }
     }
 }
 
-/// See the module docs.
-#[derive(Clone)]
-pub struct Idempotency<S> {
+async fn guarded<S>(
+    shared: std::sync::Arc<Shared>,
     inner: S,
-    shared: std::sync::Arc<Shared>,
-}
-
-impl<S, B> tower::Service<Request<B>> for Idempotency<S>
-where
-    S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let applies = request.method() == Method::POST
-                && request.uri().path().starts_with("/v1/")
-                && request.headers().contains_key(IDEMPOTENCY_KEY);
-            let principal = request.extensions().get::<Principal>().cloned();
-            let (Some(principal), true) = (principal, applies) else {
-                return call(&mut inner, request.map(Body::new)).await;
-            };
-            Ok(guarded(shared, inner, principal, request).await)
-        })
-    }
-}
-
-async fn call<S>(inner: &mut S, request: Request<Body>) -> Result<Response, Infallible>
-where
-    S: tower::Service<Request<Body>, Response = Response, Error = Infallible>,
-{
-    inner.call(request).await
-}
-
-async fn guarded<S, B>(
-    shared: std::sync::Arc<Shared>,
-    mut inner: S,
-    principal: Principal,
-    request: Request<B>,
+    principal: Arc<Principal>,
+    request: Request<Body>,
 ) -> Response
 where
     S: tower::Service<Request<Body>, Response = Response, Error = Infallible>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
 {
     let count = |result: &str| shared.results.with_label_values(&[result]).inc();
     let key = match request
@@ -213,10 +178,7 @@ where
     let bytes = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
-            let e: axum::BoxError = e.into();
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
+            if error::is_length_limit(&e) {
                 return error::body_too_large().into_response();
             }
             return ApiError::invalid_request("The request body could not be read.", None)
@@ -251,46 +213,27 @@ where
         Err(e) => {
             tracing::warn!(error = %e, "idempotency store unavailable; serving without it");
             count("error");
-            return call(&mut inner, request)
-                .await
-                .unwrap_or_else(|n| match n {});
+            return crate::service::call(inner, request).await;
         }
         Ok(Claim::Existing(record)) => {
             let Some((meta, body)) = decode(&record) else {
                 count("error");
-                return call(&mut inner, request)
-                    .await
-                    .unwrap_or_else(|n| match n {});
+                return crate::service::call(inner, request).await;
             };
             if meta.h != body_hash {
                 count("reused");
-                return ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_request_error",
-                    "This Idempotency-Key was already used with a different request body or endpoint. Use a new key for a new request.",
-                )
-                .with_code("idempotency_key_reused")
-                .into_response();
+                return crate::error::idempotency_mismatch().into_response();
             }
             if meta.s == 0 {
                 count("in_progress");
-                return ApiError::new(
-                    StatusCode::CONFLICT,
-                    "invalid_request_error",
-                    "A request with this Idempotency-Key is still in progress. Retry once it has finished.",
-                )
-                .with_code("idempotency_key_in_progress")
-                .with_retry_after(1)
-                .into_response();
+                return crate::error::idempotency_in_progress().into_response();
             }
             count("replayed");
             return replay(meta, body);
         }
         Ok(Claim::Claimed) => count("first"),
     }
-    let response = call(&mut inner, request)
-        .await
-        .unwrap_or_else(|n| match n {});
+    let response = crate::service::call(inner, request).await;
     let status = response.status();
     let keep = status.is_success()
         || (status.is_client_error()
@@ -349,10 +292,6 @@ fn replay(meta: Meta, body: Bytes) -> Response {
         }
     }
     headers.insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
-    if !response.status().is_success() {
-        // A kept 4xx came from the gateway or an upstream: either way, already JSON.
-        response.extensions_mut().insert(crate::error::Passthrough);
-    }
     response
 }
 
@@ -455,8 +394,8 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
 

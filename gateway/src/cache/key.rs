@@ -16,42 +16,13 @@
 //! - Without `stream`, a plain request and a streamed one share an entry (the stream is
 //!   stored as the whole completion and replayed as SSE).
 
-use http::HeaderMap;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::call::Call;
-use crate::openai::Endpoint;
+use crate::exchange::{Call, Endpoint, Payload};
 
 /// Body fields that change how the answer travels, not what it says.
 const TRANSPORT_FIELDS: [&str; 3] = ["stream", "stream_options", "user"];
-
-/// The client's `Cache-Control` request directives that the cache honours.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Directives {
-    /// `no-cache`: do not answer from the cache (the answer may still be stored).
-    pub no_cache: bool,
-    /// `no-store`: do not store this answer.
-    pub no_store: bool,
-}
-
-impl Directives {
-    pub fn from_headers(headers: &HeaderMap) -> Self {
-        let mut out = Self::default();
-        for value in headers.get_all(http::header::CACHE_CONTROL) {
-            let Ok(value) = value.to_str() else { continue };
-            for directive in value.split(',') {
-                let directive = directive.trim();
-                if directive.eq_ignore_ascii_case("no-cache") {
-                    out.no_cache = true;
-                } else if directive.eq_ignore_ascii_case("no-store") {
-                    out.no_store = true;
-                }
-            }
-        }
-        out
-    }
-}
 
 /// Endpoints whose answers may be cached.
 pub fn cacheable_endpoint(endpoint: Endpoint) -> bool {
@@ -61,21 +32,9 @@ pub fn cacheable_endpoint(endpoint: Endpoint) -> bool {
     )
 }
 
-/// Whether the answer is determined by the request: embeddings always; chat and
-/// completions when `temperature` is 0 or a `seed` is given.
-pub fn deterministic(endpoint: Endpoint, body: &Map<String, Value>) -> bool {
-    match endpoint {
-        Endpoint::Embeddings => true,
-        Endpoint::ChatCompletions | Endpoint::Completions => {
-            body.get("temperature").and_then(Value::as_f64) == Some(0.0)
-                || body.get("seed").is_some_and(|s| !s.is_null())
-        }
-        Endpoint::ImagesGenerations | Endpoint::Moderations => false,
-    }
-}
-
-/// The hex SHA-256 key of `call` (see the module docs).
-pub fn key(call: &Call) -> String {
+/// The hex SHA-256 key of `call` (see the module docs); `upstream_models` are its model's
+/// deployments' upstream models, sorted and without repeats.
+pub fn key(call: &Call, upstream_models: &[String]) -> String {
     let mut hasher = Sha256::new();
     let mut part = |bytes: &[u8]| {
         hasher.update(bytes);
@@ -83,23 +42,37 @@ pub fn key(call: &Call) -> String {
     };
     part(b"tollgate-cache-v1");
     part(call.principal.tenant_id.as_bytes());
-    part(call.request.endpoint.label().as_bytes());
-    part(call.route.name.as_bytes());
-    let mut upstream: Vec<&str> = call
-        .route
-        .deployments
-        .iter()
-        .map(|d| d.upstream_model.as_str())
-        .collect();
-    upstream.sort_unstable();
-    upstream.dedup();
-    for model in upstream {
+    part(call.endpoint.label().as_bytes());
+    part(call.model.as_bytes());
+    for model in upstream_models {
         part(model.as_bytes());
     }
-    let mut canonical = Vec::with_capacity(256);
-    write_object(&mut canonical, &call.request.body, true);
-    part(&canonical);
+    part(&canonical(&call.payload));
     hex(&hasher.finalize())
+}
+
+/// The body with object keys sorted at every depth, without the transport fields.
+fn canonical(payload: &Payload) -> Vec<u8> {
+    let mut fields: Vec<(&str, &[u8])> = payload
+        .iter()
+        .filter(|(k, _)| !TRANSPORT_FIELDS.contains(k))
+        .collect();
+    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut out = Vec::with_capacity(payload.bytes().len());
+    out.push(b'{');
+    for (i, (k, raw)) in fields.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(&mut out, k);
+        out.push(b':');
+        match serde_json::from_slice::<Value>(raw) {
+            Ok(v) => write_value(&mut out, &v),
+            Err(_) => out.extend_from_slice(raw),
+        }
+    }
+    out.push(b'}');
+    out
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -111,12 +84,9 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// JSON with object keys sorted at every depth; `top` drops the transport fields.
-fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>, top: bool) {
-    let mut keys: Vec<&String> = map
-        .keys()
-        .filter(|k| !(top && TRANSPORT_FIELDS.contains(&k.as_str())))
-        .collect();
+/// JSON with object keys sorted at every depth.
+fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) {
+    let mut keys: Vec<&String> = map.keys().collect();
     keys.sort_unstable();
     out.push(b'{');
     for (i, k) in keys.into_iter().enumerate() {
@@ -134,7 +104,7 @@ fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>, top: bool) {
 
 fn write_value(out: &mut Vec<u8>, value: &Value) {
     match value {
-        Value::Object(map) => write_object(out, map, false),
+        Value::Object(map) => write_object(out, map),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -160,25 +130,23 @@ fn write_string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(Value::String(s.to_owned()).to_string().as_bytes());
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn canonical(v: Value) -> String {
-        let Value::Object(map) = v else { panic!() };
-        let mut out = Vec::new();
-        write_object(&mut out, &map, true);
-        String::from_utf8(out).unwrap()
+    fn canonical_of(v: Value) -> String {
+        let payload = Payload::parse(bytes::Bytes::from(v.to_string())).unwrap();
+        String::from_utf8(canonical(&payload)).unwrap()
     }
 
     #[test]
     fn keys_are_sorted_and_transport_fields_dropped() {
-        let a = canonical(
+        let a = canonical_of(
             json!({"model":"m","stream":true,"user":"u","messages":[{"role":"user","content":"hi"}],"temperature":0,"stream_options":{"include_usage":true}}),
         );
-        let b = canonical(
+        let b = canonical_of(
             json!({"temperature":0.0,"messages":[{"content":"hi","role":"user"}],"model":"m"}),
         );
         assert_eq!(a, b);
@@ -187,45 +155,7 @@ mod tests {
             r#"{"messages":[{"content":"hi","role":"user"}],"model":"m","temperature":0}"#
         );
         // Nested `user` keys are content, not transport.
-        let c = canonical(json!({"metadata":{"user":"x"}}));
+        let c = canonical_of(json!({"metadata":{"user":"x"}}));
         assert_eq!(c, r#"{"metadata":{"user":"x"}}"#);
-    }
-
-    #[test]
-    fn determinism() {
-        let body = |v: Value| v.as_object().unwrap().clone();
-        assert!(deterministic(
-            Endpoint::ChatCompletions,
-            &body(json!({"temperature":0}))
-        ));
-        assert!(deterministic(
-            Endpoint::Completions,
-            &body(json!({"temperature":1,"seed":7}))
-        ));
-        assert!(!deterministic(
-            Endpoint::ChatCompletions,
-            &body(json!({"temperature":1}))
-        ));
-        assert!(!deterministic(Endpoint::ChatCompletions, &body(json!({}))));
-        assert!(!deterministic(
-            Endpoint::ChatCompletions,
-            &body(json!({"seed":null}))
-        ));
-        assert!(deterministic(Endpoint::Embeddings, &body(json!({}))));
-    }
-
-    #[test]
-    fn cache_control() {
-        let mut h = HeaderMap::new();
-        h.insert("cache-control", "No-Cache, max-age=0".parse().unwrap());
-        assert_eq!(
-            Directives::from_headers(&h),
-            Directives {
-                no_cache: true,
-                no_store: false
-            }
-        );
-        h.append("cache-control", "no-store".parse().unwrap());
-        assert!(Directives::from_headers(&h).no_store);
     }
 }

@@ -1,17 +1,17 @@
 //! Cache: deterministic answers served again without calling the upstream, and
 //! idempotency keys.
 //!
-//! [`CacheLayer`] sits in the inner stack between the meter and the router, so a hit is
-//! metered (the meter sees `x-tollgate-cache: hit` and records deployment `cache`) and a
-//! miss is cached once however many upstream attempts the router made. For each call to
-//! chat completions, completions or embeddings it answers `x-tollgate-cache`:
+//! The cache is a stage of the inner stack between the meter and the router, so a hit is
+//! metered (its reply says [`CacheStatus::Hit`], and the meter records deployment `cache`)
+//! and a miss is cached once however many upstream attempts the router made. For each call
+//! to chat completions, completions or embeddings its reply says (`x-tollgate-cache`):
 //!
 //! - `bypass`: the policy is off for this model or plan ([`CacheConfig`]), or the answer
 //!   is not deterministic (chat and completions need `temperature: 0` or a `seed`;
 //!   embeddings always are);
 //! - `hit`: the entry for the canonical request ([`key`]) of this tenant was there, or an
 //!   identical request in flight produced it ([`flight`]); a streamed request gets it
-//!   replayed as SSE ([`replay`]);
+//!   replayed as events ([`replay`]);
 //! - `miss`: the upstream answered; a `200` whose answer is complete (a JSON object of the
 //!   endpoint's kind, or a stream that ended with `[DONE]` and no error event) and within
 //!   `max_entry_kb` is stored for the TTL once its last byte passed. Errors, partial
@@ -34,28 +34,24 @@ pub mod key;
 pub mod replay;
 pub mod store;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::response::Response;
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use http::{HeaderValue, StatusCode, header};
+use http::StatusCode;
 use prometheus::{IntCounterVec, Opts, Registry};
-use serde_json::Value;
+use tower::Service;
 
-use crate::call::Call;
-use crate::meter::CACHE_HEADER;
-use crate::openai::Endpoint;
+use crate::exchange::{Answer, CacheStatus, Call, End, Endpoint, Event, Events, Flow, Hold, Observer, Reply};
 use crate::redis::Redis;
+use crate::service::Stage;
 
 pub use config::{CacheConfig, CachePolicy};
 use flight::{Flights, Join, Leader};
-pub use key::Directives;
 use replay::Assembler;
 use store::Store;
 
@@ -71,12 +67,14 @@ pub struct Cache {
 struct Inner {
     config: CacheConfig,
     /// Each model's own `cache:` policy.
-    models: std::collections::HashMap<String, CachePolicy>,
+    models: HashMap<String, CachePolicy>,
+    /// Each model's upstream models (part of the key).
+    upstream_models: HashMap<String, Vec<String>>,
     store: Store,
     flights: Arc<Flights>,
     requests: IntCounterVec,
     writes: IntCounterVec,
-    idempotency: idempotency::IdempotencyLayer,
+    idempotency: idempotency::Idempotency,
 }
 
 impl Cache {
@@ -85,7 +83,8 @@ impl Cache {
     /// an idempotency key waits for its first request.
     pub fn new(
         config: &CacheConfig,
-        models: std::collections::HashMap<String, CachePolicy>,
+        models: HashMap<String, CachePolicy>,
+        upstream_models: HashMap<String, Vec<String>>,
         request_timeout_s: u64,
         redis: Option<Redis>,
         registry: &Registry,
@@ -110,7 +109,7 @@ impl Cache {
             Some(redis) => Store::redis(redis),
             None => Store::memory(config.capacity_bytes()),
         };
-        let idempotency = idempotency::IdempotencyLayer::new(
+        let idempotency = idempotency::Idempotency::new(
             store.clone(),
             config.max_entry_bytes(),
             request_timeout_s,
@@ -120,6 +119,7 @@ impl Cache {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 models,
+                upstream_models,
                 store,
                 flights: Arc::new(Flights::default()),
                 requests,
@@ -135,7 +135,7 @@ impl Cache {
     }
 
     /// The `Idempotency-Key` layer, on the same store.
-    pub fn idempotency(&self) -> idempotency::IdempotencyLayer {
+    pub fn idempotency(&self) -> idempotency::Idempotency {
         self.inner.idempotency.clone()
     }
 
@@ -154,10 +154,10 @@ impl Cache {
 
     /// The entry TTL for this call, or `None` when it bypasses the cache.
     fn ttl(&self, call: &Call) -> Option<Duration> {
-        if !key::deterministic(call.request.endpoint, &call.request.body) {
+        if !call.params.deterministic(call.endpoint) {
             return None;
         }
-        let model = self.inner.models.get(&call.route.name);
+        let model = self.inner.models.get(&*call.model);
         self.inner
             .config
             .ttl_for(model, &call.principal.plan)
@@ -180,54 +180,16 @@ impl tollgate_admin::api::CachePurge for Cache {
     }
 }
 
-/// Adds [`CacheService`] to a stack.
-#[derive(Clone)]
-pub struct CacheLayer {
-    cache: Cache,
-}
-
-impl CacheLayer {
-    pub fn new(cache: Cache) -> Self {
-        Self { cache }
-    }
-}
-
-impl<S> tower::Layer<S> for CacheLayer {
-    type Service = CacheService<S>;
-
-    fn layer(&self, inner: S) -> CacheService<S> {
-        CacheService {
-            inner,
-            cache: self.cache.clone(),
-        }
-    }
-}
-
-/// See the module docs.
-#[derive(Clone)]
-pub struct CacheService<S> {
-    inner: S,
-    cache: Cache,
-}
-
-impl<S> tower::Service<Call> for CacheService<S>
+impl<S> Stage<S> for Cache
 where
-    S: tower::Service<Call, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Call, Response = Reply, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Request = Call;
+    type Response = Reply;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, call: Call) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let cache = self.cache.clone();
-        Box::pin(async move { Ok(serve(cache, inner, call).await) })
+    fn serve(&self, call: Call, next: S) -> impl Future<Output = Reply> + Send + 'static {
+        serve(self.clone(), next, call)
     }
 }
 
@@ -241,36 +203,36 @@ struct Pending {
     endpoint: Endpoint,
 }
 
-async fn serve<S>(cache: Cache, mut inner: S, call: Call) -> Response
+async fn serve<S>(cache: Cache, next: S, call: Call) -> Reply
 where
-    S: tower::Service<Call, Response = Response, Error = Infallible>,
+    S: Service<Call, Response = Reply, Error = Infallible>,
 {
-    let endpoint = call.request.endpoint;
+    let endpoint = call.endpoint;
     if !key::cacheable_endpoint(endpoint) {
-        return upstream(&mut inner, call).await;
+        return crate::service::call(next, call).await;
     }
     let Some(ttl) = cache.ttl(&call) else {
         cache.count("bypass");
-        return mark(upstream(&mut inner, call).await, "bypass");
+        return mark(call_next(next, call).await, CacheStatus::Bypass);
     };
     let directives = call.directives;
     let tenant = call.principal.tenant_id.clone();
-    let hash = key::key(&call);
-    let stream = call.request.stream;
-    let include_usage = call
-        .request
-        .body
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let no_models = Vec::new();
+    let upstream = cache
+        .inner
+        .upstream_models
+        .get(&*call.model)
+        .unwrap_or(&no_models);
+    let hash = key::key(&call, upstream);
+    let stream = call.params.stream;
+    let include_usage = call.params.include_usage;
     let store = cache.store();
 
     let generation = match store.lookup(&tenant, &hash).await {
         Ok((generation, Some(entry))) if !directives.no_cache => {
-            if let Some(response) = hit(&entry, stream, include_usage) {
+            if let Some(reply) = hit(&entry, stream, include_usage) {
                 cache.count("hit");
-                return response;
+                return reply;
             }
             tracing::warn!("unreadable cache entry; answering from the upstream");
             generation
@@ -280,7 +242,7 @@ where
             // Redis down or slow: a miss, never a failure; nothing is written either.
             tracing::warn!(error = %e, "cache lookup failed; treating it as a miss");
             cache.count("error");
-            return mark(upstream(&mut inner, call).await, "miss");
+            return mark(call_next(next, call).await, CacheStatus::Miss);
         }
     };
     let pending = (!directives.no_store).then(|| Pending {
@@ -293,207 +255,174 @@ where
     });
     let Some(pending) = pending else {
         cache.count("miss");
-        return mark(upstream(&mut inner, call).await, "miss");
+        return mark(call_next(next, call).await, CacheStatus::Miss);
     };
     if directives.no_cache {
         cache.count("miss");
-        let response = upstream(&mut inner, call).await;
-        return mark(capture(response, pending, None, stream), "miss");
+        let reply = call_next(next, call).await;
+        return mark(capture(reply, pending, None, stream), CacheStatus::Miss);
     }
     let flight_key = format!("{tenant}\0{generation}\0{hash}");
+    let mut next = Some(next);
     for _ in 0..FLIGHT_TRIES {
         match cache.inner.flights.join(flight_key.clone()) {
             Join::Lead(leader) => {
                 cache.count("miss");
-                let response = upstream(&mut inner, call).await;
-                return mark(capture(response, pending, Some(leader), stream), "miss");
+                let Some(next) = next.take() else { break };
+                let reply = call_next(next, call).await;
+                return mark(capture(reply, pending, Some(leader), stream), CacheStatus::Miss);
             }
             Join::Follow(follower) => {
                 if let Some(entry) = follower.wait().await
-                    && let Some(response) = hit(&entry, stream, include_usage)
+                    && let Some(reply) = hit(&entry, stream, include_usage)
                 {
                     cache.count("hit");
-                    return response;
+                    return reply;
                 }
             }
         }
     }
     // The flights before us failed: call the upstream alone.
     cache.count("miss");
-    let response = upstream(&mut inner, call).await;
-    mark(capture(response, pending, None, stream), "miss")
-}
-
-async fn upstream<S>(inner: &mut S, call: Call) -> Response
-where
-    S: tower::Service<Call, Response = Response, Error = Infallible>,
-{
-    match inner.call(call).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
-}
-
-fn mark(mut response: Response, outcome: &'static str) -> Response {
-    response
-        .headers_mut()
-        .insert(CACHE_HEADER, HeaderValue::from_static(outcome));
-    response
-}
-
-/// The response for an entry; `None` when a stream cannot be replayed from it.
-fn hit(entry: &Bytes, stream: bool, include_usage: bool) -> Option<Response> {
-    let (body, content_type) = if stream {
-        (replay::to_sse(entry, include_usage)?, "text/event-stream")
-    } else {
-        (entry.clone(), "application/json")
+    let Some(next) = next else {
+        return Reply::error(crate::error::ApiError::internal());
     };
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if stream {
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    }
-    headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
-    Some(response)
+    let reply = call_next(next, call).await;
+    mark(capture(reply, pending, None, stream), CacheStatus::Miss)
 }
 
-/// Wraps a miss's body so that its answer is stored once the last byte passed (and shared
-/// with the flight's followers); anything but a clean `200` ends the flight empty-handed.
-fn capture(response: Response, pending: Pending, leader: Option<Leader>, stream: bool) -> Response {
-    let event_stream = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if response.status() != StatusCode::OK || stream != event_stream {
+async fn call_next<S>(next: S, call: Call) -> Reply
+where
+    S: Service<Call, Response = Reply, Error = Infallible>,
+{
+    crate::service::call(next, call).await
+}
+
+fn mark(mut reply: Reply, status: CacheStatus) -> Reply {
+    reply.facts.cache = Some(status);
+    reply
+}
+
+/// The reply for an entry; `None` when a stream cannot be replayed from it.
+fn hit(entry: &Bytes, stream: bool, include_usage: bool) -> Option<Reply> {
+    let mut reply = if stream {
+        Reply::events(Events::of(replay::to_events(entry, include_usage)?))
+    } else {
+        let view = crate::exchange::view::AnswerView::parse(entry);
+        Reply::json(StatusCode::OK, entry.clone(), view)
+    };
+    reply.facts.cache = Some(CacheStatus::Hit);
+    Some(reply)
+}
+
+/// Stores a miss's answer once it is whole (a stream: once its last event passed) and
+/// shares it with the flight's followers; anything but a clean `200` ends the flight
+/// empty-handed.
+fn capture(mut reply: Reply, pending: Pending, leader: Option<Leader>, stream: bool) -> Reply {
+    if reply.status != StatusCode::OK {
         if let Some(leader) = leader {
             leader.finish(None);
         }
-        return response;
+        return reply;
     }
     let budget = pending.cache.max_entry_bytes();
-    let collect = if stream {
-        Collect::Stream(Assembler::new(pending.endpoint, budget.saturating_mul(4)))
-    } else {
-        Collect::Whole(Vec::new())
-    };
-    let body = CaptureBody {
-        collect,
-        budget,
-        pending: Some((pending, leader)),
-    };
-    crate::guard::tap(response, body)
-}
-
-enum Collect {
-    Whole(Vec<u8>),
-    Stream(Assembler),
-    /// Over the size cap: passed through, not stored.
-    TooLarge,
-}
-
-/// See [`capture`]. Dropped before its end (client gone), it stores nothing and the
-/// [`Leader`]'s drop frees the followers.
-struct CaptureBody {
-    collect: Collect,
-    budget: usize,
-    pending: Option<(Pending, Option<Leader>)>,
-}
-
-impl CaptureBody {
-    fn feed(&mut self, bytes: &Bytes) {
-        match &mut self.collect {
-            Collect::Whole(buf) => {
-                if buf.len() + bytes.len() > self.budget {
-                    self.collect = Collect::TooLarge;
-                } else {
-                    buf.extend_from_slice(bytes);
-                }
-            }
-            Collect::Stream(assembler) => assembler.push(bytes),
-            Collect::TooLarge => {}
+    match &mut reply.answer {
+        Answer::Json { bytes, view } if !stream => {
+            let entry = view
+                .as_ref()
+                .filter(|v| replay::valid_entry(pending.endpoint, v))
+                .map(|_| bytes.clone());
+            store(pending, leader, entry, budget);
         }
-    }
-
-    /// The body ended cleanly: store the answer if it is complete.
-    fn complete(&mut self) {
-        let Some((pending, leader)) = self.pending.take() else {
-            return;
-        };
-        let entry = match std::mem::replace(&mut self.collect, Collect::TooLarge) {
-            Collect::Whole(buf) => {
-                Some(Bytes::from(buf)).filter(|b| replay::valid_entry(pending.endpoint, b))
-            }
-            Collect::Stream(assembler) => assembler.finish(),
-            Collect::TooLarge => {
-                pending
-                    .cache
-                    .inner
-                    .writes
-                    .with_label_values(&["too_large"])
-                    .inc();
-                None
-            }
-        };
-        let entry = match entry {
-            Some(e) if e.len() > self.budget => {
-                pending
-                    .cache
-                    .inner
-                    .writes
-                    .with_label_values(&["too_large"])
-                    .inc();
-                None
-            }
-            other => other,
-        };
-        let Some(entry) = entry else {
+        Answer::Events(events) if stream => events.observe(Capture {
+            assembler: Assembler::new(pending.endpoint, budget.saturating_mul(4)),
+            pending: Some((pending, leader)),
+            budget,
+        }),
+        _ => {
             if let Some(leader) = leader {
                 leader.finish(None);
             }
-            return;
-        };
-        // Stored off the response path; followers get the answer even if the store fails.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            if let Some(leader) = leader {
-                leader.finish(Some(entry));
-            }
-            return;
-        };
-        runtime.spawn(async move {
-            let p = &pending;
-            let result = p
-                .cache
-                .store()
-                .put(&p.tenant, p.generation, &p.hash, entry.clone(), p.ttl)
-                .await;
-            let label = match result {
-                Ok(()) => "stored",
-                Err(e) => {
-                    tracing::warn!(error = %e, "cache write failed");
-                    "error"
-                }
-            };
-            p.cache.inner.writes.with_label_values(&[label]).inc();
-            if let Some(leader) = leader {
-                leader.finish(Some(entry));
-            }
-        });
+        }
     }
+    reply
 }
 
-impl crate::guard::Tap for CaptureBody {
-    fn data(&mut self, chunk: &Bytes) {
-        self.feed(chunk);
+/// Stores `entry` (if any, and within `budget`) off the response path; followers get it
+/// even if the store fails.
+fn store(pending: Pending, leader: Option<Leader>, entry: Option<Bytes>, budget: usize) {
+    let entry = match entry {
+        Some(e) if e.len() > budget => {
+            pending
+                .cache
+                .inner
+                .writes
+                .with_label_values(&["too_large"])
+                .inc();
+            None
+        }
+        other => other,
+    };
+    let Some(entry) = entry else {
+        if let Some(leader) = leader {
+            leader.finish(None);
+        }
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if let Some(leader) = leader {
+            leader.finish(Some(entry));
+        }
+        return;
+    };
+    runtime.spawn(async move {
+        let p = &pending;
+        let result = p
+            .cache
+            .store()
+            .put(&p.tenant, p.generation, &p.hash, entry.clone(), p.ttl)
+            .await;
+        let label = match result {
+            Ok(()) => "stored",
+            Err(e) => {
+                tracing::warn!(error = %e, "cache write failed");
+                "error"
+            }
+        };
+        p.cache.inner.writes.with_label_values(&[label]).inc();
+        if let Some(leader) = leader {
+            leader.finish(Some(entry));
+        }
+    });
+}
+
+/// Watches a streamed miss: assembles the whole answer from its events and stores it at a
+/// clean end. A stream cut, failed or left by its client stores nothing (dropping the
+/// [`Leader`] frees the followers).
+struct Capture {
+    assembler: Assembler,
+    pending: Option<(Pending, Option<Leader>)>,
+    budget: usize,
+}
+
+impl Observer for Capture {
+    fn event(&mut self, event: &mut Event) -> Flow {
+        self.assembler.push(event);
+        Flow::Pass
     }
 
-    fn end(&mut self) {
-        self.complete();
-    }
-
-    fn error(&mut self) {
-        // Broken answers are never stored; the leader's drop frees the followers.
-        self.pending = None;
+    fn end(&mut self, end: End) -> Option<Hold> {
+        let (pending, leader) = self.pending.take()?;
+        if end != End::Complete {
+            return None;
+        }
+        let assembler = std::mem::replace(&mut self.assembler, Assembler::new(Endpoint::Moderations, 0));
+        let entry = assembler.finish();
+        if entry.is_none() {
+            // Spoiled or too large: counted as too large only when it was.
+            tracing::debug!("streamed answer not cacheable");
+        }
+        store(pending, leader, entry, self.budget);
+        None
     }
 }

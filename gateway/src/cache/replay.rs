@@ -1,12 +1,13 @@
 //! Streams in and out of the cache. An entry is always the whole answer object
 //! (`chat.completion`, `text_completion`, an embeddings `list`), whichever way it came:
 //!
-//! - [`Assembler`] reads a streamed miss as it passes and builds that object: per choice the
+//! - [`Assembler`] reads a streamed miss's events as they pass (their views, parsed once
+//!   for every observer) and builds that object: per choice the
 //!   content, refusal, tool-call deltas (arguments concatenated by tool index) and finish
 //!   reason, plus the usage chunk. Only a stream that ended with `[DONE]` and carried no
 //!   error event gives an entry. Deltas it cannot rebuild faithfully (log probabilities,
 //!   legacy `function_call`, audio) give none: such streams are simply not cached.
-//! - [`to_sse`] replays an entry as SSE in OpenAI's framing: one chunk per choice with its
+//! - [`to_events`] replays an entry as events in OpenAI's framing: one chunk per choice with its
 //!   whole message, one with its finish reason, a usage chunk (`choices: []`) when
 //!   `stream_options.include_usage` is set, then `data: [DONE]`.
 
@@ -15,33 +16,27 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::openai::Endpoint;
+use crate::exchange::view::{AnswerView, ChunkView, ToolCallDelta};
+use crate::exchange::{Endpoint, Event};
 
-/// Checks a non-streamed answer before it is stored: a JSON object of the endpoint's kind.
-pub fn valid_entry(endpoint: Endpoint, body: &[u8]) -> bool {
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
-        return false;
-    };
-    if map.contains_key("error") {
+/// Checks a non-streamed answer before it is stored: a JSON object of the endpoint's kind
+/// (its view, parsed once by the provider).
+pub fn valid_entry(endpoint: Endpoint, view: &AnswerView) -> bool {
+    if view.is_error() {
         return false;
     }
-    let object = map.get("object").and_then(Value::as_str);
+    let object = view.object.as_deref();
     match endpoint {
-        Endpoint::ChatCompletions => {
-            object == Some("chat.completion") && map.get("choices").is_some_and(Value::is_array)
-        }
-        Endpoint::Completions => {
-            object == Some("text_completion") && map.get("choices").is_some_and(Value::is_array)
-        }
-        Endpoint::Embeddings => {
-            object == Some("list") && map.get("data").is_some_and(Value::is_array)
-        }
-        Endpoint::ImagesGenerations | Endpoint::Moderations => false,
+        Endpoint::ChatCompletions => object == Some("chat.completion") && view.has_choices(),
+        Endpoint::Completions => object == Some("text_completion") && view.has_choices(),
+        Endpoint::Embeddings => object == Some("list") && view.has_data(),
+        _ => false,
     }
 }
 
-/// An entry replayed as an SSE body; `None` when the entry is not a chat or text completion.
-pub fn to_sse(entry: &[u8], include_usage: bool) -> Option<Bytes> {
+/// An entry replayed as stream events; `None` when the entry is not a chat or text
+/// completion.
+pub fn to_events(entry: &[u8], include_usage: bool) -> Option<Vec<Event>> {
     let Value::Object(mut object) = serde_json::from_slice::<Value>(entry).ok()? else {
         return None;
     };
@@ -56,13 +51,7 @@ pub fn to_sse(entry: &[u8], include_usage: bool) -> Option<Bytes> {
     };
     // Every chunk repeats the answer's identity, as OpenAI's do.
     let mut head = Map::new();
-    for field in [
-        "id",
-        "created",
-        "model",
-        "system_fingerprint",
-        "service_tier",
-    ] {
+    for field in HEAD_FIELDS {
         if let Some(v) = object.get(field) {
             head.insert(field.to_owned(), v.clone());
         }
@@ -80,11 +69,9 @@ pub fn to_sse(entry: &[u8], include_usage: bool) -> Option<Bytes> {
         c.insert("choices".into(), choices);
         c
     };
-    let mut out = String::with_capacity(entry.len() + 512);
+    let mut out = Vec::with_capacity(2 * choices.len() + 2);
     let mut event = |value: Map<String, Value>| {
-        out.push_str("data: ");
-        out.push_str(&Value::Object(value).to_string());
-        out.push_str("\n\n");
+        out.push(Event::data(Value::Object(value).to_string()));
     };
     for choice in choices {
         let Value::Object(mut choice) = choice else {
@@ -123,9 +110,12 @@ pub fn to_sse(entry: &[u8], include_usage: bool) -> Option<Bytes> {
         last.insert("usage".into(), usage);
         event(last);
     }
-    out.push_str("data: [DONE]\n\n");
-    Some(Bytes::from(out))
+    out.push(Event::done());
+    Some(out)
 }
+
+/// The fields that name an answer, repeated on each of its chunks.
+const HEAD_FIELDS: [&str; 5] = ["id", "created", "model", "system_fingerprint", "service_tier"];
 
 /// One choice being assembled.
 #[derive(Default)]
@@ -141,8 +131,6 @@ struct Choice {
 /// Builds the whole answer from a streamed one; see the module docs.
 pub struct Assembler {
     chat: bool,
-    /// Bytes of an event not yet complete.
-    pending: Vec<u8>,
     head: Map<String, Value>,
     choices: BTreeMap<u64, Choice>,
     usage: Option<Value>,
@@ -157,7 +145,6 @@ impl Assembler {
     pub fn new(endpoint: Endpoint, budget: usize) -> Self {
         Self {
             chat: endpoint == Endpoint::ChatCompletions,
-            pending: Vec::new(),
             head: Map::new(),
             choices: BTreeMap::new(),
             usage: None,
@@ -167,126 +154,92 @@ impl Assembler {
         }
     }
 
-    /// Feeds the next bytes of the stream.
-    pub fn push(&mut self, bytes: &[u8]) {
+    /// Takes the next event of the stream (its view, parsed once for every observer).
+    pub fn push(&mut self, event: &mut Event) {
         if self.spoiled {
             return;
         }
-        if bytes.len() > self.budget {
+        let len = event.bytes().len();
+        if len > self.budget {
             self.spoiled = true;
             return;
         }
-        self.budget -= bytes.len();
-        self.pending.extend_from_slice(bytes);
-        while let Some(end) = find_event_end(&self.pending) {
-            let (event, sep) = end;
-            let raw: Vec<u8> = self.pending.drain(..event + sep).collect();
-            self.event(&raw[..event]);
-            if self.spoiled {
-                return;
-            }
-        }
-    }
-
-    fn event(&mut self, raw: &[u8]) {
-        let Ok(text) = std::str::from_utf8(raw) else {
-            self.spoiled = true;
-            return;
-        };
-        let mut data = String::new();
-        for line in text.lines() {
-            if let Some(d) = line.strip_prefix("data:") {
-                if !data.is_empty() {
-                    data.push('\n');
-                }
-                data.push_str(d.strip_prefix(' ').unwrap_or(d));
-            }
-        }
-        if data.is_empty() {
-            return;
-        }
+        self.budget -= len;
         if self.done {
             // Anything after `[DONE]` is unexpected.
             self.spoiled = true;
             return;
         }
-        if data == "[DONE]" {
+        if event.is_done() {
             self.done = true;
             return;
         }
-        match serde_json::from_str::<Value>(&data) {
-            Ok(Value::Object(chunk)) => self.chunk(chunk),
-            _ => self.spoiled = true,
+        match event.view() {
+            Some(view) => self.chunk(view),
+            None => self.spoiled = true,
         }
     }
 
-    fn chunk(&mut self, mut chunk: Map<String, Value>) {
-        if chunk.contains_key("error") {
+    fn chunk(&mut self, chunk: &ChunkView) {
+        if chunk.is_error() {
             self.spoiled = true;
             return;
         }
-        for field in [
-            "id",
-            "created",
-            "model",
-            "system_fingerprint",
-            "service_tier",
+        for (field, value) in [
+            ("id", &chunk.id),
+            ("created", &chunk.created),
+            ("model", &chunk.model),
+            ("system_fingerprint", &chunk.system_fingerprint),
+            ("service_tier", &chunk.service_tier),
         ] {
-            if let Some(v) = chunk.get(field).filter(|v| !v.is_null()) {
+            if let Some(v) = value.as_ref().filter(|v| !v.is_null()) {
                 self.head.entry(field).or_insert_with(|| v.clone());
             }
         }
-        if let Some(usage) = chunk.remove("usage").filter(|u| !u.is_null()) {
-            self.usage = Some(usage);
+        if let Some(usage) = chunk.usage.as_ref().filter(|u| !u.is_null()) {
+            self.usage = Some(usage.clone());
         }
-        let Some(Value::Array(choices)) = chunk.remove("choices") else {
-            return;
-        };
-        for choice in choices {
-            let Value::Object(mut choice) = choice else {
-                self.spoiled = true;
-                return;
-            };
-            if choice.get("logprobs").is_some_and(|l| !l.is_null()) {
+        for choice in chunk.choices.iter().flatten() {
+            if choice.logprobs.as_ref().is_some_and(|l| !l.is_null()) {
                 self.spoiled = true;
                 return;
             }
-            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let index = choice.index.unwrap_or(0);
             let acc = self.choices.entry(index).or_default();
-            if let Some(reason) = choice.remove("finish_reason").filter(|r| !r.is_null()) {
-                acc.finish_reason = reason;
+            if let Some(reason) = choice.finish_reason.as_ref().filter(|r| !r.is_null()) {
+                acc.finish_reason = reason.clone();
             }
             if !self.chat {
-                if let Some(text) = choice.get("text").and_then(Value::as_str) {
+                if let Some(text) = &choice.text {
                     acc.content.get_or_insert_with(String::new).push_str(text);
                 }
                 continue;
             }
-            let Some(Value::Object(delta)) = choice.remove("delta") else {
+            let Some(delta) = &choice.delta else {
                 continue;
             };
-            for (field, value) in delta {
-                match (field.as_str(), value) {
-                    (_, Value::Null) => {}
-                    ("role", role) => acc.role = Some(role),
-                    ("content", Value::String(s)) => {
-                        acc.content.get_or_insert_with(String::new).push_str(&s)
-                    }
-                    ("refusal", Value::String(s)) => {
-                        acc.refusal.get_or_insert_with(String::new).push_str(&s)
-                    }
-                    ("tool_calls", Value::Array(calls)) => {
-                        for call in calls {
-                            if !tool_delta(acc, call) {
-                                self.spoiled = true;
-                                return;
-                            }
-                        }
-                    }
-                    _ => {
-                        self.spoiled = true;
-                        return;
-                    }
+            if delta.other {
+                self.spoiled = true;
+                return;
+            }
+            if let Some(role) = delta.role.as_ref().filter(|r| !r.is_null()) {
+                acc.role = Some(role.clone());
+            }
+            match &delta.content {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => acc.content.get_or_insert_with(String::new).push_str(s),
+                Some(_) => {
+                    self.spoiled = true;
+                    return;
+                }
+            }
+            if let Some(refusal) = &delta.refusal {
+                acc.refusal.get_or_insert_with(String::new).push_str(refusal);
+            }
+            for call in delta.tool_calls.iter().flatten() {
+                if !tool_delta(acc, call) {
+                    self.spoiled = true;
+                    return;
                 }
             }
         }
@@ -294,7 +247,7 @@ impl Assembler {
 
     /// The whole answer, when the stream ended cleanly.
     pub fn finish(self) -> Option<Bytes> {
-        if self.spoiled || !self.done || !self.pending.iter().all(u8::is_ascii_whitespace) {
+        if self.spoiled || !self.done {
             return None;
         }
         let mut object = self.head;
@@ -340,11 +293,8 @@ impl Assembler {
 }
 
 /// Merges one `tool_calls` delta; false when it is not one we understand.
-fn tool_delta(acc: &mut Choice, call: Value) -> bool {
-    let Value::Object(call) = call else {
-        return false;
-    };
-    let Some(index) = call.get("index").and_then(Value::as_u64) else {
+fn tool_delta(acc: &mut Choice, call: &ToolCallDelta) -> bool {
+    let Some(index) = call.index else {
         return false;
     };
     let tool = acc.tools.entry(index).or_insert_with(|| {
@@ -355,53 +305,54 @@ fn tool_delta(acc: &mut Choice, call: Value) -> bool {
             String::new(),
         )
     });
-    if let Some(id) = call.get("id").filter(|v| !v.is_null()) {
+    if let Some(id) = call.id.as_ref().filter(|v| !v.is_null()) {
         tool.0 = id.clone();
     }
-    if let Some(kind) = call.get("type").filter(|v| !v.is_null()) {
+    if let Some(kind) = call.kind.as_ref().filter(|v| !v.is_null()) {
         tool.1 = kind.clone();
     }
-    if let Some(Value::Object(function)) = call.get("function") {
-        if let Some(name) = function.get("name").and_then(Value::as_str) {
+    if let Some(function) = &call.function {
+        if let Some(name) = &function.name {
             tool.2.push_str(name);
         }
-        if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
+        if let Some(arguments) = &function.arguments {
             tool.3.push_str(arguments);
         }
     }
     true
 }
 
-/// The end of the first complete event in `buf`: (length of the event, length of the
-/// blank-line separator).
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some((i, 2));
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, 3));
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn assemble(endpoint: Endpoint, stream: &str) -> Option<Value> {
-        let mut a = Assembler::new(endpoint, 1 << 20);
+    fn assemble_with(endpoint: Endpoint, stream: &str, budget: usize) -> Option<Value> {
+        let mut a = Assembler::new(endpoint, budget);
+        let mut framer = crate::sse::Framer::new(1 << 20);
+        let mut frames = Vec::new();
         // Fed in awkward pieces, as the network would.
         for piece in stream.as_bytes().chunks(7) {
-            a.push(piece);
+            framer
+                .feed(&Bytes::copy_from_slice(piece), &mut frames)
+                .unwrap();
+            for frame in frames.drain(..) {
+                a.push(&mut Event::from_frame(frame));
+            }
         }
         a.finish().map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    fn assemble(endpoint: Endpoint, stream: &str) -> Option<Value> {
+        assemble_with(endpoint, stream, 1 << 20)
+    }
+
+    fn replay(entry: &Value, include_usage: bool) -> String {
+        to_events(entry.to_string().as_bytes(), include_usage)
+            .unwrap()
+            .iter()
+            .map(|e| String::from_utf8(e.encode().to_vec()).unwrap())
+            .collect()
     }
 
     const CHAT: &str = concat!(
@@ -427,15 +378,10 @@ mod tests {
         assert_eq!(v["choices"][1]["message"]["content"], Value::Null);
         assert_eq!(v["usage"]["total_tokens"], 5);
         // Replayed and assembled again: the same answer.
-        let sse = to_sse(v.to_string().as_bytes(), true).unwrap();
-        let again = assemble(
-            Endpoint::ChatCompletions,
-            std::str::from_utf8(&sse).unwrap(),
-        )
-        .unwrap();
+        let sse = replay(&v, true);
+        let again = assemble(Endpoint::ChatCompletions, &sse).unwrap();
         assert_eq!(again, v);
-        let without = to_sse(v.to_string().as_bytes(), false).unwrap();
-        assert!(!std::str::from_utf8(&without).unwrap().contains("usage"));
+        assert!(!replay(&v, false).contains("usage"));
     }
 
     #[test]
@@ -447,9 +393,7 @@ mod tests {
             &CHAT[..200]
         );
         assert!(assemble(Endpoint::ChatCompletions, &failed).is_none());
-        let mut small = Assembler::new(Endpoint::ChatCompletions, 100);
-        small.push(CHAT.as_bytes());
-        assert!(small.finish().is_none());
+        assert!(assemble_with(Endpoint::ChatCompletions, CHAT, 100).is_none());
     }
 
     #[test]
@@ -461,9 +405,10 @@ mod tests {
         );
         let v = assemble(Endpoint::Completions, stream).unwrap();
         assert_eq!(v["choices"][0]["text"], "a b");
-        assert!(valid_entry(Endpoint::Completions, v.to_string().as_bytes()));
-        let sse = to_sse(v.to_string().as_bytes(), true).unwrap();
-        let again = assemble(Endpoint::Completions, std::str::from_utf8(&sse).unwrap()).unwrap();
+        let view = AnswerView::parse(v.to_string().as_bytes()).unwrap();
+        assert!(valid_entry(Endpoint::Completions, &view));
+        let sse = replay(&v, true);
+        let again = assemble(Endpoint::Completions, &sse).unwrap();
         assert_eq!(again, v);
     }
 }

@@ -363,8 +363,8 @@ fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
 

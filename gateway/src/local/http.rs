@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{StatusCode, header};
+use http::header;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
@@ -50,21 +50,11 @@ pub async fn serve(engine: &Engine, request: &Request, model: &str) -> Response 
 }
 
 fn busy(model: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "requests",
-        format!("The local model '{model}' is busy (its queue is full). Please retry."),
-    )
-    .with_code("rate_limit_exceeded")
+    crate::error::model_busy(model)
 }
 
 fn failed() -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "server_error",
-        "The local model failed to answer.",
-    )
-    .with_code("local_inference_failed")
+    crate::error::model_failed()
 }
 
 fn bad(param: &str, message: impl Into<String>) -> ApiError {

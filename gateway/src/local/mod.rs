@@ -34,7 +34,6 @@ use serde_json::Value;
 use crate::base::ConfigError;
 use crate::error::{ApiError, UpstreamError};
 use crate::openai::Request;
-use crate::providers::config::{DeploymentConfig, ProviderKind};
 
 pub use http::serve;
 
@@ -202,18 +201,18 @@ fn canonical(path: &str) -> PathBuf {
 /// Loads every `provider: local` model of the config before the routes are built, so a
 /// bad folder stops the start with an error naming the field (exit 64).
 ///
-/// `deployments`: each deployment with its config path (`models[0].deployments[1]`) and the
-/// name of its model.
-pub fn preload<'a>(
-    deployments: impl IntoIterator<Item = (String, &'a str, &'a DeploymentConfig)>,
-) -> Result<(), ConfigError> {
+/// `deployments`: each `provider: local` deployment's [`LocalModel`].
+pub fn preload<'a>(deployments: impl IntoIterator<Item = LocalModel<'a>>) -> Result<(), ConfigError> {
     {
-        for (at, model, d) in deployments {
-            if d.provider != ProviderKind::Local {
-                continue;
-            }
+        for LocalModel {
+            at,
+            model,
+            path,
+            queue_size,
+        } in deployments
+        {
             let field = format!("{at}.path");
-            let Some(path) = d.path.as_deref() else {
+            let Some(path) = path else {
                 return Err(ConfigError::new(field, "missing"));
             };
             let key = canonical(path);
@@ -221,7 +220,7 @@ pub fn preload<'a>(
             if engines.contains_key(&key) {
                 continue;
             }
-            let queue = d.queue_size.map_or(DEFAULT_QUEUE_SIZE, |q| q as usize);
+            let queue = queue_size.map_or(DEFAULT_QUEUE_SIZE, |q| q as usize);
             let started = std::time::Instant::now();
             let engine =
                 load(&key, queue).map_err(|e| ConfigError::new(field.clone(), e.to_string()))?;
@@ -238,6 +237,19 @@ pub fn preload<'a>(
     Ok(())
 }
 
+/// A `provider: local` deployment as [`preload`] needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalModel<'a> {
+    /// Its config path (`models[0].deployments[1]`), for errors.
+    pub at: &'a str,
+    /// The model's client-facing name, for the log.
+    pub model: &'a str,
+    /// `path`: the model folder.
+    pub path: Option<&'a str>,
+    /// `queue_size`.
+    pub queue_size: Option<u32>,
+}
+
 /// `provider: local`: answers from an engine in this process.
 #[derive(Debug)]
 pub struct Local {
@@ -246,8 +258,9 @@ pub struct Local {
 }
 
 impl Local {
-    pub fn new(d: &DeploymentConfig) -> Self {
-        let engine = d.path.as_deref().and_then(|p| {
+    /// The engine [`preload`] loaded from `path`.
+    pub fn new(path: Option<&str>) -> Self {
+        let engine = path.and_then(|p| {
             registry()
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

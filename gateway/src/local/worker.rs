@@ -105,7 +105,7 @@ pub async fn run(
     // The gateway's own listener: the same header timeout, head limit (431) and drain.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        crate::server::shutdown_signal().await;
+        crate::listener::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     crate::listener::serve(listener, app, None, stop_rx)

@@ -41,66 +41,33 @@
 mod body;
 pub mod config;
 mod metrics;
-pub mod prices;
 pub mod spool;
 pub mod usage;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Body;
-use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
-use http::{HeaderValue, header};
-use http_body_util::BodyExt;
 use prometheus::Registry;
-use serde_json::{Map, Value};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tollgate_admin::store::{MicroUsd, Price, Store, Usage, UsageRecord};
+use tower::Service;
 
-use crate::call::Call;
-use crate::error::{self, ApiError, Passthrough};
-use crate::openai::{Endpoint, Request};
-use crate::router::DEPLOYMENT_HEADER;
+use crate::error;
+use crate::exchange::{Answer, CacheStatus, Call, Charged, Endpoint, Payload, Reply};
+use crate::prices::Prices;
 pub use config::{CacheHitCharge, MeterConfig};
 
-pub use body::MeterBody;
-/// The meter's SSE framing, for the fuzz targets (`crate::fuzzing`).
-pub(crate) use body::{event_data, event_len};
-use prices::Prices;
+use body::MeterStream;
 use spool::{FlushStop, Spool, SpoolError, SpoolMetrics, SpoolSettings};
-use usage::{Prompt, Seen};
+use usage::Seen;
 
-/// The cost of a non-streamed answer, in USD with six decimals.
-pub const COST_HEADER: &str = "x-tollgate-cost-usd";
-/// Set by the cache layer: `hit`, `miss` or `bypass`.
-pub const CACHE_HEADER: &str = "x-tollgate-cache";
 /// `deployment` of a record answered from the gateway's cache.
 const CACHE_DEPLOYMENT: &str = "cache";
-
-/// What one request was charged: tokens (input + output) and cost. Sent to the quota layer
-/// so it can settle its reservation to the real usage.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Charged {
-    pub tokens: u64,
-    pub cost: MicroUsd,
-}
-
-/// In a metered answer's extensions: yields [`Charged`] once the usage record is appended;
-/// the channel closes without a value when no record is made (an unmetered answer).
-#[derive(Clone, Debug)]
-pub struct ChargeReport(Arc<Mutex<Option<oneshot::Receiver<Charged>>>>);
-
-impl ChargeReport {
-    /// The receiver; `None` when already taken.
-    pub fn take(&self) -> Option<oneshot::Receiver<Charged>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
-    }
-}
 
 /// Why the meter could not start.
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +239,7 @@ impl Ledger {
     /// the record; resolves with the cost once the record is durable.
     fn settle(
         &self,
-        mut facts: RequestFacts,
+        facts: RequestFacts,
         seen: Seen,
         client_disconnected: bool,
         ttft_ms: Option<u64>,
@@ -288,7 +255,7 @@ impl Ledger {
         };
         let Some(runtime) = runtime else {
             let (usage, reported) = if counts {
-                seen.resolve(facts.endpoint, &facts.model, &facts.prompt)
+                seen.resolve(facts.endpoint, &facts.model, &facts.payload)
             } else {
                 (Usage::default(), false)
             };
@@ -305,11 +272,11 @@ impl Ledger {
         let claim = self.claim();
         let task = runtime.spawn(async move {
             let _claim = claim;
-            let prompt = std::mem::take(&mut facts.prompt);
+            let payload = facts.payload.clone();
             let model = facts.model.clone();
             let endpoint = facts.endpoint;
             let (usage, reported) =
-                tokio::task::spawn_blocking(move || seen.resolve(endpoint, &model, &prompt))
+                tokio::task::spawn_blocking(move || seen.resolve(endpoint, &model, &payload))
                     .await
                     .unwrap_or_else(|e| {
                         tracing::error!(error = %e, "tokenizer failed; recording no tokens");
@@ -332,7 +299,7 @@ impl Ledger {
     ) -> Result<(spool::Ack, MicroUsd), SpoolError> {
         let cost = self.cost(facts, &usage);
         let record = UsageRecord {
-            request_id: facts.request_id.clone(),
+            request_id: facts.request_id.to_string(),
             tenant_id: facts.tenant_id.clone(),
             key_id: facts.key_id.clone(),
             model: facts.model.clone(),
@@ -371,59 +338,28 @@ impl Ledger {
 /// What the record of one request needs, gathered as the request passes.
 #[derive(Debug)]
 pub(crate) struct RequestFacts {
-    request_id: String,
+    request_id: Arc<str>,
     tenant_id: String,
     key_id: String,
     model: String,
     endpoint: Endpoint,
     started: Instant,
     created_at_ms: i64,
-    prompt: Prompt,
+    /// The body, for the tokenizer when no usage comes (shared, not copied).
+    payload: Arc<Payload>,
     price: Option<Price>,
     deployment: String,
     status: u16,
     cache_hit: bool,
-    /// Where [`Charged`] goes once the record is appended (see [`ChargeReport`]).
+    /// Where [`Charged`] goes once the record is appended (the quota layer's settlement).
     charged: Mutex<Option<oneshot::Sender<Charged>>>,
 }
 
-/// Sets `stream_options.include_usage` on a streamed chat or completion request whose
-/// client did not ask for it. Returns whether it did (then the usage chunk is the meter's,
-/// and is hidden from the client).
-fn ask_for_usage(request: &mut Request) -> bool {
-    if !request.stream
-        || !matches!(
-            request.endpoint,
-            Endpoint::ChatCompletions | Endpoint::Completions
-        )
-    {
-        return false;
-    }
-    let options = request
-        .body
-        .entry("stream_options")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !options.is_object() {
-        *options = Value::Object(Map::new());
-    }
-    let Value::Object(options) = options else {
-        return false;
-    };
-    if options.get("include_usage").and_then(Value::as_bool) == Some(true) {
-        return false;
-    }
-    options.insert("include_usage".into(), Value::Bool(true));
-    true
-}
-
-/// Whether an answer is metered: every success and every server error (the upstream's own
+/// Whether a reply is metered: every success and every server error (the upstream's own
 /// errors, 502/504 when it could not be reached), and every error relayed from an upstream.
 /// 4xx answers the gateway made itself never reached an upstream.
-fn is_metered(response: &Response) -> bool {
-    let status = response.status();
-    status.is_success()
-        || status.is_server_error()
-        || response.extensions().get::<Passthrough>().is_some()
+fn is_metered(reply: &Reply) -> bool {
+    reply.status.is_success() || reply.status.is_server_error() || reply.facts.relayed
 }
 
 /// `status` of a request abandoned before its answer: nginx's "client closed request".
@@ -463,214 +399,157 @@ impl Closing {
     }
 }
 
-fn is_event_stream(response: &Response) -> bool {
-    response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-}
-
 fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-// === impl MeterLayer ===
+// === the stage ===
 
-/// Adds [`Meter`] to a stack.
-#[derive(Clone, Debug)]
-pub struct MeterLayer {
-    ledger: Ledger,
-}
-
-impl MeterLayer {
-    pub fn new(ledger: Ledger) -> Self {
-        Self { ledger }
-    }
-}
-
-impl<S> tower::Layer<S> for MeterLayer {
-    type Service = Meter<S>;
-
-    fn layer(&self, inner: S) -> Meter<S> {
-        Meter {
-            inner,
-            ledger: self.ledger.clone(),
-        }
-    }
-}
-
-// === impl Meter ===
-
-/// The meter service: see the module docs.
-#[derive(Clone, Debug)]
-pub struct Meter<S> {
-    inner: S,
-    ledger: Ledger,
-}
-
-impl<S> tower::Service<Call> for Meter<S>
+impl<S> crate::service::Stage<S> for Ledger
 where
-    S: tower::Service<Call, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: tower::Service<Call, Response = Reply, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Request = Call;
+    type Response = Reply;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut call: Call) -> Self::Future {
-        // The clone is the one that was not polled ready; the ready one serves this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let ledger = self.ledger.clone();
-        Box::pin(async move {
-            let spool = &ledger.inner.spool;
-            if !spool.has_room() {
-                spool.metrics().refused.inc();
-                tracing::warn!("usage spool is full (store unreachable?); refusing the request");
-                return Ok(error::metering_unavailable().into_response());
-            }
-            let started = Instant::now();
-            let created_at_ms = unix_ms();
-            let strip_usage = ask_for_usage(&mut call.request);
-            let prompt = Prompt::of(&call.request);
-            let model = call.request.model.clone();
-            let (charged, report) = oneshot::channel();
-            let facts = RequestFacts {
-                request_id: call.request_id.clone(),
-                tenant_id: call.principal.tenant_id.clone(),
-                key_id: call.principal.key_id.clone(),
-                model: model.clone(),
-                endpoint: call.request.endpoint,
-                started,
-                created_at_ms,
-                prompt,
-                price: None,
-                deployment: String::new(),
-                status: 0,
-                cache_hit: false,
-                charged: Mutex::new(Some(charged)),
-            };
-            // From here on the request counts: if this future is dropped before the answer
-            // is settled (the client left), the guard records that.
-            let mut pending = Unanswered {
-                ledger: ledger.clone(),
-                facts: Some(facts),
-                _claim: ledger.claim(),
-            };
-            // The price is looked up while the upstream works (a cache hit in memory).
-            let answer = async { tokio::join!(inner.call(call), ledger.inner.prices.get(&model)) };
-            let mut closing = ledger.claim();
-            let (response, price) = tokio::select! {
-                answer = answer => answer,
-                // Past the drain deadline: the guard records the request as abandoned.
-                () = closing.signal() => return Ok(error::shutting_down().into_response()),
-            };
-            let mut response = match response {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
-            response
-                .extensions_mut()
-                .insert(ChargeReport(Arc::new(Mutex::new(Some(report)))));
-            if !is_metered(&response) {
-                pending.facts = None;
-                return Ok(response);
-            }
-            let Some(facts) = pending.facts.as_mut() else {
-                return Ok(response);
-            };
-            facts.price = price;
-            facts.status = response.status().as_u16();
-            facts.cache_hit = response
-                .headers()
-                .get(CACHE_HEADER)
-                .is_some_and(|v| v.as_bytes() == b"hit");
-            facts.deployment = if facts.cache_hit {
-                CACHE_DEPLOYMENT.to_owned()
-            } else {
-                response
-                    .headers()
-                    .get(DEPLOYMENT_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            if response.status().is_success() && is_event_stream(&response) {
-                let Some(facts) = pending.facts.take() else {
-                    return Ok(response);
-                };
-                let (parts, body) = response.into_parts();
-                let claim = ledger.claim();
-                let body = MeterBody::new(body, ledger, facts, strip_usage, claim);
-                return Ok(Response::from_parts(parts, Body::new(body)));
-            }
-            Ok(whole(ledger, pending, response, closing).await)
-        })
+    fn serve(&self, call: Call, next: S) -> impl Future<Output = Reply> + Send + 'static {
+        serve(self.clone(), call, next)
     }
 }
 
-/// Meters an answer that is not a stream: read it, count it, make the record durable,
-/// then return it with its cost in `x-tollgate-cost-usd`.
-async fn whole(
-    ledger: Ledger,
-    mut pending: Unanswered,
-    response: Response,
-    mut closing: Closing,
-) -> Response {
-    let (mut parts, body) = response.into_parts();
-    let collected = tokio::select! {
-        collected = body.collect() => collected,
-        () = closing.signal() => return error::shutting_down().into_response(),
+/// Meters one call; see the module docs.
+async fn serve<S>(ledger: Ledger, mut call: Call, next: S) -> Reply
+where
+    S: Service<Call, Response = Reply, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let spool = &ledger.inner.spool;
+    if !spool.has_room() {
+        spool.metrics().refused.inc();
+        tracing::warn!("usage spool is full (store unreachable?); refusing the request");
+        return Reply::error(error::metering_unavailable());
+    }
+    let started = Instant::now();
+    let created_at_ms = unix_ms();
+    // Streams are counted by the upstream's numbers too: ask for them when the client did
+    // not (the chunk is then hidden from it).
+    let strip_usage = call.params.stream
+        && matches!(
+            call.endpoint,
+            Endpoint::ChatCompletions | Endpoint::Completions
+        )
+        && !call.params.include_usage;
+    call.ask_usage = strip_usage;
+    let model = call.model.to_string();
+    let (charged, report) = oneshot::channel();
+    let facts = RequestFacts {
+        request_id: call.request_id.clone(),
+        tenant_id: call.principal.tenant_id.clone(),
+        key_id: call.principal.key_id.clone(),
+        model: model.clone(),
+        endpoint: call.endpoint,
+        started,
+        created_at_ms,
+        payload: call.payload.clone(),
+        price: None,
+        deployment: String::new(),
+        status: 0,
+        cache_hit: false,
+        charged: Mutex::new(Some(charged)),
     };
+    // From here on the request counts: if this future is dropped before the answer is
+    // settled (the client left), the guard records that.
+    let mut pending = Unanswered {
+        ledger: ledger.clone(),
+        facts: Some(facts),
+        _claim: ledger.claim(),
+    };
+    // The price is looked up while the upstream works (a cache hit in memory).
+    let answer = async {
+        tokio::join!(
+            crate::service::call(next, call),
+            ledger.inner.prices.get(&model)
+        )
+    };
+    let mut closing = ledger.claim();
+    let (mut reply, price) = tokio::select! {
+        answer = answer => answer,
+        // Past the drain deadline: the guard records the request as abandoned.
+        () = closing.signal() => return Reply::error(error::shutting_down()),
+    };
+    reply.facts.charged = Some(report);
+    if !is_metered(&reply) {
+        pending.facts = None;
+        return reply;
+    }
     let Some(mut facts) = pending.facts.take() else {
-        return ApiError::internal().into_response();
+        return reply;
     };
-    let (bytes, seen) = match collected {
-        Ok(collected) => {
-            let bytes = collected.to_bytes();
-            let seen = if parts.status.is_success() {
-                Seen::from_json(facts.endpoint, &bytes)
-            } else {
-                Seen::default()
-            };
-            (Some(bytes), seen)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, deployment = %facts.deployment, "upstream answer broke off");
-            facts.status = http::StatusCode::BAD_GATEWAY.as_u16();
-            (None, Seen::default())
-        }
+    facts.price = price;
+    facts.status = reply.status.as_u16();
+    facts.cache_hit = reply.facts.cache == Some(CacheStatus::Hit);
+    facts.deployment = if facts.cache_hit {
+        CACHE_DEPLOYMENT.to_owned()
+    } else {
+        reply
+            .facts
+            .deployment
+            .as_ref()
+            .and_then(|d| d.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
     };
-    let deployment = facts.deployment.clone();
-    let cost = match ledger.settle(facts, seen, false, None).await {
-        Ok(cost) => cost,
+    if reply.status.is_success()
+        && let Answer::Events(events) = &mut reply.answer
+    {
+        let stream = MeterStream::new(ledger.clone(), facts, strip_usage, ledger.claim());
+        events.observe(stream);
+        // Past the drain deadline the stream is cut, and records what it delivered.
+        events.cut_when(async move { closing.signal().await });
+        return reply;
+    }
+    whole(ledger, facts, reply).await
+}
+
+/// Meters an answer that is not a stream: count it (the view the provider parsed),
+/// make the record durable, then return it with its cost (`x-tollgate-cost-usd`).
+async fn whole(ledger: Ledger, facts: RequestFacts, mut reply: Reply) -> Reply {
+    let seen = if reply.status.is_success() {
+        match &reply.answer {
+            Answer::Json { bytes, view } => Seen::from_answer(facts.endpoint, bytes, view.as_ref()),
+            _ => Seen::default(),
+        }
+    } else {
+        Seen::default()
+    };
+    let passthrough = facts.endpoint.is_passthrough();
+    match ledger.settle(facts, seen, false, None).await {
+        Ok(cost) => {
+            reply.facts.cost = Some(cost);
+            reply
+        }
+        Err(e) if passthrough => {
+            // The upstream already acted (a file created, a batch cancelled): refusing the
+            // answer now would only hide that from the client.
+            tracing::error!(error = %e, "passthrough usage record not written");
+            reply
+        }
         Err(e) => {
             // Not durable, so not delivered: an answer is never given away unmetered.
             tracing::error!(error = %e, "usage record could not be spooled; refusing the answer");
-            return error::metering_unavailable().into_response();
+            Reply::error(error::metering_unavailable())
         }
-    };
-    let Some(bytes) = bytes else {
-        return error::upstream_broke_off(&deployment).into_response();
-    };
-    if let Ok(value) = HeaderValue::from_str(&cost.to_string()) {
-        parts.headers.insert(COST_HEADER, value);
     }
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(bytes))
 }
 
-#[cfg(test)]
 #[allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
     reason = "tests"
 )]
+#[cfg(test)]
 mod tests;

@@ -1078,13 +1078,13 @@ fn read_batch(path: &Path, at: Position, limit: Option<u64>, max: usize) -> io::
     Ok(batch)
 }
 
-#[cfg(test)]
 #[allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
     reason = "tests"
 )]
+#[cfg(test)]
 mod tests {
     use super::*;
 

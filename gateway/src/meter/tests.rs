@@ -2,18 +2,20 @@
 
 use std::sync::Mutex;
 
+use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::StatusCode;
+use http::{HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
-use serde_json::json;
+use serde_json::{Map, Value, json};
 use tollgate_admin::store::NewPrice;
 use tower::{Layer, Service, ServiceExt};
 
 use super::*;
-use crate::auth::Principal;
-use crate::providers::ProviderSet;
-use crate::router::Models;
+use crate::base::headers::COST;
+use crate::exchange::{Events, Outcome};
+use crate::providers::relay;
+use crate::service::StageLayer;
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -57,18 +59,25 @@ async fn setup_with(max_bytes: u64, charge: CacheHitCharge) -> Setup {
 }
 
 impl Setup {
-    /// The meter over an upstream that answers `answer` and keeps what it was sent.
+    /// The meter over an upstream that answers `answer` and keeps what it was sent; its
+    /// replies rendered as the client gets them.
     fn meter(
         &self,
-        answer: impl Fn() -> Response + Clone + Send + Sync + 'static,
-    ) -> impl Service<Call, Response = Response, Error = Infallible> {
+        answer: impl Fn() -> Reply + Clone + Send + Sync + 'static,
+    ) -> impl Service<Call, Response = Response, Error = Infallible> + Clone {
         let sent = self.sent.clone();
         let inner = tower::service_fn(move |call: Call| {
-            sent.lock().unwrap().push(call.request.body.clone());
-            let response = answer();
-            async move { Ok::<_, Infallible>(response) }
+            let body = call.payload.write(&call.model, call.ask_usage);
+            sent.lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap());
+            let reply = answer();
+            async move { Ok::<_, Infallible>(reply) }
         });
-        MeterLayer::new(self.ledger.clone()).layer(inner)
+        let meter = StageLayer(self.ledger.clone()).layer(inner);
+        tower::ServiceBuilder::new()
+            .map_response(|reply: Reply| crate::api::respond(reply, Outcome::default(), "req-1"))
+            .service(meter)
     }
 
     /// The records in the spool, in order, once there are `n` (records of dropped streams
@@ -106,34 +115,7 @@ impl Setup {
 }
 
 fn call(endpoint: Endpoint, body: Value) -> Call {
-    let config = crate::config::Config::parse(
-        "models: [ { name: m, deployments: [ { provider: openai, base_url: 'http://127.0.0.1:9/v1' } ] } ]",
-        &|_| None,
-    )
-    .unwrap();
-    let models = Models::from_config(
-        &config.models,
-        &config.breaker,
-        &ProviderSet::new().unwrap(),
-    )
-    .unwrap();
-    Call {
-        request_id: "req-1".into(),
-        principal: Principal {
-            tenant_id: "t1".into(),
-            key_id: "k1".into(),
-            plan: "default".into(),
-            models: Arc::new([]),
-            rpm: None,
-            tpm: None,
-            max_concurrent: None,
-            monthly_budget_micro_usd: None,
-            monthly_tokens: None,
-        },
-        request: Request::parse(endpoint, body.to_string().as_bytes()).unwrap(),
-        route: models.get("m").unwrap().clone(),
-        directives: Default::default(),
-    }
+    crate::openai::test_call(endpoint, body)
 }
 
 fn chat(extra: Value) -> Call {
@@ -144,32 +126,33 @@ fn chat(extra: Value) -> Call {
     call(Endpoint::ChatCompletions, body)
 }
 
-fn json_answer(status: u16, body: Value) -> Response {
-    let mut r = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(DEPLOYMENT_HEADER, "dep-a")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    r.extensions_mut().insert(Passthrough);
-    r
+fn json_answer(status: u16, body: Value) -> Reply {
+    let bytes = Bytes::from(body.to_string());
+    let status = StatusCode::from_u16(status).unwrap();
+    let view = status
+        .is_success()
+        .then(|| crate::exchange::view::AnswerView::parse(&bytes))
+        .flatten();
+    let mut reply = Reply::json(status, bytes, view);
+    reply.facts.deployment = Some(HeaderValue::from_static("dep-a"));
+    reply.facts.relayed = true;
+    reply
+}
+
+/// A stream framed by the relay from these byte chunks (an `Err` breaks it off).
+fn sse_from(chunks: impl futures_util::Stream<Item = Result<Bytes, String>> + Send + 'static) -> Reply {
+    let deadlines = relay::Timeouts::fixed(Duration::from_secs(60)).start();
+    let source = relay::frame_events(chunks, &deadlines, 1 << 20, relay::Relayed);
+    let mut reply = Reply::events(Events::new(source));
+    reply.facts.deployment = Some(HeaderValue::from_static("dep-a"));
+    reply
 }
 
 /// An SSE answer: each string is one frame as the upstream sends it.
-fn sse_answer(frames: Vec<String>) -> Response {
-    let stream = futures_util::stream::iter(
-        frames
-            .into_iter()
-            .map(|f| Ok::<_, std::io::Error>(Bytes::from(f))),
-    );
-    let mut r = Response::builder()
-        .status(200)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(DEPLOYMENT_HEADER, "dep-a")
-        .body(Body::from_stream(stream))
-        .unwrap();
-    r.extensions_mut().insert(Passthrough);
-    r
+fn sse_answer(frames: Vec<String>) -> Reply {
+    sse_from(futures_util::stream::iter(
+        frames.into_iter().map(|f| Ok(Bytes::from(f))),
+    ))
 }
 
 fn chunk(content: &str, with_null_usage: bool) -> String {
@@ -205,7 +188,7 @@ async fn a_whole_answer_is_priced_and_recorded() {
     let response = meter.oneshot(chat(json!({}))).await.unwrap();
     assert_eq!(response.status(), 200);
     // 600 × 0.15 + 400 × 0.075 + 500 × 0.60 per 1M = 90 + 30 + 300 µUSD.
-    assert_eq!(response.headers()[COST_HEADER], "0.000420");
+    assert_eq!(response.headers()[COST], "0.000420");
     let records = s.records(1).await;
     assert_eq!(records.len(), 1);
     let r = &records[0];
@@ -238,9 +221,13 @@ async fn upstream_errors_cost_nothing_and_gateway_refusals_are_not_recorded() {
     let meter = s.meter(|| json_answer(429, json!({"error": {"message": "slow down"}})));
     let response = meter.oneshot(chat(json!({}))).await.unwrap();
     assert_eq!(response.status(), 429);
-    assert_eq!(response.headers()[COST_HEADER], "0.000000");
+    assert_eq!(response.headers()[COST], "0.000000");
     let meter = s.meter(|| {
-        crate::error::endpoint_not_supported("m", Endpoint::Embeddings, "no").into_response()
+        Reply::error(crate::error::endpoint_not_supported(
+            "m",
+            Endpoint::Embeddings,
+            "no",
+        ))
     });
     let response = meter.oneshot(chat(json!({}))).await.unwrap();
     assert_eq!(response.status(), 400);
@@ -300,7 +287,7 @@ async fn a_stream_with_include_usage_gets_its_cost() {
         ))
         .await
         .unwrap();
-    assert!(response.headers().get(COST_HEADER).is_none());
+    assert!(response.headers().get(COST).is_none());
     let body = text(response).await;
     let events: Vec<&str> = body.split("\n\n").filter(|e| !e.is_empty()).collect();
     assert_eq!(events.len(), 3, "{body}");
@@ -336,18 +323,11 @@ async fn a_client_that_leaves_midway_is_recorded_with_what_it_got() {
     let s = setup(1 << 20).await;
     let meter = s.meter(|| {
         let first = futures_util::stream::iter(vec![
-            Ok::<_, std::io::Error>(Bytes::from(chunk("Hello", true))),
+            Ok(Bytes::from(chunk("Hello", true))),
             Ok(Bytes::from(chunk(" there", true))),
         ]);
         // ... and then the upstream goes quiet.
-        let stream = first.chain(futures_util::stream::pending());
-        let mut r = Response::builder()
-            .status(200)
-            .header(header::CONTENT_TYPE, "text/event-stream")
-            .body(Body::from_stream(stream))
-            .unwrap();
-        r.extensions_mut().insert(Passthrough);
-        r
+        sse_from(first.chain(futures_util::stream::pending()))
     });
     let response = meter.oneshot(chat(json!({"stream": true}))).await.unwrap();
     let mut body = response.into_body();
@@ -366,23 +346,17 @@ async fn a_client_that_leaves_midway_is_recorded_with_what_it_got() {
 }
 
 #[tokio::test]
-async fn a_cut_stream_is_recorded_and_the_error_passed_on() {
+async fn a_cut_stream_is_recorded_and_ends_with_an_error_event() {
     let s = setup(1 << 20).await;
     let meter = s.meter(|| {
-        let stream = futures_util::stream::iter(vec![
+        sse_from(futures_util::stream::iter(vec![
             Ok(Bytes::from(chunk("Hello", true))),
-            Err(std::io::Error::other("reset")),
-        ]);
-        let mut r = Response::builder()
-            .status(200)
-            .header(header::CONTENT_TYPE, "text/event-stream")
-            .body(Body::from_stream(stream))
-            .unwrap();
-        r.extensions_mut().insert(Passthrough);
-        r
+            Err("reset".to_owned()),
+        ]))
     });
     let response = meter.oneshot(chat(json!({"stream": true}))).await.unwrap();
-    assert!(response.into_body().collect().await.is_err());
+    let body = text(response).await;
+    assert!(body.contains("upstream_stream_error") && !body.contains("[DONE]"), "{body}");
     let r = &s.records(1).await[0];
     assert!(!r.client_disconnected && !r.usage_reported);
     assert_eq!(r.output_tokens, 1);
@@ -466,9 +440,9 @@ async fn a_request_abandoned_before_its_answer_is_recorded() {
     let inner = tower::service_fn(|_call: Call| async {
         // An upstream that never answers.
         std::future::pending::<()>().await;
-        Ok::<_, Infallible>(Response::new(Body::empty()))
+        Ok::<_, Infallible>(Reply::error(crate::error::ApiError::internal()))
     });
-    let meter = MeterLayer::new(s.ledger.clone()).layer(inner);
+    let meter = StageLayer(s.ledger.clone()).layer(inner);
     let waited = tokio::time::timeout(Duration::from_millis(50), meter.oneshot(chat(json!({}))));
     assert!(waited.await.is_err());
     let r = &s.records(1).await[0];
@@ -485,12 +459,11 @@ async fn cache_hits_are_recorded_and_charged_as_configured() {
                 200,
                 json!({"usage": {"prompt_tokens": 1000, "completion_tokens": 500}}),
             );
-            r.headers_mut()
-                .insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+            r.facts.cache = Some(CacheStatus::Hit);
             r
         });
         let response = meter.oneshot(chat(json!({}))).await.unwrap();
-        assert_eq!(response.headers()[COST_HEADER], usd(cost));
+        assert_eq!(response.headers()[COST], usd(cost));
         let r = &s.records(1).await[0];
         assert!(r.cache_hit);
         assert_eq!(r.deployment, "cache");
@@ -509,18 +482,8 @@ fn usd(micros: i64) -> String {
 async fn shutdown_cuts_what_is_still_running_and_records_it() {
     let s = setup(1 << 20).await;
     let meter = s.meter(|| {
-        let first = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from(chunk(
-            "Hello", true,
-        )))]);
-        let mut r = Response::builder()
-            .status(200)
-            .header(header::CONTENT_TYPE, "text/event-stream")
-            .body(Body::from_stream(
-                first.chain(futures_util::stream::pending()),
-            ))
-            .unwrap();
-        r.extensions_mut().insert(Passthrough);
-        r
+        let first = futures_util::stream::iter(vec![Ok(Bytes::from(chunk("Hello", true)))]);
+        sse_from(first.chain(futures_util::stream::pending()))
     });
     let mut body = meter
         .oneshot(chat(json!({"stream": true})))
@@ -530,23 +493,23 @@ async fn shutdown_cuts_what_is_still_running_and_records_it() {
     body.frame().await.unwrap().unwrap();
     let never = tower::service_fn(|_call: Call| async {
         std::future::pending::<()>().await;
-        Ok::<_, Infallible>(Response::new(Body::empty()))
+        Ok::<_, Infallible>(Reply::error(crate::error::ApiError::internal()))
     });
     let waiting = tokio::spawn(
-        MeterLayer::new(s.ledger.clone())
+        StageLayer(s.ledger.clone())
             .layer(never)
             .oneshot(chat(json!({}))),
     );
     tokio::time::sleep(Duration::from_millis(20)).await;
     // What `MeterTasks::shutdown` does first.
     s.ledger.inner.closing.send_replace(true);
-    assert!(
-        body.frame().await.unwrap().is_err(),
-        "the stream ends in error"
-    );
+    let last = body.frame().await.unwrap().unwrap();
+    let last = std::str::from_utf8(last.data_ref().unwrap()).unwrap().to_owned();
+    assert!(last.contains("shutting_down"), "the stream ends with an error event: {last}");
+    assert!(body.frame().await.is_none());
     drop(body);
     let refused = waiting.await.unwrap().unwrap();
-    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     let records = s.records(2).await;
     let stream = records.iter().find(|r| r.status == 200).unwrap();
     assert!(stream.client_disconnected && !stream.usage_reported);

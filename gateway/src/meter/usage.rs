@@ -7,159 +7,20 @@
 //! `o200k_base` for the GPT-4o / o-series / GPT-4.1 / GPT-5 families and `cl100k_base`
 //! otherwise, which is close for most other models too.
 
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 use tiktoken_rs::CoreBPE;
 use tollgate_admin::store::Usage;
 
-use crate::openai::{Endpoint, Request};
+use crate::exchange::view::{AnswerView, TextView, push_content};
+use crate::exchange::{Endpoint, Payload};
 
 /// Tokens OpenAI adds per chat message (role and framing) and once per reply, in its
 /// published counting recipe.
 const TOKENS_PER_MESSAGE: u64 = 3;
 const TOKENS_PER_REPLY: u64 = 3;
 
-/// An OpenAI `usage` object, any of its shapes: chat, completions and embeddings
-/// (`prompt_tokens`, `completion_tokens`, `prompt_tokens_details.cached_tokens`) or images
-/// and responses (`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`).
-#[derive(Debug, Default, Deserialize)]
-pub struct UsageView {
-    #[serde(default)]
-    prompt_tokens: Option<u64>,
-    #[serde(default)]
-    completion_tokens: Option<u64>,
-    #[serde(default)]
-    input_tokens: Option<u64>,
-    #[serde(default)]
-    output_tokens: Option<u64>,
-    #[serde(default)]
-    prompt_tokens_details: Option<DetailsView>,
-    #[serde(default)]
-    input_tokens_details: Option<DetailsView>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct DetailsView {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-}
-
-impl UsageView {
-    pub fn to_usage(&self) -> Usage {
-        let input = self.prompt_tokens.or(self.input_tokens).unwrap_or(0);
-        let cached = self
-            .prompt_tokens_details
-            .as_ref()
-            .or(self.input_tokens_details.as_ref())
-            .and_then(|d| d.cached_tokens)
-            .unwrap_or(0);
-        Usage {
-            input_tokens: input,
-            output_tokens: self.completion_tokens.or(self.output_tokens).unwrap_or(0),
-            cached_tokens: cached.min(input),
-            images: 0,
-        }
-    }
-}
-
-/// The parts of an answer (a whole JSON body, or one stream chunk) the meter reads.
-#[derive(Debug, Default, Deserialize)]
-pub struct AnswerView {
-    #[serde(default)]
-    pub usage: Option<UsageView>,
-    #[serde(default)]
-    pub choices: Option<Vec<ChoiceView>>,
-    /// Images (and embeddings): only counted, never copied.
-    #[serde(default)]
-    pub data: Option<Vec<IgnoredAny>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct ChoiceView {
-    /// Chat answers.
-    #[serde(default)]
-    message: Option<MessageView>,
-    /// Chat stream chunks.
-    #[serde(default)]
-    delta: Option<MessageView>,
-    /// Completions (answers and chunks).
-    #[serde(default)]
-    text: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct MessageView {
-    #[serde(default)]
-    content: Option<Value>,
-    #[serde(default)]
-    refusal: Option<String>,
-    #[serde(default)]
-    tool_calls: Option<Vec<ToolCallView>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ToolCallView {
-    #[serde(default)]
-    function: Option<FunctionView>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct FunctionView {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    arguments: Option<String>,
-}
-
-impl AnswerView {
-    /// Appends the generated text of every choice (content, refusal, tool call names and
-    /// arguments) to `out`: what the tokenizer counts as output.
-    pub fn push_text(&self, out: &mut String) {
-        for choice in self.choices.iter().flatten() {
-            if let Some(text) = &choice.text {
-                out.push_str(text);
-            }
-            for m in [&choice.message, &choice.delta].into_iter().flatten() {
-                if let Some(content) = &m.content {
-                    push_content(content, out);
-                }
-                if let Some(refusal) = &m.refusal {
-                    out.push_str(refusal);
-                }
-                for call in m.tool_calls.iter().flatten() {
-                    if let Some(f) = &call.function {
-                        out.push_str(f.name.as_deref().unwrap_or_default());
-                        out.push_str(f.arguments.as_deref().unwrap_or_default());
-                    }
-                }
-            }
-        }
-    }
-
-    /// A stream's final usage chunk: `usage` and no choices.
-    pub fn is_usage_chunk(&self) -> bool {
-        self.usage.is_some() && self.choices.as_ref().is_none_or(Vec::is_empty)
-    }
-}
-
-/// The text of a message `content`: a string, or the `text` of its parts.
-fn push_content(content: &Value, out: &mut String) {
-    match content {
-        Value::String(s) => out.push_str(s),
-        Value::Array(parts) => {
-            for part in parts {
-                if let Some(Value::String(t)) = part.get("text") {
-                    out.push_str(t);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-/// The prompt of a request, kept as text for the tokenizer fallback: copied once when the
-/// request passes the meter (the body itself moves on to the upstream).
+/// The prompt of a request as text, for the tokenizer: read from the body only when a
+/// count is needed (no usage reported, or a tpm limit the byte bound does not fit).
 #[derive(Debug, Default, Clone)]
 pub struct Prompt {
     texts: Vec<String>,
@@ -168,24 +29,43 @@ pub struct Prompt {
 }
 
 impl Prompt {
-    pub fn of(request: &Request) -> Self {
+    pub fn of(endpoint: Endpoint, payload: &Payload) -> Self {
         let mut prompt = Prompt::default();
-        let body = &request.body;
-        match request.endpoint {
+        match endpoint {
             Endpoint::ChatCompletions => {
-                if let Some(Value::Array(messages)) = body.get("messages") {
-                    for m in messages {
+                if let Some(Value::Array(messages)) = payload.value("messages") {
+                    for m in &messages {
                         prompt.chat_message(m);
                     }
                     prompt.known += TOKENS_PER_REPLY;
                 }
             }
-            Endpoint::Completions => prompt.inputs(body.get("prompt")),
-            Endpoint::Embeddings | Endpoint::Moderations => prompt.inputs(body.get("input")),
-            // Priced per image; the prompt's tokens are not what is billed.
-            Endpoint::ImagesGenerations => {}
+            Endpoint::Completions => prompt.inputs(payload.value("prompt").as_ref()),
+            Endpoint::Embeddings | Endpoint::Moderations => {
+                prompt.inputs(payload.value("input").as_ref())
+            }
+            // Priced per image (or not by tokens at all): the prompt is not what is billed.
+            Endpoint::ImagesGenerations
+            | Endpoint::Files
+            | Endpoint::FineTuning
+            | Endpoint::Batches => {}
         }
         prompt
+    }
+
+    /// An upper bound on a prompt's tokens without reading it: the raw JSON of its
+    /// messages (or prompt, or input) is at least as long as their texts (escapes only
+    /// lengthen), and each message's syntax is longer than its framing tokens.
+    pub fn bound(endpoint: Endpoint, payload: &Payload) -> u64 {
+        let field = match endpoint {
+            Endpoint::ChatCompletions => "messages",
+            Endpoint::Completions => "prompt",
+            Endpoint::Embeddings | Endpoint::Moderations => "input",
+            _ => return 0,
+        };
+        payload
+            .raw(field)
+            .map_or(0, |raw| raw.len() as u64 + TOKENS_PER_REPLY)
     }
 
     fn chat_message(&mut self, m: &Value) {
@@ -313,41 +193,49 @@ pub struct Seen {
 }
 
 impl Seen {
-    /// Reads a whole JSON answer of `endpoint`. A body that is not JSON counts nothing.
-    pub fn from_json(endpoint: Endpoint, body: &[u8]) -> Self {
-        let Ok(view) = serde_json::from_slice::<AnswerView>(body) else {
+    /// Reads a whole JSON answer of `endpoint` from its view (parsed once by its provider);
+    /// its text is read only when it reports no usage.
+    pub fn from_answer(endpoint: Endpoint, body: &[u8], view: Option<&AnswerView>) -> Self {
+        let Some(view) = view else {
             return Self::default();
         };
         let mut seen = Seen {
-            usage: view.usage.as_ref().map(UsageView::to_usage),
+            usage: view.usage(),
             ..Seen::default()
         };
         if endpoint == Endpoint::ImagesGenerations {
-            seen.images = view
-                .data
-                .as_ref()
-                .map_or(0, |d| u32::try_from(d.len()).unwrap_or(u32::MAX));
+            seen.images = u32::try_from(view.data_len()).unwrap_or(u32::MAX);
         }
-        if seen.usage.is_none() {
-            view.push_text(&mut seen.output_text);
+        if seen.usage.is_none()
+            && let Ok(text) = serde_json::from_slice::<TextView>(body)
+        {
+            text.push_text(&mut seen.output_text);
         }
         seen
     }
 
     /// Whether [`Seen::resolve`] would run the tokenizer.
     pub fn needs_tokenizer(&self, endpoint: Endpoint) -> bool {
-        self.usage.is_none() && endpoint != Endpoint::ImagesGenerations
+        self.usage.is_none()
+            && !matches!(
+                endpoint,
+                Endpoint::ImagesGenerations
+                    | Endpoint::Files
+                    | Endpoint::FineTuning
+                    | Endpoint::Batches
+            )
     }
 
     /// The final counts and whether they are the upstream's: its `usage` when reported,
     /// else the tokenizer over the prompt and the delivered text. Images answers count
-    /// their images (the upstream's own count) and no tokens unless it reported some.
-    pub fn resolve(self, endpoint: Endpoint, model: &str, prompt: &Prompt) -> (Usage, bool) {
+    /// their images (the upstream's own count) and no tokens unless it reported some;
+    /// passthrough calls count nothing.
+    pub fn resolve(self, endpoint: Endpoint, model: &str, payload: &Payload) -> (Usage, bool) {
         if let Some(mut usage) = self.usage {
             usage.images = self.images;
             return (usage, true);
         }
-        if endpoint == Endpoint::ImagesGenerations {
+        if !self.needs_tokenizer(endpoint) {
             let usage = Usage {
                 images: self.images,
                 ..Usage::default()
@@ -355,7 +243,7 @@ impl Seen {
             return (usage, true);
         }
         let usage = Usage {
-            input_tokens: prompt.count(model),
+            input_tokens: Prompt::of(endpoint, payload).count(model),
             output_tokens: count_tokens(model, &self.output_text),
             cached_tokens: 0,
             images: 0,
@@ -364,25 +252,33 @@ impl Seen {
     }
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
 
-    fn request(endpoint: Endpoint, body: Value) -> Request {
-        Request::parse(endpoint, body.to_string().as_bytes()).unwrap()
+    fn payload(body: Value) -> Payload {
+        Payload::parse(bytes::Bytes::from(body.to_string())).unwrap()
+    }
+
+    fn seen(endpoint: Endpoint, body: Value) -> Seen {
+        let bytes = body.to_string();
+        let view = AnswerView::parse(bytes.as_bytes());
+        Seen::from_answer(endpoint, bytes.as_bytes(), view.as_ref())
     }
 
     #[test]
     fn reported_usage_wins() {
-        let body = json!({"choices": [{"message": {"content": "hi"}}],
+        let s = seen(
+            Endpoint::ChatCompletions,
+            json!({"choices": [{"message": {"content": "hi"}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
-                      "prompt_tokens_details": {"cached_tokens": 4}}});
-        let seen = Seen::from_json(Endpoint::ChatCompletions, body.to_string().as_bytes());
-        assert!(!seen.needs_tokenizer(Endpoint::ChatCompletions));
-        let (usage, reported) = seen.resolve(Endpoint::ChatCompletions, "m", &Prompt::default());
+                      "prompt_tokens_details": {"cached_tokens": 4}}}),
+        );
+        assert!(!s.needs_tokenizer(Endpoint::ChatCompletions));
+        let (usage, reported) = s.resolve(Endpoint::ChatCompletions, "m", &payload(json!({})));
         assert!(reported);
         assert_eq!(
             usage,
@@ -397,15 +293,19 @@ mod tests {
 
     #[test]
     fn images_are_counted() {
-        let body = json!({"created": 1, "data": [{"url": "a"}, {"url": "b"}]});
-        let seen = Seen::from_json(Endpoint::ImagesGenerations, body.to_string().as_bytes());
-        let (usage, reported) = seen.resolve(Endpoint::ImagesGenerations, "m", &Prompt::default());
+        let s = seen(
+            Endpoint::ImagesGenerations,
+            json!({"created": 1, "data": [{"url": "a"}, {"url": "b"}]}),
+        );
+        let (usage, reported) = s.resolve(Endpoint::ImagesGenerations, "m", &payload(json!({})));
         assert_eq!((usage.images, usage.input_tokens, reported), (2, 0, true));
         // gpt-image-1 reports tokens as input_tokens / output_tokens.
-        let body = json!({"data": [{"b64_json": "x"}], "usage": {"input_tokens": 7, "output_tokens": 9,
-            "input_tokens_details": {"cached_tokens": 2}}});
-        let seen = Seen::from_json(Endpoint::ImagesGenerations, body.to_string().as_bytes());
-        let (usage, _) = seen.resolve(Endpoint::ImagesGenerations, "m", &Prompt::default());
+        let s = seen(
+            Endpoint::ImagesGenerations,
+            json!({"data": [{"b64_json": "x"}], "usage": {"input_tokens": 7, "output_tokens": 9,
+            "input_tokens_details": {"cached_tokens": 2}}}),
+        );
+        let (usage, _) = s.resolve(Endpoint::ImagesGenerations, "m", &payload(json!({})));
         assert_eq!(
             usage,
             Usage {
@@ -419,18 +319,16 @@ mod tests {
 
     #[test]
     fn without_usage_the_tokenizer_counts() {
-        let req = request(
+        let body = payload(json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": [{"type": "text", "text": "Say hello."}, {"type": "image_url", "image_url": {"url": "data:x"}}]}
+        ]}));
+        let s = seen(
             Endpoint::ChatCompletions,
-            json!({"model": "gpt-4o-mini", "messages": [
-                {"role": "system", "content": "You are terse."},
-                {"role": "user", "content": [{"type": "text", "text": "Say hello."}, {"type": "image_url", "image_url": {"url": "data:x"}}]}
-            ]}),
+            json!({"choices": [{"message": {"content": "Hello there, friend."}}]}),
         );
-        let prompt = Prompt::of(&req);
-        let body = json!({"choices": [{"message": {"content": "Hello there, friend."}}]});
-        let seen = Seen::from_json(Endpoint::ChatCompletions, body.to_string().as_bytes());
-        assert!(seen.needs_tokenizer(Endpoint::ChatCompletions));
-        let (usage, reported) = seen.resolve(Endpoint::ChatCompletions, "gpt-4o-mini", &prompt);
+        assert!(s.needs_tokenizer(Endpoint::ChatCompletions));
+        let (usage, reported) = s.resolve(Endpoint::ChatCompletions, "gpt-4o-mini", &body);
         assert!(!reported);
         // "Hello there, friend." is 5 tokens in o200k_base.
         assert_eq!(usage.output_tokens, 5);
@@ -440,36 +338,14 @@ mod tests {
             + count_tokens("gpt-4o-mini", "user")
             + count_tokens("gpt-4o-mini", "Say hello.");
         assert_eq!(usage.input_tokens, 9 + content);
+        assert!(Prompt::bound(Endpoint::ChatCompletions, &body) >= usage.input_tokens);
     }
 
     #[test]
     fn token_id_prompts_count_without_a_tokenizer() {
-        let req = request(
-            Endpoint::Completions,
-            json!({"model": "x", "prompt": [[1, 2, 3], [4, 5]]}),
-        );
-        assert_eq!(Prompt::of(&req).count("x"), 5);
-        let req = request(
-            Endpoint::Embeddings,
-            json!({"model": "x", "input": [1, 2, 3]}),
-        );
-        assert_eq!(Prompt::of(&req).count("x"), 3);
-    }
-
-    #[test]
-    fn usage_chunks_are_recognised() {
-        let usage: AnswerView = serde_json::from_value(
-            json!({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}),
-        )
-        .unwrap();
-        assert!(usage.is_usage_chunk());
-        let content: AnswerView = serde_json::from_value(
-            json!({"choices": [{"delta": {"content": "x"}}], "usage": null}),
-        )
-        .unwrap();
-        assert!(!content.is_usage_chunk());
-        let mut text = String::new();
-        content.push_text(&mut text);
-        assert_eq!(text, "x");
+        let body = payload(json!({"model": "x", "prompt": [[1, 2, 3], [4, 5]]}));
+        assert_eq!(Prompt::of(Endpoint::Completions, &body).count("x"), 5);
+        let body = payload(json!({"model": "x", "input": [1, 2, 3]}));
+        assert_eq!(Prompt::of(Endpoint::Embeddings, &body).count("x"), 3);
     }
 }

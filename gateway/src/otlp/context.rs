@@ -162,8 +162,8 @@ pub fn sampled(parent: Option<&Parent>, trace_id: &[u8; 16], ratio: f64) -> bool
     (x as f64) < ratio * (1u64 << 63) as f64
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
 

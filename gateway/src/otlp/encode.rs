@@ -178,8 +178,8 @@ impl Serialize for AnyValue<'_> {
     }
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -28,20 +28,19 @@ mod encode;
 mod export;
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::response::Response;
-use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request};
 use serde::Deserialize;
 
 use crate::base::{ConfigError, Secret};
+use crate::exchange::{Endpoint, Outcome, Reply};
 use context::Parent;
 use encode::{Kind, SpanRecord, Value};
 pub use export::shutdown;
@@ -174,8 +173,6 @@ struct Current {
     sampled: bool,
     /// The caller's `tracestate`, passed on unchanged with the `traceparent`.
     tracestate: Option<HeaderValue>,
-    /// Tenant and key ids, recorded by auth.
-    principal: OnceLock<(String, String)>,
     /// Upstream attempts so far.
     attempts: AtomicU32,
 }
@@ -186,13 +183,13 @@ tokio::task_local! {
     static ATTEMPT: [u8; 8];
 }
 
-/// The tower layer: a request span per request.
+/// A request span per request (a stage of the edge).
 #[derive(Clone)]
-pub struct OtlpLayer {
+pub struct Otlp {
     tracer: Tracer,
 }
 
-impl OtlpLayer {
+impl Otlp {
     /// Starts the exporter when `config` is set, and registers its counters in `registry`.
     /// `None` without a config (or without a runtime to export from): the stack then has
     /// no layer at all, so export off costs requests nothing.
@@ -220,42 +217,19 @@ impl OtlpLayer {
     }
 }
 
-impl<S> tower::Layer<S> for OtlpLayer {
-    type Service = Otlp<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Otlp {
-            inner,
-            tracer: self.tracer.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Otlp<S> {
-    inner: S,
-    tracer: Tracer,
-}
-
-impl<S, B> tower::Service<Request<Body>> for Otlp<S>
+impl<S> crate::service::Stage<S> for Otlp
 where
-    S: tower::Service<Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
+    S: tower::Service<Request<Body>, Response = Response, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
 {
+    type Request = Request<Body>;
     type Response = Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response, S::Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        // The clone that was driven to readiness serves this call (tower's contract).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+    fn serve(
+        &self,
+        request: Request<Body>,
+        next: S,
+    ) -> impl Future<Output = Response> + Send + 'static {
         let tracer = self.tracer.clone();
         let headers = request.headers();
         let parent = headers
@@ -274,19 +248,17 @@ where
             span_id: context::new_span_id(),
             sampled,
             tracestate,
-            principal: OnceLock::new(),
             attempts: AtomicU32::new(0),
         });
         let open = sampled.then(|| OpenSpan::new(&current, parent.as_ref(), &request));
-        let future = CURRENT.sync_scope(current.clone(), || inner.call(request));
-        Box::pin(CURRENT.scope(current.clone(), async move {
-            let response = future.await?;
+        CURRENT.scope(current.clone(), async move {
+            let response = crate::service::call(next, request).await;
             let Some(mut open) = open else {
-                return Ok(response.map(Body::new));
+                return response;
             };
             open.on_response(&current, &response);
-            Ok(crate::guard::tap(response, open))
-        }))
+            crate::guard::tap(response, open)
+        })
     }
 }
 
@@ -372,25 +344,28 @@ impl OpenSpan {
             "http.response.status_code",
             Value::Int(i64::from(status.as_u16())),
         ));
-        if let Some((tenant, key)) = current.principal.get() {
-            attrs.push(("tollgate.tenant_id", Value::Str(tenant.clone())));
-            attrs.push(("tollgate.key_id", Value::Str(key.clone())));
+        let outcome = response.extensions().get::<Outcome>();
+        if let Some(p) = outcome.and_then(|o| o.principal.as_ref()) {
+            attrs.push(("tollgate.tenant_id", Value::Str(p.tenant_id.clone())));
+            attrs.push(("tollgate.key_id", Value::Str(p.key_id.clone())));
         }
-        if let Some(model) = response.extensions().get::<crate::observe::ModelLabel>() {
-            attrs.push(("gen_ai.request.model", Value::Str(model.0.to_string())));
+        if let Some(model) = outcome.and_then(|o| o.model.as_ref()) {
+            attrs.push(("gen_ai.request.model", Value::Str(model.to_string())));
         }
-        let headers = response.headers();
-        if let Some(d) = header_str(headers, crate::router::DEPLOYMENT_HEADER) {
+        if let Some(d) = outcome
+            .and_then(|o| o.deployment.as_ref())
+            .and_then(|d| d.to_str().ok())
+        {
             attrs.push(("tollgate.deployment", Value::Str(d.to_owned())));
         }
         // As in the request metrics: `none` when the cache had no say.
-        let cache = header_str(headers, "x-tollgate-cache").unwrap_or("none");
+        let cache = outcome.and_then(|o| o.cache).map_or("none", |c| c.as_str());
         attrs.push(("tollgate.cache", Value::Str(cache.to_owned())));
-        if let Some(ms) = header_str(headers, crate::observe::OVERHEAD_HEADER)
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| v.is_finite())
-        {
-            attrs.push(("tollgate.overhead_ms", Value::Double(ms)));
+        if let Some(overhead) = outcome.and_then(|o| o.overhead) {
+            attrs.push((
+                "tollgate.overhead_ms",
+                Value::Double(overhead.as_secs_f64() * 1e3),
+            ));
         }
         let attempts = current.attempts.load(Ordering::Relaxed);
         if attempts > 0 {
@@ -439,15 +414,6 @@ impl Drop for OpenSpan {
     }
 }
 
-/// Records who is calling on the request's span (auth calls it; a no-op when off).
-pub fn record_principal(tenant_id: &str, key_id: &str) {
-    let _ = CURRENT.try_with(|c| {
-        if c.sampled {
-            let _ = c.principal.set((tenant_id.to_owned(), key_id.to_owned()));
-        }
-    });
-}
-
 /// Adds `traceparent` (and the caller's `tracestate`) to an upstream request, naming the
 /// attempt's span as the parent. A no-op when export is off.
 pub(crate) fn propagate(builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -472,11 +438,11 @@ pub(crate) fn propagate(builder: reqwest::RequestBuilder) -> reqwest::RequestBui
 pub async fn upstream_attempt<F>(
     deployment: &str,
     upstream_model: &str,
-    endpoint: crate::openai::Endpoint,
+    endpoint: Endpoint,
     attempt: F,
-) -> Result<Response, crate::error::UpstreamError>
+) -> Result<Reply, crate::error::UpstreamError>
 where
-    F: Future<Output = Result<Response, crate::error::UpstreamError>>,
+    F: Future<Output = Result<Reply, crate::error::UpstreamError>>,
 {
     let Ok(current) = CURRENT.try_with(Arc::clone) else {
         return attempt.await;
@@ -490,11 +456,14 @@ where
         return result;
     }
     let operation = match endpoint {
-        crate::openai::Endpoint::ChatCompletions => "chat",
-        crate::openai::Endpoint::Completions => "text_completion",
-        crate::openai::Endpoint::Embeddings => "embeddings",
-        crate::openai::Endpoint::ImagesGenerations => "generate_content",
-        crate::openai::Endpoint::Moderations => "moderations",
+        Endpoint::ChatCompletions => "chat",
+        Endpoint::Completions => "text_completion",
+        Endpoint::Embeddings => "embeddings",
+        Endpoint::ImagesGenerations => "generate_content",
+        Endpoint::Moderations => "moderations",
+        Endpoint::Files => "files",
+        Endpoint::FineTuning => "fine_tuning",
+        Endpoint::Batches => "batches",
     };
     let mut attributes = vec![
         ("gen_ai.operation.name", Value::Str(operation.to_owned())),
@@ -506,8 +475,8 @@ where
         ("tollgate.attempt", Value::Int(i64::from(number))),
     ];
     let error = match &result {
-        Ok(response) => {
-            let status = response.status();
+        Ok(reply) => {
+            let status = reply.status;
             attributes.push((
                 "http.response.status_code",
                 Value::Int(i64::from(status.as_u16())),
@@ -551,8 +520,8 @@ fn error_type(e: &crate::error::UpstreamError) -> &'static str {
 /// How long the exporters may take to send what is queued when the process stops.
 pub const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -633,6 +602,5 @@ mod tests {
         })
         .await;
         assert!(matches!(answer, Err(crate::error::UpstreamError::Timeout)));
-        record_principal("t", "k");
     }
 }

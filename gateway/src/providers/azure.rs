@@ -13,13 +13,13 @@
 //! `/v1/moderations` on an Azure-backed model is a 400 `unsupported_endpoint` answered
 //! here, without calling the upstream.
 
-use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use http::HeaderValue;
 
 use super::config::DeploymentConfig;
-use super::{openai, relay};
+use super::{Provider, openai, relay};
 use crate::error::{self, UpstreamError};
-use crate::openai::{Endpoint, Request};
+use crate::exchange::{Call, Endpoint, Reply};
 
 /// The header Azure OpenAI reads the key from.
 const API_KEY_HEADER: &str = "api-key";
@@ -58,34 +58,6 @@ impl Azure {
         }
     }
 
-    pub async fn send(
-        &self,
-        request: &Request,
-        upstream_model: &str,
-    ) -> Result<Response, UpstreamError> {
-        if request.endpoint == Endpoint::Moderations {
-            return Ok(error::endpoint_not_supported(
-                &request.model,
-                request.endpoint,
-                "Azure OpenAI has no moderations endpoint (its content filters apply to every request).",
-            )
-            .into_response());
-        }
-        let url = self.url(request.endpoint);
-        let mut builder = self.client.post(url);
-        if let Some(key) = &self.api_key {
-            builder = builder.header(API_KEY_HEADER, key.clone());
-        }
-        openai::forward(
-            builder,
-            request,
-            upstream_model,
-            &self.timeouts,
-            &self.guard,
-        )
-        .await
-    }
-
     fn url(&self, endpoint: Endpoint) -> String {
         format!(
             "{}{}?api-version={}",
@@ -96,8 +68,31 @@ impl Azure {
     }
 }
 
-#[cfg(test)]
+impl Provider for Azure {
+    fn send<'a>(
+        &'a self,
+        call: &'a Call,
+        upstream_model: &'a str,
+    ) -> BoxFuture<'a, Result<Reply, UpstreamError>> {
+        Box::pin(async move {
+            if call.endpoint == Endpoint::Moderations {
+                return Ok(Reply::error(error::endpoint_not_supported(
+                    &call.model,
+                    call.endpoint,
+                    "Azure OpenAI has no moderations endpoint (its content filters apply to every request).",
+                )));
+            }
+            let mut builder = self.client.post(self.url(call.endpoint));
+            if let Some(key) = &self.api_key {
+                builder = builder.header(API_KEY_HEADER, key.clone());
+            }
+            openai::forward(builder, call, upstream_model, &self.timeouts, &self.guard).await
+        })
+    }
+}
+
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;

@@ -16,16 +16,32 @@
 pub mod anthropic;
 pub mod azure;
 pub mod config;
+#[cfg(feature = "local")]
+mod local;
 pub mod openai;
 pub(crate) mod relay;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::response::Response;
+use futures_util::future::BoxFuture;
 
 use crate::error::UpstreamError;
-use crate::openai::Request;
+use crate::exchange::{Call, Reply};
 use config::{DeploymentConfig, ProviderKind};
+
+/// A deployment's wire protocol: the narrow interface the router calls. A provider turns
+/// a [`Call`] into the upstream's answer as a [`Reply`] (a whole JSON answer, or a stream
+/// of events framed once), or an [`UpstreamError`] by cause, which `error.rs` turns into
+/// 502 or 504. It answers the upstream's own status: the router decides about retries and
+/// replaces an upstream 5xx with the gateway's own error.
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    fn send<'a>(
+        &'a self,
+        call: &'a Call,
+        upstream_model: &'a str,
+    ) -> BoxFuture<'a, Result<Reply, UpstreamError>>;
+}
 
 /// Shared parts every provider is built from: one pooled HTTP client for all upstreams,
 /// and the most of an answer a provider holds in memory.
@@ -58,21 +74,19 @@ impl ProviderSet {
     }
 
     /// The provider for one deployment (config validation has checked its fields).
-    pub fn build(&self, d: &DeploymentConfig) -> Provider {
+    pub fn build(&self, d: &DeploymentConfig) -> Arc<dyn Provider> {
         let client = self.client_for(d);
         let max = self.max_upstream_body;
         match d.provider {
-            ProviderKind::Openai => Provider::OpenAi(openai::OpenAi::new(client, d, max)),
-            ProviderKind::Azure => Provider::Azure(azure::Azure::new(client, d, max)),
-            ProviderKind::Anthropic => {
-                Provider::Anthropic(anthropic::Anthropic::new(client, d, max))
-            }
+            ProviderKind::Openai => Arc::new(openai::OpenAi::new(client, d, max)),
+            ProviderKind::Azure => Arc::new(azure::Azure::new(client, d, max)),
+            ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(client, d, max)),
             #[cfg(feature = "local")]
-            ProviderKind::Local => Provider::Local(crate::local::Local::new(d)),
+            ProviderKind::Local => Arc::new(local::LocalProvider::new(d)),
             // `Config::validate` refuses `local` in a build without it; should one slip
             // through, it is spoken to as OpenAI-compatible rather than crashing the start.
             #[cfg(not(feature = "local"))]
-            ProviderKind::Local => Provider::OpenAi(openai::OpenAi::new(client, d, max)),
+            ProviderKind::Local => Arc::new(openai::OpenAi::new(client, d, max)),
         }
     }
 }
@@ -109,36 +123,5 @@ impl ProviderSet {
             tracing::warn!(error = %e, "deployment client failed to build; using the shared one");
             self.client.clone()
         })
-    }
-}
-
-/// A deployment's protocol. An enum rather than a trait object: the set is closed and
-/// static dispatch keeps the hot path free of boxing.
-#[derive(Debug)]
-pub enum Provider {
-    /// OpenAI and OpenAI-compatible servers: relayed as they are.
-    OpenAi(openai::OpenAi),
-    /// Azure OpenAI: OpenAI's wire format at Azure's URLs, with the `api-key` header.
-    Azure(azure::Azure),
-    /// Anthropic's Messages API: chat requests and answers translated both ways.
-    Anthropic(anthropic::Anthropic),
-    /// A model run in this process on candle (`provider: local`).
-    #[cfg(feature = "local")]
-    Local(crate::local::Local),
-}
-
-impl Provider {
-    pub async fn send(
-        &self,
-        request: &Request,
-        upstream_model: &str,
-    ) -> Result<Response, UpstreamError> {
-        match self {
-            Self::OpenAi(p) => p.send(request, upstream_model).await,
-            Self::Azure(p) => p.send(request, upstream_model).await,
-            Self::Anthropic(p) => p.send(request, upstream_model).await,
-            #[cfg(feature = "local")]
-            Self::Local(p) => p.send(request, upstream_model).await,
-        }
     }
 }

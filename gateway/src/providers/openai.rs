@@ -2,23 +2,21 @@
 //! llama.cpp, TGI).
 //!
 //! The body goes upstream as the client sent it, with only `model` replaced by the
-//! deployment's upstream model; the upstream key comes from config and the client's key is
-//! never forwarded, nor any other client header. Streams are relayed chunk by chunk as they
-//! arrive, so the first token reaches the client when the upstream sends it.
+//! deployment's upstream model (and `stream_options.include_usage` when the meter asks for
+//! usage); the upstream key comes from config and the client's key is never forwarded, nor
+//! any other client header. Streams are relayed event by event as they arrive, so the
+//! first token reaches the client when the upstream sends it.
 //!
 //! `forward` is that relay for any server speaking OpenAI's wire format; Azure OpenAI
 //! uses it too, with its own URL and key header.
 
-use axum::response::Response;
+use futures_util::future::BoxFuture;
 use http::{HeaderValue, header};
-use serde::Serialize;
-use serde::ser::SerializeMap;
-use serde_json::{Map, Value};
 
 use super::config::DeploymentConfig;
-use super::relay;
+use super::{Provider, relay};
 use crate::error::UpstreamError;
-use crate::openai::Request;
+use crate::exchange::{Call, Reply};
 
 #[derive(Debug)]
 pub struct OpenAi {
@@ -52,22 +50,6 @@ impl OpenAi {
         }
     }
 
-    pub async fn send(
-        &self,
-        request: &Request,
-        upstream_model: &str,
-    ) -> Result<Response, UpstreamError> {
-        let builder = self.request(http::Method::POST, request.endpoint.path());
-        forward(
-            builder,
-            request,
-            upstream_model,
-            &self.timeouts,
-            &self.guard,
-        )
-        .await
-    }
-
     /// A request to `path` below the API root, with the upstream's credentials. Also how
     /// the passthrough endpoints (files, batches...) reach an OpenAI-compatible upstream.
     pub(crate) fn request(&self, method: http::Method, path: &str) -> reqwest::RequestBuilder {
@@ -84,49 +66,44 @@ impl OpenAi {
     pub(crate) fn timeouts(&self) -> &relay::Timeouts {
         &self.timeouts
     }
+
+    /// The deployment's limits on what it answers, and its key for redaction.
+    pub(crate) fn guard(&self) -> &relay::Guard {
+        &self.guard
+    }
+}
+
+impl Provider for OpenAi {
+    fn send<'a>(
+        &'a self,
+        call: &'a Call,
+        upstream_model: &'a str,
+    ) -> BoxFuture<'a, Result<Reply, UpstreamError>> {
+        Box::pin(async move {
+            let builder = self.request(http::Method::POST, call.endpoint.path());
+            forward(builder, call, upstream_model, &self.timeouts, &self.guard).await
+        })
+    }
 }
 
 /// Sends the client's body (with `model` replaced) on `builder`, which already carries the
-/// URL and the upstream's credentials, and relays the answer as it is.
+/// URL and the upstream's credentials, and relays the answer.
 pub(super) async fn forward(
     builder: reqwest::RequestBuilder,
-    request: &Request,
+    call: &Call,
     upstream_model: &str,
     timeouts: &relay::Timeouts,
     guard: &relay::Guard,
-) -> Result<Response, UpstreamError> {
+) -> Result<Reply, UpstreamError> {
     let deadlines = timeouts.start();
-    let body = serde_json::to_vec(&WithModel {
-        body: &request.body,
-        model: upstream_model,
-    })
-    .map_err(|_| UpstreamError::Internal("serialize request"))?;
+    let body = call.payload.write(upstream_model, call.ask_usage);
+    let stream = call.params.stream;
     let mut builder = builder
         .header(header::CONTENT_TYPE, "application/json")
         .body(body);
-    if request.stream {
+    if stream {
         builder = builder.header(header::ACCEPT, "text/event-stream");
     }
     let upstream = relay::send(builder, deadlines.headers).await?;
-    relay::passthrough(upstream, request.stream, &deadlines, guard).await
-}
-
-/// Serializes the client's body with `model` replaced, without copying the body.
-struct WithModel<'a> {
-    body: &'a Map<String, Value>,
-    model: &'a str,
-}
-
-impl Serialize for WithModel<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.body.len()))?;
-        for (k, v) in self.body {
-            if k == "model" {
-                map.serialize_entry(k, self.model)?;
-            } else {
-                map.serialize_entry(k, v)?;
-            }
-        }
-        map.end()
-    }
+    relay::relay(upstream, stream, &deadlines, guard).await
 }

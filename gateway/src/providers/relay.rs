@@ -9,15 +9,19 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::response::Response;
+use std::collections::VecDeque;
+
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, header};
 use tokio::time::Instant;
 
 use crate::base::Secret;
-use crate::error::{Passthrough, UpstreamError};
+use crate::error::UpstreamError;
+use crate::exchange::view::AnswerView;
+use crate::exchange::{Event, Events, Reply, StreamError};
+use crate::sse::{Frame, Framer};
 
 /// How long a stream may run when its deployment sets no `timeouts.total_s`: far beyond
 /// any real answer (long reasoning runs take minutes), yet an upstream that streams
@@ -60,6 +64,17 @@ impl Timeouts {
         }
     }
 
+    #[cfg(any(feature = "local", test))]
+    /// The same `timeout` for everything (the first byte, a whole answer, a stream's gap),
+    /// no total beyond [`DEFAULT_STREAM_TOTAL`].
+    pub fn fixed(timeout: Duration) -> Self {
+        Self {
+            first_byte: timeout,
+            timeout,
+            total: None,
+        }
+    }
+
     /// The deadlines of a request sent now.
     pub fn start(&self) -> Deadlines {
         let now = Instant::now();
@@ -75,8 +90,6 @@ impl Timeouts {
     }
 }
 
-/// Upstream response headers worth relaying to the client.
-const RELAYED_HEADERS: [header::HeaderName; 2] = [header::CONTENT_TYPE, header::RETRY_AFTER];
 
 /// Sends `builder`, waiting for the response headers until `deadline`.
 pub(crate) async fn send(
@@ -140,56 +153,213 @@ pub(crate) async fn read_all(
         .map_err(|_| UpstreamError::Timeout)?
 }
 
-/// Relays an upstream answer as it is: status, the [`RELAYED_HEADERS`], and the body (a
-/// stream chunk by chunk when `stream` and the upstream said yes, otherwise read whole).
-///
-/// What is relayed is checked first, so a broken upstream becomes a 502 (or an error event
-/// in a stream) rather than a 200 the client cannot parse: a successful answer must be
-/// JSON, a stream must be an event stream ([`check_events`]), and an error body has the
-/// deployment's key cut out should the upstream echo it ([`Guard::redact`]).
-pub(super) async fn passthrough(
+/// Relays an upstream answer that speaks OpenAI's wire format: a success as a checked
+/// JSON answer (parsed once into its view) or, when `stream` and the upstream said yes, as
+/// events framed once ([`events`]); an error with its status and its body (the key
+/// redacted, [`Guard::redact`]). The router turns an upstream 5xx into the gateway's own
+/// error (`error::upstream_status`); only 4xx bodies reach the client.
+pub(crate) async fn relay(
     upstream: reqwest::Response,
     stream: bool,
     deadlines: &Deadlines,
     guard: &Guard,
-) -> Result<Response, UpstreamError> {
+) -> Result<Reply, UpstreamError> {
     let status = upstream.status();
-    let streaming = stream && status.is_success();
-    let mut headers = http::HeaderMap::new();
-    for name in RELAYED_HEADERS {
-        if let Some(value) = upstream.headers().get(&name) {
-            headers.insert(name, value.clone());
-        }
+    if !status.is_success() {
+        return failed(upstream, deadlines, guard).await;
     }
-    if streaming
-        && upstream
+    if stream {
+        if upstream
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|t| !t.as_bytes().starts_with(b"text/event-stream"))
-    {
-        return Err(UpstreamError::Malformed(
-            "a stream answered without an event stream",
-        ));
-    }
-    let body = if streaming {
-        Body::from_stream(error_event_after_start(check_events(
-            idle_timeout(upstream.bytes_stream(), deadlines),
-            guard.max_body.min(MAX_EVENT),
-        )))
-    } else {
-        let bytes = read_all(upstream, deadlines.body, guard.max_body).await?;
-        if status.is_success() {
-            // A scan without allocation (release build: ~0.5 µs for a 1 KB chat answer,
-            // ~25 µs for a 1,536-float embedding).
-            if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
-                return Err(UpstreamError::Malformed("an answer that is not JSON"));
-            }
-            Body::from(bytes)
-        } else {
-            Body::from(guard.redact(bytes))
+        {
+            return Err(UpstreamError::Malformed(
+                "a stream answered without an event stream",
+            ));
         }
+        let source = events(upstream, deadlines, guard.max_body.min(MAX_EVENT), Relayed);
+        return Ok(Reply::events(Events::new(source)));
+    }
+    let bytes = read_all(upstream, deadlines.body, guard.max_body).await?;
+    // One parse: it checks the answer is JSON and reads what the meter and cache need.
+    let view = AnswerView::parse(&bytes).ok_or(UpstreamError::Malformed("an answer that is not JSON"))?;
+    Ok(Reply::json(status, bytes, Some(view)))
+}
+
+/// An upstream's error answer: read (bounded), its key redacted, its body logged for the
+/// operator. A 4xx that is not OpenAI-shaped JSON is put in that shape, with its text as
+/// the message.
+pub(crate) async fn failed(
+    upstream: reqwest::Response,
+    deadlines: &Deadlines,
+    guard: &Guard,
+) -> Result<Reply, UpstreamError> {
+    let status = upstream.status();
+    let retry_after = retry_after_s(upstream.headers());
+    let bytes = guard.redact(read_all(upstream, deadlines.body, guard.max_body).await?);
+    let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(2048)]).into_owned();
+    if status.is_server_error() {
+        tracing::warn!(status = status.as_u16(), body = %shown, "upstream answered with a server error");
+    } else {
+        tracing::info!(status = status.as_u16(), body = %shown, "upstream refused the request");
+    }
+    let bytes = if AnswerView::parse(&bytes).is_some_and(|v| v.is_error()) {
+        bytes
+    } else {
+        let message = if shown.trim().is_empty() {
+            format!("The upstream answered HTTP {}.", status.as_u16())
+        } else {
+            format!("The upstream answered HTTP {}: {}", status.as_u16(), shown.trim())
+        };
+        Bytes::from(crate::error::upstream_refusal(status, message).body().to_string())
     };
-    respond(status, headers, streaming, body)
+    let mut reply = Reply::json(status, bytes, None);
+    reply.facts.relayed = true;
+    reply.facts.retry_after = retry_after;
+    Ok(reply)
+}
+
+/// How an upstream's frames become the client's events.
+pub(crate) trait Convert: Send + 'static {
+    /// One frame; the events it gives go to `out`.
+    fn frame(&mut self, frame: Frame, out: &mut VecDeque<Event>) -> Result<(), StreamError>;
+
+    /// The upstream's stream ended cleanly; a last word, or a failure if it was too early.
+    fn end(&mut self, _out: &mut VecDeque<Event>) -> Result<(), StreamError> {
+        Ok(())
+    }
+}
+
+/// OpenAI's events, relayed as they are once checked: every `data` is JSON (parsed here
+/// into the view the observers read, so never again) or `[DONE]`.
+pub(crate) struct Relayed;
+
+impl Convert for Relayed {
+    fn frame(&mut self, frame: Frame, out: &mut VecDeque<Event>) -> Result<(), StreamError> {
+        let mut event = Event::from_frame(frame);
+        if !event.is_done() && event.view().is_none() {
+            return Err(StreamError("the upstream sent data that is not JSON".into()));
+        }
+        out.push_back(event);
+        Ok(())
+    }
+}
+
+/// `retry-after` in whole seconds (integer or decimal, rounded up; HTTP dates are not used
+/// by LLM APIs and are ignored).
+pub(crate) fn retry_after_s(headers: &http::HeaderMap) -> Option<u64> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    let seconds: f64 = value.trim().parse().ok()?;
+    (seconds.is_finite() && seconds > 0.0).then(|| seconds.ceil().min(86_400.0) as u64)
+}
+
+/// An upstream's event stream, framed once: the body read under the deadlines' idle gap
+/// and total ([`Deadlines`]), cut into SSE frames no larger than `max_event`, and each
+/// frame turned into events by `convert` (a relay checks and keeps it; a translating
+/// provider makes its own events from it). Any failure (the connection, a stall, a frame
+/// too large, bytes that are not SSE, what `convert` refuses) ends the source with a
+/// [`StreamError`]; the edge turns it into an error event for the client.
+pub(crate) fn events<C>(
+    upstream: reqwest::Response,
+    deadlines: &Deadlines,
+    max_event: usize,
+    convert: C,
+) -> impl Stream<Item = Result<Event, StreamError>> + Send + 'static
+where
+    C: Convert,
+{
+    let body = upstream
+        .bytes_stream()
+        .map(|r| r.map_err(|e| e.without_url().to_string()));
+    frame_events(body, deadlines, max_event, convert)
+}
+
+/// [`events`] over any byte stream (errors as text).
+pub(crate) fn frame_events<B, C>(
+    body: B,
+    deadlines: &Deadlines,
+    max_event: usize,
+    convert: C,
+) -> impl Stream<Item = Result<Event, StreamError>> + Send + 'static
+where
+    B: Stream<Item = Result<Bytes, String>> + Send + 'static,
+    C: Convert,
+{
+    struct State<C> {
+        body: BoxStream<'static, Result<Bytes, String>>,
+        framer: Framer,
+        frames: Vec<Frame>,
+        ready: VecDeque<Event>,
+        convert: C,
+        gap: Duration,
+        end: Instant,
+        /// The body ended or failed: only `ready` (then `failed`) is left.
+        done: bool,
+        /// The body ended cleanly just now: the converter has its last word.
+        ended: bool,
+        failed: Option<StreamError>,
+    }
+    let state = State {
+        body: body.boxed(),
+        framer: Framer::strict(max_event),
+        frames: Vec::new(),
+        ready: VecDeque::new(),
+        convert,
+        gap: deadlines.gap,
+        end: deadlines.stream_end,
+        done: false,
+        ended: false,
+        failed: None,
+    };
+    futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            // What was whole before a failure still goes out first.
+            if let Some(event) = s.ready.pop_front() {
+                return Some((Ok(event), s));
+            }
+            if s.done {
+                return s.failed.take().map(|e| (Err(e), s));
+            }
+            let idle_at = Instant::now() + s.gap;
+            let at = s.end.min(idle_at);
+            let failure = match tokio::time::timeout_at(at, s.body.next()).await {
+                Ok(Some(Ok(chunk))) => s.framer.feed(&chunk, &mut s.frames).err().map(|e| e.to_string()),
+                Ok(Some(Err(e))) => Some(format!("upstream connection failed: {e}")),
+                Ok(None) => {
+                    s.done = true;
+                    s.ended = true;
+                    s.framer.finish(&mut s.frames).err().map(|e| e.to_string())
+                }
+                Err(_) if at < idle_at => {
+                    Some("upstream stream ran past the deployment's total_s (default 1 h)".into())
+                }
+                Err(_) => Some("upstream stream stalled".into()),
+            };
+            for frame in s.frames.drain(..) {
+                if let Err(e) = s.convert.frame(frame, &mut s.ready) {
+                    s.done = true;
+                    s.failed = Some(e);
+                    break;
+                }
+            }
+            if std::mem::take(&mut s.ended)
+                && failure.is_none()
+                && s.failed.is_none()
+                && let Err(e) = s.convert.end(&mut s.ready)
+            {
+                s.failed = Some(e);
+            }
+            if let Some(why) = failure {
+                s.done = true;
+                s.failed.get_or_insert(StreamError(why));
+            }
+            if s.failed.is_some() {
+                // The connection is closed at once rather than drained.
+                s.body = futures_util::stream::empty().boxed();
+            }
+        }
+    })
 }
 
 /// The largest stream event relayed (or `max_upstream_body_mb`, if smaller). OpenAI's
@@ -261,29 +431,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     None
 }
 
-/// The response for an answer that came from an upstream (relayed or translated): marked
-/// [`Passthrough`] so the error shaper leaves it alone, and `Cache-Control: no-cache` on
-/// streams so no proxy on the way buffers them.
-pub(super) fn respond(
-    status: StatusCode,
-    headers: http::HeaderMap,
-    streaming: bool,
-    body: Body,
-) -> Result<Response, UpstreamError> {
-    let mut response = Response::builder()
-        .status(status)
-        .body(body)
-        .map_err(|_| UpstreamError::Internal("build response"))?;
-    response.headers_mut().extend(headers);
-    if streaming {
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    }
-    response.extensions_mut().insert(Passthrough);
-    Ok(response)
-}
-
 /// Ends a relayed stream with an error when the upstream goes quiet for the deadlines'
 /// `gap`, or when `stream_end` passes (`total_s`, else [`DEFAULT_STREAM_TOTAL`]), so a
 /// stalled or endless upstream cannot hold a client connection forever.
@@ -315,175 +462,6 @@ pub(crate) fn idle_timeout(
     })
 }
 
-/// Passes a relayed stream on while it is Server-Sent Events as OpenAI-compatible servers
-/// send them, and fails it at the first chunk that is not (binary, text that is no SSE
-/// field, `data` that is neither JSON nor `[DONE]`) or when one event grows past
-/// `max_event` bytes: what is behind the relay (the meter, the cache) holds an event
-/// whole, so an endless line must not reach it. The failure becomes an error event once
-/// the stream has begun ([`error_event_after_start`]). Chunks are checked in place; only a
-/// line cut between two chunks is copied.
-pub(crate) fn check_events(
-    stream: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
-    max_event: usize,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    let check = SseCheck {
-        max_event,
-        ..SseCheck::default()
-    };
-    futures_util::stream::unfold(
-        (Some(Box::pin(stream)), check),
-        |(state, mut check)| async move {
-            let mut stream = state?;
-            match stream.next().await? {
-                Ok(chunk) => match check.feed(&chunk) {
-                    Ok(()) => Some((Ok(chunk), (Some(stream), check))),
-                    Err(why) => {
-                        tracing::warn!(
-                            problem = why,
-                            "upstream stream is not a valid event stream; ending it"
-                        );
-                        let e = std::io::Error::new(std::io::ErrorKind::InvalidData, why);
-                        Some((Err(e), (None, check)))
-                    }
-                },
-                Err(e) => Some((Err(e), (None, check))),
-            }
-        },
-    )
-}
-
-/// The line-by-line state of [`check_events`].
-#[derive(Default)]
-struct SseCheck {
-    max_event: usize,
-    /// The start of a line cut at the end of the previous chunk.
-    partial: Vec<u8>,
-    /// Bytes of the event in progress (complete lines).
-    event: usize,
-    /// The previous chunk ended in `\r`: a `\n` at the start of this one ends no new line.
-    after_cr: bool,
-}
-
-impl SseCheck {
-    fn feed(&mut self, chunk: &[u8]) -> Result<(), &'static str> {
-        let mut rest = chunk;
-        if std::mem::take(&mut self.after_cr) && rest.first() == Some(&b'\n') {
-            rest = &rest[1..];
-        }
-        while let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
-            let mut next = end + 1;
-            if rest[end] == b'\r' {
-                match rest.get(next) {
-                    Some(b'\n') => next += 1,
-                    Some(_) => {}
-                    None => self.after_cr = true,
-                }
-            }
-            if self.partial.is_empty() {
-                self.line(&rest[..end])?;
-            } else {
-                let mut line = std::mem::take(&mut self.partial);
-                line.extend_from_slice(&rest[..end]);
-                self.line(&line)?;
-            }
-            rest = &rest[next..];
-        }
-        if self.event + self.partial.len() + rest.len() > self.max_event {
-            return Err("an event larger than max_upstream_body_mb");
-        }
-        self.partial.extend_from_slice(rest);
-        Ok(())
-    }
-
-    fn line(&mut self, line: &[u8]) -> Result<(), &'static str> {
-        if line.is_empty() {
-            self.event = 0;
-            return Ok(());
-        }
-        self.event += line.len() + 1;
-        if self.event > self.max_event {
-            return Err("an event larger than max_upstream_body_mb");
-        }
-        if line[0] == b':' {
-            return Ok(());
-        }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(i) => (
-                &line[..i],
-                line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..]),
-            ),
-            None => (line, &[][..]),
-        };
-        match field {
-            b"data" if value.trim_ascii() == b"[DONE]" => Ok(()),
-            b"data" => serde_json::from_slice::<serde::de::IgnoredAny>(value)
-                .map(drop)
-                .map_err(|_| "data that is not JSON"),
-            b"event" | b"id" | b"retry" => Ok(()),
-            _ => Err("a line that is no SSE field"),
-        }
-    }
-}
-
-/// The SSE event a relayed stream ends with when its upstream breaks off after it began:
-/// OpenAI's error shape, so SDKs raise instead of seeing a clean end, and no `[DONE]`.
-const BROKE_OFF_EVENT: &str = "data: {\"error\":{\"message\":\"The upstream stopped in the middle of the stream.\",\"type\":\"server_error\",\"param\":null,\"code\":\"upstream_stream_error\"}}\n\n";
-
-/// Honest endings for relayed streams. Before the first chunk a failure stays an error, so
-/// the router can still fail over; after it, the failure becomes [`BROKE_OFF_EVENT`] and
-/// the stream ends. A chunk cut inside an event is closed first (the half event then
-/// fails to parse on the client, which is an error too, never a silent end).
-pub(super) fn error_event_after_start(
-    stream: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    error_events(stream, false)
-}
-
-/// A streamed answer's body in which every failure becomes [`BROKE_OFF_EVENT`], also one
-/// before the first chunk. For the router's last attempt: once nothing can fail over any
-/// more, the client gets OpenAI's error event rather than a connection cut after a 200.
-pub(crate) fn error_event_on_failure(body: Body) -> Body {
-    let stream = body
-        .into_data_stream()
-        .map(|r| r.map_err(std::io::Error::other));
-    Body::from_stream(error_events(stream, true))
-}
-
-fn error_events(
-    stream: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
-    started: bool,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    // (stream, relayed anything (or failures are events anyway), last chunk ended on an
-    // event boundary)
-    futures_util::stream::unfold(
-        (Some(Box::pin(stream)), started, true),
-        |(state, started, at_boundary)| async move {
-            let mut stream = state?;
-            match stream.next().await {
-                Some(Ok(chunk)) => {
-                    let boundary = if chunk.is_empty() {
-                        at_boundary
-                    } else {
-                        chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n")
-                    };
-                    Some((Ok(chunk), (Some(stream), true, boundary)))
-                }
-                Some(Err(e)) if started => {
-                    tracing::warn!(error = %e, "upstream stream broke off; ending it with an error event");
-                    let mut event = String::with_capacity(BROKE_OFF_EVENT.len() + 2);
-                    if !at_boundary {
-                        event.push_str("\n\n");
-                    }
-                    event.push_str(BROKE_OFF_EVENT);
-                    Some((Ok(Bytes::from(event)), (None, true, true)))
-                }
-                Some(Err(e)) => Some((Err(e), (None, started, at_boundary))),
-                None => None,
-            }
-        },
-    )
-}
-
 /// A header value that hyper and reqwest treat as sensitive (never printed in their debug
 /// output), or `None` when the text cannot be a header value. Config validation refuses
 /// such keys, so `None` does not happen for configured keys.
@@ -493,82 +471,84 @@ pub(crate) fn secret_header(value: &str) -> Option<HeaderValue> {
     Some(value)
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn run(items: Vec<Result<&'static str, ()>>) -> Vec<Result<String, ()>> {
-        let stream = futures_util::stream::iter(items.into_iter().map(|i| {
-            i.map(|s| Bytes::from_static(s.as_bytes()))
-                .map_err(|()| std::io::Error::other("cut"))
-        }));
-        error_event_after_start(stream)
+    fn deadlines(gap_ms: u64, total_ms: Option<u64>) -> Deadlines {
+        Timeouts {
+            first_byte: Duration::from_secs(5),
+            timeout: Duration::from_millis(gap_ms),
+            total: total_ms.map(Duration::from_millis),
+        }
+        .start()
+    }
+
+    async fn collect(
+        chunks: Vec<Result<&'static str, &'static str>>,
+        d: &Deadlines,
+    ) -> Vec<Result<String, String>> {
+        let body = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| c.map(Bytes::from_static_str).map_err(str::to_owned)),
+        );
+        frame_events(body, d, 1 << 20, Relayed)
             .map(|r| {
-                r.map(|b| String::from_utf8(b.to_vec()).unwrap())
-                    .map_err(|_| ())
+                r.map(|e| String::from_utf8(e.bytes().to_vec()).unwrap())
+                    .map_err(|e| e.0)
             })
             .collect()
             .await
     }
 
-    #[tokio::test]
-    async fn a_failure_before_the_first_chunk_stays_an_error() {
-        assert_eq!(run(vec![Err(())]).await, vec![Err(())]);
+    trait FromStatic {
+        fn from_static_str(s: &'static str) -> Bytes;
+    }
+    impl FromStatic for Bytes {
+        fn from_static_str(s: &'static str) -> Bytes {
+            Bytes::from_static(s.as_bytes())
+        }
     }
 
     #[tokio::test]
-    async fn a_failure_after_the_start_ends_with_an_error_event_and_no_done() {
-        let out = run(vec![
-            Ok("data: {\"a\":1}\n\n"),
-            Err(()),
-            Ok("data: [DONE]\n\n"),
-        ])
+    async fn whole_events_go_out_before_the_failure() {
+        let d = deadlines(5000, None);
+        let out = collect(
+            vec![Ok("data: {\"a\":1}\n\ndata: {\"b\""), Err("reset"), Ok("data: [DONE]\n\n")],
+            &d,
+        )
         .await;
-        assert_eq!(
-            out,
-            vec![
-                Ok("data: {\"a\":1}\n\n".to_owned()),
-                Ok(BROKE_OFF_EVENT.to_owned())
-            ]
-        );
-        let event: serde_json::Value =
-            serde_json::from_str(BROKE_OFF_EVENT.trim().strip_prefix("data: ").unwrap()).unwrap();
-        assert_eq!(event["error"]["type"], "server_error");
-    }
-
-    #[tokio::test]
-    async fn a_half_event_is_closed_before_the_error_event() {
-        let out = run(vec![Ok("data: {\"a\":1}\n\ndata: {\"b\""), Err(())]).await;
-        assert_eq!(out[1], Ok(format!("\n\n{BROKE_OFF_EVENT}")));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0], Ok("{\"a\":1}".to_owned()));
+        assert!(out[1].as_ref().unwrap_err().contains("reset"));
+        let out = collect(vec![Ok("data: {not json\n\n")], &d).await;
+        assert!(out[0].is_err());
+        let out = collect(vec![Ok("<html>502</html>\n")], &d).await;
+        assert!(out[0].is_err());
     }
 
     #[tokio::test]
     async fn total_s_ends_a_stream_that_keeps_flowing() {
-        let timeouts = Timeouts {
-            first_byte: Duration::from_secs(5),
-            timeout: Duration::from_secs(5),
-            total: Some(Duration::from_millis(500)),
-        };
-        let deadlines = timeouts.start();
-        assert_eq!(
-            deadlines.headers, deadlines.stream_end,
-            "headers capped by total"
-        );
+        let d = deadlines(5000, Some(500));
         // A chunk every 200 ms, forever: never idle, but past total_s at 500 ms.
         let endless = futures_util::stream::unfold((), |()| async {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            Some((
-                Ok::<_, reqwest::Error>(Bytes::from_static(b"data: {}\n\n")),
-                (),
-            ))
+            Some((Ok(Bytes::from_static(b"data: {}\n\n")), ()))
         });
-        let out: Vec<_> = error_event_after_start(idle_timeout(endless, &deadlines))
-            .collect()
-            .await;
+        let out: Vec<_> = frame_events(endless, &d, 1 << 20, Relayed).collect().await;
         assert!((2..=4).contains(&out.len()), "{}", out.len());
-        let last = out.last().unwrap().as_ref().unwrap();
-        assert_eq!(last, BROKE_OFF_EVENT.as_bytes());
+        assert!(out.last().unwrap().as_ref().unwrap_err().0.contains("total_s"));
+    }
+
+    #[tokio::test]
+    async fn a_silent_upstream_is_cut_after_the_gap() {
+        let d = deadlines(100, None);
+        let silent = futures_util::stream::pending::<Result<Bytes, String>>();
+        let out: Vec<_> = frame_events(silent, &d, 1 << 20, Relayed).collect().await;
+        assert_eq!(out.len(), 1);
+        assert!(out[0].as_ref().unwrap_err().0.contains("stalled"));
     }
 
     #[test]
@@ -581,75 +561,18 @@ mod tests {
         let d = t.start();
         assert_eq!(d.body - d.headers, Duration::from_secs(5));
         assert_eq!(d.gap, Duration::from_secs(7));
-    }
-
-    #[test]
-    fn without_total_s_a_stream_still_ends() {
-        let t = Timeouts {
-            first_byte: Duration::from_secs(2),
-            timeout: Duration::from_secs(7),
-            total: None,
-        };
-        let d = t.start();
         assert_eq!(
             d.stream_end - d.headers,
             DEFAULT_STREAM_TOTAL - Duration::from_secs(2)
         );
     }
 
-    fn check(chunks: &[&[u8]], max_event: usize) -> Result<(), &'static str> {
-        let mut c = SseCheck {
-            max_event,
-            ..SseCheck::default()
-        };
-        chunks.iter().try_for_each(|chunk| c.feed(chunk))
-    }
-
-    #[test]
-    fn event_streams_as_openai_sends_them_pass() {
-        let ok: &[&[&[u8]]] = &[
-            &[b"data: {\"a\":1}\n\ndata: [DONE]\n\n"],
-            &[b": keep-alive\r\n\r\nevent: x\r\nid: 1\r\nretry: 5\r\ndata:{}\r\n\r\n"],
-            // Lines and CRLFs cut between chunks.
-            &[
-                b"data: {\"a\"",
-                b":[1,2]}\r",
-                b"\n\r",
-                b"\ndata: [DONE]\n\n",
-            ],
-            &[b"data: {}\r\rdata: {}\r\r"],
-        ];
-        for chunks in ok {
-            assert_eq!(check(chunks, 1 << 20), Ok(()), "{chunks:?}");
-        }
-    }
-
-    #[test]
-    fn garbage_and_endless_events_fail() {
-        let bad: &[&[&[u8]]] = &[
-            &[b"data: {not json\n\n"],
-            &[b"<html>502 Bad Gateway</html>\n"],
-            &[b"data: {}\n\n", b"\x00\x01\xff\xfe\n"],
-            &[b"data: {\"a\"", b" oops}\n\n"],
-        ];
-        for chunks in bad {
-            assert!(check(chunks, 1 << 20).is_err(), "{chunks:?}");
-        }
-        // A line that never ends, or lines that never make a blank one: cut at the cap.
-        let long = vec![b'x'; 600];
-        assert!(check(&[b"data: ", &long, &long], 1000).is_err());
-        let lines: Vec<&[u8]> = vec![b": ping\n"; 200];
-        assert!(check(&lines, 1000).is_err());
-        assert_eq!(check(&lines[..100], 1000), Ok(()));
-    }
-
     #[test]
     fn an_echoed_key_is_redacted() {
-        let d: crate::providers::config::DeploymentConfig =
-            serde_json::from_value(serde_json::json!({
-                "provider": "openai", "base_url": "http://x", "api_key": "sk-up"
-            }))
-            .unwrap();
+        let d: crate::providers::config::DeploymentConfig = serde_json::from_value(serde_json::json!({
+            "provider": "openai", "base_url": "http://x", "api_key": "sk-up"
+        }))
+        .unwrap();
         let g = Guard::new(&d, 1 << 20);
         let body = Bytes::from_static(b"{\"m\":\"Bearer sk-up is wrong; sk-u sk-upsk-up\"}");
         assert_eq!(
@@ -662,9 +585,18 @@ mod tests {
         assert_eq!(g.redact(clean.clone()).as_ptr(), clean.as_ptr(), "no copy");
     }
 
-    #[tokio::test]
-    async fn a_clean_stream_is_untouched() {
-        let out = run(vec![Ok("data: {}\n\n"), Ok("data: [DONE]\n\n")]).await;
-        assert_eq!(out.len(), 2);
+    #[test]
+    fn retry_after_reads_seconds() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(retry_after_s(&h), None);
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        assert_eq!(retry_after_s(&h), Some(2));
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("0.5"));
+        assert_eq!(retry_after_s(&h), Some(1));
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after_s(&h), None);
     }
 }

@@ -255,8 +255,8 @@ impl LocalEngine {
     }
 }
 
-#[cfg(test)]
 #[allow(clippy::panic, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -42,26 +42,21 @@ pub mod redis;
 pub mod tokens;
 
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use http_body::{Frame, SizeHint};
 use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::sync::oneshot;
 use tollgate_admin::store::Store;
+use tower::Service;
 
-use crate::call::Call;
-use crate::error::ApiError;
-use crate::meter::prices::Prices;
-use crate::meter::{ChargeReport, Charged};
+use crate::error;
+use crate::exchange::{
+    Answer, Call, Charged, End, Event, Flow, Hold, Observer, RateLimits, RateLine, Reply,
+};
+use crate::prices::Prices;
 pub use config::{LimitsConfig, RedisFailure};
 use engine::{Ask, Counts, Decision, Limit, Month, Scope, ScopeLimits, Taken, WINDOW_MS};
 use local::LocalEngine;
@@ -274,14 +269,11 @@ impl Quota {
         }
     }
 
-    fn refuse(&self, ask: &Ask, refusal: Refusal) -> Response {
+    fn refuse(&self, ask: &Ask, refusal: Refusal) -> Reply {
         let (scope, limit, counts) = match refusal {
             Refusal::Unavailable => {
                 self.count_rejection("redis", "unavailable");
-                return ApiError::unavailable(
-                    "Rate limits cannot be checked right now. Please retry shortly.",
-                )
-                .into_response();
+                return Reply::error(error::limits_unavailable());
             }
             Refusal::Limited {
                 scope,
@@ -333,17 +325,15 @@ impl Quota {
                 Month::of(ask.now_ms).end_ms() - ask.now_ms,
             ),
         };
-        let error = if limit.is_quota() {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message)
-                .with_code("insufficient_quota")
-        } else {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "requests", message)
-                .with_code("rate_limit_exceeded")
-        };
         let retry_after = u64::try_from((retry_after_ms.max(1) + 999) / 1000).unwrap_or(1);
-        let mut response = error.with_retry_after(retry_after).into_response();
-        rate_headers(response.headers_mut(), ask, &counts, Some((scope, limit)));
-        response
+        let error = if limit.is_quota() {
+            error::insufficient_quota(message, retry_after)
+        } else {
+            error::rate_limited(message, retry_after)
+        };
+        let mut reply = Reply::error(error);
+        reply.facts.rate = Some(rate_limits(ask, &counts, Some((scope, limit))));
+        reply
     }
 }
 
@@ -384,56 +374,31 @@ pub fn reset(ms: i64) -> String {
 
 /// `x-ratelimit-*` for requests and tokens: of the scope with the least left. `refused`
 /// marks the limit that refused (its remaining is 0).
-fn rate_headers(
-    headers: &mut HeaderMap,
-    ask: &Ask,
-    counts: &Counts,
-    refused: Option<(Scope, Limit)>,
-) {
+fn rate_limits(ask: &Ask, counts: &Counts, refused: Option<(Scope, Limit)>) -> RateLimits {
     let window_left = reset(window_left_ms(ask.now_ms));
-    let mut put =
-        |names: [HeaderName; 3], limits: [Option<u64>; 2], used: [u64; 2], limit: Limit| {
-            let tightest = [Scope::Tenant, Scope::Key]
-                .into_iter()
-                .filter_map(|s| {
-                    let l = limits[s as usize]?;
-                    let left = if refused == Some((s, limit)) {
-                        0
-                    } else {
-                        l.saturating_sub(used[s as usize])
-                    };
-                    Some((l, left))
-                })
-                .min_by_key(|&(_, left)| left);
-            if let Some((limit, left)) = tightest {
-                let [limit_name, remaining_name, reset_name] = names;
-                headers.insert(limit_name, HeaderValue::from(limit));
-                headers.insert(remaining_name, HeaderValue::from(left));
-                if let Ok(v) = HeaderValue::from_str(&window_left) {
-                    headers.insert(reset_name, v);
-                }
-            }
-        };
-    put(
-        [
-            HeaderName::from_static("x-ratelimit-limit-requests"),
-            HeaderName::from_static("x-ratelimit-remaining-requests"),
-            HeaderName::from_static("x-ratelimit-reset-requests"),
-        ],
-        ask.limits.map(|l| l.rpm),
-        counts.requests,
-        Limit::Requests,
-    );
-    put(
-        [
-            HeaderName::from_static("x-ratelimit-limit-tokens"),
-            HeaderName::from_static("x-ratelimit-remaining-tokens"),
-            HeaderName::from_static("x-ratelimit-reset-tokens"),
-        ],
-        ask.limits.map(|l| l.tpm),
-        counts.tokens,
-        Limit::Tokens,
-    );
+    let line = |limits: [Option<u64>; 2], used: [u64; 2], limit: Limit| {
+        [Scope::Tenant, Scope::Key]
+            .into_iter()
+            .filter_map(|s| {
+                let l = limits[s as usize]?;
+                let left = if refused == Some((s, limit)) {
+                    0
+                } else {
+                    l.saturating_sub(used[s as usize])
+                };
+                Some((l, left))
+            })
+            .min_by_key(|&(_, left)| left)
+            .map(|(limit, remaining)| RateLine {
+                limit,
+                remaining,
+                reset: window_left.clone(),
+            })
+    };
+    RateLimits {
+        requests: line(ask.limits.map(|l| l.rpm), counts.requests, Limit::Requests),
+        tokens: line(ask.limits.map(|l| l.tpm), counts.tokens, Limit::Tokens),
+    }
 }
 
 // === the reservation a response holds ===
@@ -480,301 +445,180 @@ impl Drop for Held {
     }
 }
 
-/// A response body that holds a reservation until it ends, and, for a watched stream,
-/// stops it when its output would pass what is left ([`Watch`]).
-struct Guarded {
-    body: Body,
-    held: Option<Held>,
-    watch: Option<Watch>,
-    /// A frame held back while more output is being reserved for it.
-    pending: Option<(Frame<Bytes>, BoxFuture<'static, bool>)>,
-    /// The stream was cut: nothing more to send.
-    done: bool,
-}
-
 /// Output tokens reserved at a time when a watched stream needs more.
 const STEP: u64 = 256;
 
 /// The error event that ends a stream the budget cannot pay for.
-const QUOTA_EVENT: &str = "\n\ndata: {\"error\":{\"message\":\"You exceeded the monthly quota of your organization or API key while this answer was streaming; it was stopped.\",\"type\":\"insufficient_quota\",\"param\":null,\"code\":\"insufficient_quota\"}}\n\n";
+const QUOTA_EVENT: &str = "{\"error\":{\"message\":\"You exceeded the monthly quota of your organization or API key while this answer was streaming; it was stopped.\",\"type\":\"insufficient_quota\",\"param\":null,\"code\":\"insufficient_quota\"}}";
 
+/// A stream's reservation, held until it ends (its observer).
+///
 /// A stream whose length the client did not bound (no `max_tokens` /
-/// `max_completion_tokens`) under a monthly budget or token quota: its reservation covers
-/// `limits.default_max_tokens`. Delivered output is counted with the tokenizer as it
-/// passes; past what is reserved, [`STEP`] more is reserved under the same rule as an
-/// admission (something left), else the stream ends with an `insufficient_quota` error
-/// event instead of running on unpaid. What was delivered is metered as usual.
-struct Watch {
+/// `max_completion_tokens`) under a monthly budget or token quota is also watched: its
+/// reservation covers `limits.default_max_tokens`. Delivered output is estimated as it
+/// passes (a token per chunk, or a token per 4 bytes of a larger chunk; no tokenizer, so
+/// no BPE tables for streams whose usage the upstream reports); past what is reserved,
+/// [`STEP`] more is reserved under the same rule as an admission (something left), else
+/// the stream ends with an `insufficient_quota` error event instead of running on unpaid.
+/// What was delivered is metered as usual, and the reservation settles to it.
+struct QuotaStream {
+    state: Arc<Mutex<Watched>>,
+    watch: Option<WatchParams>,
+}
+
+struct Watched {
+    held: Option<Held>,
+    /// Output tokens reserved so far.
+    covered: u64,
+    /// Output tokens delivered so far (estimated).
+    delivered: u64,
+}
+
+#[derive(Clone)]
+struct WatchParams {
     quota: Quota,
     engine: EngineKind,
     limits: [ScopeLimits; 2],
-    model: String,
-    /// Output tokens reserved so far.
-    covered: u64,
-    /// Output tokens delivered so far.
-    delivered: u64,
     /// What [`STEP`] output tokens cost.
     step_cost: i64,
-    /// An SSE line split across frames.
-    line: Vec<u8>,
 }
 
-impl Watch {
-    /// Counts the output tokens in `data` (complete `data:` lines; a partial line waits
-    /// for the next frame).
-    fn count(&mut self, data: &[u8]) -> u64 {
-        // Only the new bytes are searched: a line trickling in small pieces costs its
-        // length once, not its length squared.
-        let Some(last) = data.iter().rposition(|b| *b == b'\n') else {
-            self.line.extend_from_slice(data);
-            return 0;
+/// Output tokens in one chunk, estimated without a tokenizer.
+fn estimate_tokens(text_len: usize) -> u64 {
+    if text_len == 0 {
+        0
+    } else {
+        (text_len as u64).div_ceil(4).max(1)
+    }
+}
+
+impl Observer for QuotaStream {
+    fn event(&mut self, event: &mut Event) -> Flow {
+        let Some(watch) = &self.watch else {
+            return Flow::Pass;
         };
-        self.line.extend_from_slice(&data[..=last]);
-        let complete = std::mem::replace(&mut self.line, data[last + 1..].to_vec());
-        let mut tokens = 0;
-        for line in complete.split(|b| *b == b'\n') {
-            let Some(json) = line.strip_prefix(b"data:") else {
-                continue;
-            };
-            let Ok(event) = serde_json::from_slice::<serde_json::Value>(json.trim_ascii()) else {
-                continue;
-            };
-            let Some(choices) = event.get("choices").and_then(|c| c.as_array()) else {
-                continue;
-            };
-            for choice in choices {
-                let text = choice
-                    .get("delta")
-                    .and_then(|d| d.get("content"))
-                    .or_else(|| choice.get("text"))
-                    .and_then(|t| t.as_str());
-                if let Some(text) = text {
-                    tokens += crate::meter::usage::count_tokens(&self.model, text);
-                }
-            }
+        let tokens = event.view().map_or(0, |v| estimate_tokens(v.text_len()));
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.delivered += tokens;
+        if state.delivered <= state.covered {
+            return Flow::Pass;
         }
-        tokens
-    }
-}
-
-impl Guarded {
-    /// Starts reserving more output for `frame` (held back meanwhile).
-    fn extend(&mut self, frame: Frame<Bytes>) {
-        let (Some(watch), Some(taken)) = (
-            self.watch.as_ref(),
-            self.held.as_ref().and_then(|h| h.taken.clone()),
-        ) else {
-            return;
+        let Some(taken) = state.held.as_ref().and_then(|h| h.taken.clone()) else {
+            return Flow::Pass;
         };
-        let quota = watch.quota.clone();
-        let (engine, limits, cost) = (watch.engine, watch.limits, watch.step_cost);
-        let grant = Box::pin(async move { quota.extend(engine, &taken, &limits, cost).await });
-        self.pending = Some((frame, grant));
-    }
-}
-
-impl http_body::Body for Guarded {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.get_mut();
-        loop {
-            if this.done {
-                return Poll::Ready(None);
+        drop(state);
+        let watch = watch.clone();
+        let shared = self.state.clone();
+        Flow::Wait(Box::pin(async move {
+            let mut taken = taken;
+            loop {
+                let granted = watch
+                    .quota
+                    .extend(watch.engine, &taken, &watch.limits, watch.step_cost)
+                    .await;
+                let mut state = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                if !granted {
+                    // The meter records what was delivered; the client sees why it ends.
+                    return Flow::Stop(Some(Event::data(QUOTA_EVENT)));
+                }
+                state.covered += STEP;
+                if let Some(t) = state.held.as_mut().and_then(|h| h.taken.as_mut()) {
+                    t.tokens += STEP;
+                    t.cost += watch.step_cost;
+                    taken = t.clone();
+                }
+                if state.delivered <= state.covered {
+                    return Flow::Pass;
+                }
             }
-            if let Some((_, grant)) = this.pending.as_mut() {
-                let granted = match grant.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(granted) => granted,
-                };
-                let Some((frame, _)) = this.pending.take() else {
-                    continue;
-                };
-                let (Some(watch), true) = (this.watch.as_mut(), granted) else {
-                    // Refused: the upstream and the meter see a client that went away
-                    // (what was delivered is recorded); the client sees why.
-                    this.done = true;
-                    this.body = Body::empty();
-                    this.held = None;
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                        QUOTA_EVENT.as_bytes(),
-                    )))));
-                };
-                watch.covered += STEP;
-                let step_cost = watch.step_cost;
-                let still_over = watch.delivered > watch.covered;
-                if let Some(taken) = this.held.as_mut().and_then(|h| h.taken.as_mut()) {
-                    taken.tokens += STEP;
-                    taken.cost += step_cost;
-                }
-                if still_over {
-                    this.extend(frame);
-                    continue;
-                }
-                return Poll::Ready(Some(Ok(frame)));
-            }
-            let poll = Pin::new(&mut this.body).poll_frame(cx);
-            match poll {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let over = match (this.watch.as_mut(), frame.data_ref()) {
-                        (Some(watch), Some(data)) => {
-                            watch.delivered += watch.count(data);
-                            watch.delivered > watch.covered
-                        }
-                        _ => false,
-                    };
-                    if over {
-                        this.extend(frame);
-                        continue;
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                Poll::Ready(None | Some(Err(_))) => {
-                    this.held = None;
-                    return poll;
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        }))
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.done || (self.pending.is_none() && self.body.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        if self.watch.is_some() {
-            SizeHint::default()
-        } else {
-            self.body.size_hint()
-        }
+    fn end(&mut self, _end: End) -> Option<Hold> {
+        // Settles the reservation to what the meter reports.
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .held = None;
+        None
     }
 }
 
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-}
+// === the stage ===
 
-// === the layer ===
-
-/// Adds [`QuotaService`] to a stack.
-#[derive(Clone)]
-pub struct QuotaLayer {
-    quota: Quota,
-}
-
-impl QuotaLayer {
-    pub fn new(quota: Quota) -> Self {
-        Self { quota }
-    }
-}
-
-impl<S> tower::Layer<S> for QuotaLayer {
-    type Service = QuotaService<S>;
-
-    fn layer(&self, inner: S) -> QuotaService<S> {
-        QuotaService {
-            inner,
-            quota: self.quota.clone(),
-        }
-    }
-}
-
-/// The quota service: see the module docs.
-#[derive(Clone)]
-pub struct QuotaService<S> {
-    inner: S,
-    quota: Quota,
-}
-
-impl<S> tower::Service<Call> for QuotaService<S>
+impl<S> crate::service::Stage<S> for Quota
 where
-    S: tower::Service<Call, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: tower::Service<Call, Response = Reply, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Request = Call;
+    type Response = Reply;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
+    fn serve(&self, call: Call, next: S) -> impl Future<Output = Reply> + Send + 'static {
+        serve(self.clone(), call, next)
     }
+}
 
-    fn call(&mut self, call: Call) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let quota = self.quota.clone();
-        Box::pin(async move {
-            let limits = quota.limits(&call).await;
-            if limits.iter().all(ScopeLimits::is_unlimited) {
-                return inner.call(call).await;
-            }
-            let (mut ask, covered, step_cost) = quota.ask(&call, limits, Count::Bound).await;
-            let watched = call.request.stream
-                && !tokens::bounded(&call.request)
-                && ask.limits.iter().any(ScopeLimits::has_monthly);
-            let model = call.request.model.clone();
-            let mut admitted = quota.admit(&mut ask).await;
-            // Only a tpm check weighs this request's tokens (monthly budgets and tokens
-            // admit while spent + reserved is below the limit), so only a tpm refusal can
-            // change with the tokenizer's count, never larger than the byte bound.
-            if let Err(Refusal::Limited {
-                limit: Limit::Tokens,
-                ..
-            }) = admitted
-            {
-                (ask, _, _) = quota.ask(&call, limits, Count::Exact).await;
-                admitted = quota.admit(&mut ask).await;
-            }
-            let (engine, counts) = match admitted {
-                Ok(admitted) => admitted,
-                Err(refusal) => return Ok(quota.refuse(&ask, refusal)),
-            };
-            // From here the reservation is held: dropped with this future (client gone
-            // before the answer) it is given back.
-            let mut held = Held {
-                quota: quota.clone(),
-                engine,
-                taken: Some(Taken::of(&ask)),
-                report: None,
-            };
-            let response = match inner.call(call).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
-            let (mut parts, body) = response.into_parts();
-            held.report = parts
-                .extensions
-                .get::<ChargeReport>()
-                .and_then(ChargeReport::take);
-            rate_headers(&mut parts.headers, &ask, &counts, None);
-            let watch = (watched && parts.status.is_success() && is_event_stream(&parts.headers))
-                .then(|| Watch {
-                    quota: quota.clone(),
-                    engine,
-                    limits: ask.limits,
-                    model,
-                    covered,
-                    delivered: 0,
-                    step_cost,
-                    line: Vec::new(),
-                });
-            let body = Guarded {
-                body,
+/// Admits (or refuses) one call, holds its reservation until its answer ends.
+async fn serve<S>(quota: Quota, call: Call, next: S) -> Reply
+where
+    S: Service<Call, Response = Reply, Error = Infallible>,
+{
+    let limits = quota.limits(&call).await;
+    if limits.iter().all(ScopeLimits::is_unlimited) {
+        return crate::service::call(next, call).await;
+    }
+    let (mut ask, covered, step_cost) = quota.ask(&call, limits, Count::Bound).await;
+    let watched = call.params.stream
+        && !tokens::bounded(&call)
+        && ask.limits.iter().any(ScopeLimits::has_monthly);
+    let mut admitted = quota.admit(&mut ask).await;
+    // Only a tpm check weighs this request's tokens (monthly budgets and tokens admit
+    // while spent + reserved is below the limit), so only a tpm refusal can change with
+    // the tokenizer's count, never larger than the byte bound.
+    if let Err(Refusal::Limited {
+        limit: Limit::Tokens,
+        ..
+    }) = admitted
+    {
+        (ask, _, _) = quota.ask(&call, limits, Count::Exact).await;
+        admitted = quota.admit(&mut ask).await;
+    }
+    let (engine, counts) = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => return quota.refuse(&ask, refusal),
+    };
+    // From here the reservation is held: dropped with this future (client gone before
+    // the answer) it is given back.
+    let mut held = Held {
+        quota: quota.clone(),
+        engine,
+        taken: Some(Taken::of(&ask)),
+        report: None,
+    };
+    let mut reply = crate::service::call(next, call).await;
+    held.report = reply.facts.charged.take();
+    reply.facts.rate = Some(rate_limits(&ask, &counts, None));
+    if reply.is_success()
+        && let Answer::Events(events) = &mut reply.answer
+    {
+        let watch = watched.then(|| WatchParams {
+            quota: quota.clone(),
+            engine,
+            limits: ask.limits,
+            step_cost,
+        });
+        events.observe(QuotaStream {
+            state: Arc::new(Mutex::new(Watched {
                 held: Some(held),
-                watch,
-                pending: None,
-                done: false,
-            };
-            Ok(Response::from_parts(parts, Body::new(body)))
-        })
+                covered,
+                delivered: 0,
+            })),
+            watch,
+        });
     }
+    // A whole answer is metered by now: dropping `held` settles it to the meter's report.
+    reply
 }
 
 impl Quota {
@@ -785,9 +629,9 @@ impl Quota {
         let needs_tokens = limits.iter().any(|l| l.tpm.is_some() || l.has_monthly());
         let needs_cost = limits.iter().any(|l| l.budget.is_some());
         let (tokens, cost, output, step_cost) = if needs_tokens {
-            let usage = tokens::estimate(&call.request, self.inner.default_max_tokens, count);
+            let usage = tokens::estimate(call, self.inner.default_max_tokens, count);
             let price = if needs_cost {
-                self.inner.prices.get(&call.request.model).await
+                self.inner.prices.get(&call.model).await
             } else {
                 None
             };

@@ -5,8 +5,8 @@
 //! else `max_tokens`, else `limits.default_max_tokens`, times `n`.
 //!
 //! The estimate only has to be an upper bound: the reservation is settled to the meter's
-//! real count when the answer ends. So the limiter first reserves [`Count::Bound`] (a
-//! text's byte length, which no tokenizer count exceeds) and runs the tokenizer
+//! real count when the answer ends. So the limiter first reserves [`Count::Bound`] (the
+//! byte length of the prompt's JSON, which no tokenizer count exceeds) and runs the tokenizer
 //! ([`Count::Exact`]) only when a tpm limit refuses that bound. A request that fits with
 //! room to spare, the common case, costs no tokenizer time and loads no BPE tables (tens
 //! of MiB for `o200k_base`), and is admitted or refused as with exact counting. The price:
@@ -14,11 +14,10 @@
 //! tokens) against tpm and budgets, so concurrent requests near a limit are refused a
 //! little sooner; never later.
 
-use serde_json::Value;
 use tollgate_admin::store::Usage;
 
+use crate::exchange::{Call, Endpoint};
 use crate::meter::usage::Prompt;
-use crate::openai::{Endpoint, Request};
 
 /// Most completions one request may ask for (`n`) that the estimate believes; more is the
 /// upstream's problem to refuse.
@@ -27,35 +26,29 @@ const MAX_N: u64 = 128;
 /// How prompt tokens are counted for a reservation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Count {
-    /// The byte length of the prompt's texts: no tokenizer, never below the exact count.
+    /// The byte length of the prompt's JSON: no tokenizer, never below the exact count.
     Bound,
     /// The tokenizer's count (CPU work, and the BPE tables on first use).
     Exact,
 }
 
 /// Tokens and images one request reserves.
-pub fn estimate(request: &Request, default_max_tokens: u64, count: Count) -> Usage {
-    let prompt = Prompt::of(request);
+pub fn estimate(call: &Call, default_max_tokens: u64, count: Count) -> Usage {
     let input_tokens = match count {
-        Count::Bound => prompt.upper_bound(),
-        Count::Exact => prompt.count(&request.model),
+        Count::Bound => Prompt::bound(call.endpoint, &call.payload),
+        Count::Exact => Prompt::of(call.endpoint, &call.payload).count(&call.model),
     };
-    let body = &request.body;
-    let n = body
-        .get("n")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
-        .clamp(1, MAX_N);
-    let (output_tokens, images) = match request.endpoint {
-        Endpoint::ChatCompletions | Endpoint::Completions => {
-            let max = ["max_completion_tokens", "max_tokens"]
-                .iter()
-                .find_map(|f| body.get(*f).and_then(Value::as_u64))
-                .unwrap_or(default_max_tokens);
-            (max.saturating_mul(n), 0)
-        }
+    let n = call.params.n.unwrap_or(1).clamp(1, MAX_N);
+    let (output_tokens, images) = match call.endpoint {
+        Endpoint::ChatCompletions | Endpoint::Completions => (
+            call.params
+                .max_output
+                .unwrap_or(default_max_tokens)
+                .saturating_mul(n),
+            0,
+        ),
         Endpoint::ImagesGenerations => (0, u32::try_from(n).unwrap_or(1)),
-        Endpoint::Embeddings | Endpoint::Moderations => (0, 0),
+        _ => (0, 0),
     };
     Usage {
         input_tokens,
@@ -67,21 +60,19 @@ pub fn estimate(request: &Request, default_max_tokens: u64, count: Count) -> Usa
 
 /// Whether the client bounded the output (`max_completion_tokens` or `max_tokens`), so the
 /// reservation covers whatever the upstream may send.
-pub fn bounded(request: &Request) -> bool {
-    ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .any(|f| request.body.get(*f).and_then(Value::as_u64).is_some())
+pub fn bounded(call: &Call) -> bool {
+    call.params.max_output.is_some()
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
-    fn req(endpoint: Endpoint, body: Value) -> Request {
-        Request::parse(endpoint, body.to_string().as_bytes()).unwrap()
+    fn req(endpoint: Endpoint, body: Value) -> Call {
+        crate::openai::test_call(endpoint, body)
     }
 
     #[test]

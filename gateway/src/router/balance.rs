@@ -149,8 +149,8 @@ impl ModelRoute {
     }
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;

@@ -13,10 +13,10 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use http::StatusCode;
 use tokio::time::Instant;
 
-use crate::error::ApiError;
+use crate::exchange::Call;
+use crate::meter::usage::Prompt;
 
 const WINDOW: Duration = Duration::from_secs(60);
 
@@ -107,35 +107,14 @@ impl Caps {
 /// The tokens a request counts against `tpm`: its prompt (the meter's tokenizer) plus the
 /// most it may generate as it asked (`max_completion_tokens` / `max_tokens`, times `n`; 0
 /// when it set neither: the cap then only sees prompts).
-pub fn estimate(request: &crate::openai::Request) -> u64 {
-    use serde_json::Value;
-    let prompt = crate::meter::usage::Prompt::of(request).count(&request.model);
-    let body = &request.body;
-    let n = body
-        .get("n")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
-        .clamp(1, 128);
-    let max = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .find_map(|f| body.get(*f).and_then(Value::as_u64))
-        .unwrap_or(0);
+pub fn estimate(call: &Call) -> u64 {
+    let prompt = Prompt::of(call.endpoint, &call.payload).count(&call.model);
+    let n = call.params.n.unwrap_or(1).clamp(1, 128);
+    let max = call.params.max_output.unwrap_or(0);
     prompt.saturating_add(max.saturating_mul(n))
 }
 
-/// 429 when every deployment that could serve is at its cap.
-pub fn all_capped(model: &str, retry_after: Duration) -> ApiError {
-    let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "requests",
-        format!(
-            "Every deployment of the model '{model}' is at its configured rate cap. Please retry after {seconds} s."
-        ),
-    )
-    .with_code("rate_limit_exceeded")
-    .with_retry_after(seconds)
-}
+pub use crate::error::all_capped;
 
 #[cfg(test)]
 mod tests {
@@ -178,7 +157,7 @@ mod tests {
     #[test]
     fn the_429_names_the_model_and_rounds_retry_after_up() {
         let e = all_capped("m", Duration::from_millis(1500));
-        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.status, http::StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.retry_after, Some(2));
         assert_eq!(e.code, Some("rate_limit_exceeded"));
     }

@@ -43,8 +43,8 @@ impl Guard {
     }
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use axum::body::Body;
     use http_body_util::BodyExt;

@@ -22,24 +22,18 @@ pub mod metrics;
 pub mod retry;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::response::Response;
-use futures_util::future::BoxFuture;
 use http::HeaderValue;
 
-use crate::call::Call;
+use crate::error;
+use crate::exchange::{Call, Reply};
 use crate::providers::{Provider, ProviderSet};
 use breaker::Breaker;
 pub use config::{BreakerConfig, ModelConfig};
 use retry::RetryPolicy;
-
-/// The header that names the deployment that served.
-pub const DEPLOYMENT_HEADER: &str = "x-tollgate-deployment";
 
 /// One backend of a model.
 #[derive(Debug)]
@@ -51,7 +45,7 @@ pub struct Deployment {
     /// The model name sent upstream.
     pub upstream_model: String,
     pub weight: u64,
-    pub provider: Provider,
+    pub provider: Arc<dyn Provider>,
     /// Ejects this deployment after a run of failures; also holds its `retry-after`.
     pub breaker: Breaker,
     /// Requests sent and not yet finished (body ended or dropped).
@@ -64,6 +58,8 @@ pub struct Deployment {
 #[derive(Debug)]
 pub struct ModelRoute {
     pub name: String,
+    /// `name`, shared: what a call names its model by.
+    pub label: Arc<str>,
     pub deployments: Vec<Deployment>,
     next: AtomicU64,
     retry: RetryPolicy,
@@ -120,6 +116,7 @@ impl ModelRoute {
         };
         Ok(Self {
             name: model.name.clone(),
+            label: Arc::from(model.name.as_str()),
             counts_tokens: deployments.iter().any(|d| d.caps.counts_tokens()),
             deployments,
             next: AtomicU64::new(0),
@@ -175,6 +172,24 @@ impl Models {
         self.by_name.get(name)
     }
 
+    /// Each model's upstream models, sorted and without repeats: what its name stands
+    /// for, so the cache can tell a config change that points a name elsewhere.
+    pub fn upstream_models(&self) -> HashMap<String, Vec<String>> {
+        self.order
+            .iter()
+            .map(|route| {
+                let mut models: Vec<String> = route
+                    .deployments
+                    .iter()
+                    .map(|d| d.upstream_model.clone())
+                    .collect();
+                models.sort_unstable();
+                models.dedup();
+                (route.name.clone(), models)
+            })
+            .collect()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Arc<ModelRoute>> {
         self.order.iter()
     }
@@ -182,19 +197,22 @@ impl Models {
 
 /// The innermost service: picks a deployment and lets its provider answer, moving on to
 /// other deployments and fallback models on retryable failures ([`retry::serve`]).
-#[derive(Clone, Debug, Default)]
-pub struct Router;
+#[derive(Clone, Debug)]
+pub struct Router {
+    models: Arc<Models>,
+}
 
-impl tower::Service<Call> for Router {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+impl Router {
+    pub fn new(models: Arc<Models>) -> Self {
+        Self { models }
     }
 
-    fn call(&mut self, call: Call) -> Self::Future {
-        Box::pin(async move { Ok(retry::serve(&call).await) })
+    /// Serves one call on its model's route.
+    pub async fn serve(&self, call: Call) -> Reply {
+        // The handler resolved the name against the same models; kept as an answer.
+        let Some(route) = self.models.get(&call.model) else {
+            return Reply::error(error::model_not_found(&call.model));
+        };
+        retry::serve(route, &call).await
     }
 }

@@ -5,22 +5,21 @@
 //! answer, an upstream 429 or 5xx, and a stream that dies before its first chunk. All of
 //! these happen before anything reached the client, so trying elsewhere is invisible to
 //! it. A 4xx other than 429 is the client's problem and is returned at once. When every
-//! attempt fails, the last failure is returned as it is (the upstream's own status and
-//! body, or our 502/504). When no attempt could be made because every deployment was at
-//! its `rpm` / `tpm` cap, the answer is 429 `rate_limit_exceeded` with `retry-after`.
+//! attempt fails, the last failure is returned: a 429 as the upstream sent it, a 5xx as
+//! the gateway's own 502 / 503 / 504 (the upstream's body is logged, not relayed), a
+//! failure to reach it as 502 / 504. When no attempt could be made because every
+//! deployment was at its `rpm` / `tpm` cap, the answer is 429 `rate_limit_exceeded` with
+//! `retry-after`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Body;
-use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
-use http::{StatusCode, header};
+use http::StatusCode;
 use tokio::time::Instant;
 
 use super::balance::Choice;
-use super::{DEPLOYMENT_HEADER, Deployment, ModelRoute};
-use crate::call::Call;
-use crate::error::UpstreamError;
+use super::{Deployment, ModelRoute};
+use crate::error::{self, UpstreamError};
+use crate::exchange::{Answer, Call, Reply};
 
 /// Retry policy of one model, resolved from its config.
 #[derive(Debug, Clone)]
@@ -44,22 +43,22 @@ impl RetryPolicy {
 /// What one attempt came to.
 enum Outcome {
     /// Return this to the client (a success, or an error retrying cannot fix).
-    Done(Response),
+    Done(Reply),
     /// Retryable: kept as the answer in case no later attempt does better.
-    Failed(Response),
+    Failed(Reply),
 }
 
-/// Serves `call`: its model's deployments first, then each fallback model's.
-pub async fn serve(call: &Call) -> Response {
-    let mut last: Option<Response> = None;
-    let mut routes = vec![call.route.clone()];
-    routes.extend(call.route.fallbacks());
+/// Serves `call` on `route`: its deployments first, then each fallback model's.
+pub async fn serve(route: &std::sync::Arc<ModelRoute>, call: &Call) -> Reply {
+    let mut last: Option<Reply> = None;
+    let mut routes = vec![route.clone()];
+    routes.extend(route.fallbacks());
     let mut attempt_no = 0u32;
     // Time spent waiting on upstreams (not on backoff): what `x-tollgate-overhead-ms` leaves out.
     let mut upstream = Duration::ZERO;
-    // Only a `tpm` cap needs it, and counting a prompt's tokens is not free.
+    // Only a `tpm` cap needs it.
     let tokens = if routes.iter().any(|r| r.counts_tokens) {
-        super::caps::estimate(&call.request)
+        super::caps::estimate(call)
     } else {
         0
     };
@@ -67,7 +66,7 @@ pub async fn serve(call: &Call) -> Response {
     let mut capped: Option<Duration> = None;
     for (n, route) in routes.iter().enumerate() {
         if n > 0 {
-            tracing::info!(model = %call.route.name, fallback = %route.name, "falling back");
+            tracing::info!(model = %call.model, fallback = %route.name, "falling back");
         }
         let mut tried: Vec<usize> = Vec::new();
         for attempt in 0..route.retry.max_attempts {
@@ -89,43 +88,56 @@ pub async fn serve(call: &Call) -> Response {
             };
             tried.push(index);
             attempt_no += 1;
-            // The peek costs the wait for the first chunk before headers go out; only worth
-            // it when a failure could still be hidden by another attempt.
+            // Waiting for a stream's first event costs nothing extra but is only worth it
+            // when a failure could still be hidden by another attempt.
             let more_to_try = attempt + 1 < route.retry.max_attempts || n + 1 < routes.len();
             let started = Instant::now();
             let outcome = attempt_once(call, route, deployment, choice, more_to_try).await;
             upstream += started.elapsed();
             match outcome {
-                Outcome::Done(response) => return with_upstream_time(response, upstream),
-                Outcome::Failed(response) => {
+                Outcome::Done(reply) => return finish(reply, upstream),
+                Outcome::Failed(reply) => {
                     tracing::warn!(
                         model = %route.name,
                         deployment = %deployment.name,
                         attempt = attempt_no,
-                        status = response.status().as_u16(),
+                        status = reply.status.as_u16(),
                         "upstream attempt failed"
                     );
-                    last = Some(response);
+                    last = Some(reply);
                 }
             }
         }
     }
-    if let Some(response) = last {
-        return with_upstream_time(response, upstream);
+    if let Some(reply) = last {
+        return finish(reply, upstream);
     }
     // No attempt was made: every model was at its caps (config validation requires a
     // deployment per model, so there is no other way here; kept as an answer, not a panic).
     match capped {
-        Some(wait) => super::caps::all_capped(&call.route.name, wait).into_response(),
-        None => crate::error::model_not_found(&call.route.name).into_response(),
+        Some(wait) => Reply::error(error::all_capped(&call.model, wait)),
+        None => Reply::error(error::model_not_found(&call.model)),
     }
 }
 
-fn with_upstream_time(mut response: Response, upstream: Duration) -> Response {
-    response
-        .extensions_mut()
-        .insert(crate::observe::UpstreamElapsed(upstream));
-    response
+/// The reply the client gets: an upstream's 5xx becomes the gateway's own error (its body
+/// was logged by the provider), with the time spent upstream.
+fn finish(mut reply: Reply, upstream: Duration) -> Reply {
+    if reply.facts.relayed && error::is_upstream_failure(reply.status) {
+        let deployment = reply
+            .facts
+            .deployment
+            .as_ref()
+            .and_then(|d| d.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        let mut e = error::upstream_status(&deployment, reply.status);
+        e.retry_after = reply.facts.retry_after;
+        reply.status = e.status;
+        reply.answer = Answer::Error(e);
+    }
+    reply.facts.upstream = upstream;
+    reply
 }
 
 async fn attempt_once(
@@ -133,49 +145,47 @@ async fn attempt_once(
     route: &ModelRoute,
     deployment: &Deployment,
     choice: Choice,
-    peek_stream: bool,
+    wait_first: bool,
 ) -> Outcome {
     let breaker = &deployment.breaker;
-    // Counted from now until the answer's body ends; dropped at once on a failed attempt.
+    // Counted from now until the answer ends; dropped at once on a failed attempt.
     let in_flight = deployment.in_flight.start();
     // A client span per attempt when traces are exported (`crate::otlp`).
     let result = crate::otlp::upstream_attempt(
         &deployment.name,
         &deployment.upstream_model,
-        call.request.endpoint,
-        deployment
-            .provider
-            .send(&call.request, &deployment.upstream_model),
+        call.endpoint,
+        deployment.provider.send(call, &deployment.upstream_model),
     )
     .await;
     let now = Instant::now();
-    let mut response = match result {
-        Ok(response) => response,
+    let mut reply = match result {
+        Ok(reply) => reply,
         Err(e) => {
             tracing::warn!(
                 deployment = %deployment.name,
-                endpoint = call.request.endpoint.label(),
+                endpoint = call.endpoint.label(),
                 tenant = %call.principal.tenant_id,
                 forced = matches!(choice, Choice::Forced(_)),
                 error = %e,
                 source = ?std::error::Error::source(&e),
                 "upstream call failed"
             );
-            let response = deployment.stamp(e.to_api(&deployment.name).into_response());
+            let reply = deployment.stamp(Reply::error(e.to_api(&deployment.name)));
             return if let UpstreamError::Internal(_) = e {
                 // Our own failure says nothing about the upstream's health.
                 breaker.release(now);
-                Outcome::Done(response)
+                Outcome::Done(reply)
             } else {
                 breaker.on_failure(now);
-                Outcome::Failed(response)
+                Outcome::Failed(reply)
             };
         }
     };
-    let status = response.status();
+    let status = reply.status;
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        if let Some(wait) = retry_after(&response) {
-            breaker.skip_until(now + wait.min(route.retry.max_retry_after));
+        if let Some(wait) = reply.facts.retry_after {
+            breaker.skip_until(now + Duration::from_secs(wait).min(route.retry.max_retry_after));
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             // Busy, not broken (a hosted key's rate limit, a local worker's full queue):
@@ -185,50 +195,20 @@ async fn attempt_once(
         } else {
             breaker.on_failure(now);
         }
-        return Outcome::Failed(deployment.stamp(response));
+        return Outcome::Failed(deployment.stamp(reply));
     }
-    if peek_stream && call.request.stream && status.is_success() {
-        match first_chunk(response).await {
-            Ok(peeked) => response = peeked,
-            Err(()) => {
-                breaker.on_failure(Instant::now());
-                let broke = crate::error::upstream_broke_off(&deployment.name).into_response();
-                return Outcome::Failed(deployment.stamp(broke));
-            }
+    if let Answer::Events(events) = &mut reply.answer {
+        if wait_first && let Err(e) = events.first().await {
+            tracing::warn!(deployment = %deployment.name, error = %e, "upstream stream failed before its first event");
+            breaker.on_failure(Instant::now());
+            let broke = Reply::error(error::upstream_broke_off(&deployment.name));
+            return Outcome::Failed(deployment.stamp(broke));
         }
-    }
-    if !peek_stream && call.request.stream && status.is_success() {
-        // The last attempt: a failure before the first chunk can no longer fail over.
-        response = response.map(crate::providers::relay::error_event_on_failure);
+        events.keep(in_flight);
     }
     // Any other answer (2xx, or a 4xx that is the request's fault) shows the upstream is up.
     breaker.on_success();
-    Outcome::Done(in_flight.hold_until_body_ends(deployment.stamp(response)))
-}
-
-/// Waits for the first chunk of a streamed body: an upstream that dies before sending
-/// anything is a failure we can still hide; the chunk is put back in front of the rest.
-async fn first_chunk(response: Response) -> Result<Response, ()> {
-    let (parts, body) = response.into_parts();
-    let mut stream = body.into_data_stream();
-    loop {
-        match stream.next().await {
-            Some(Ok(chunk)) if chunk.is_empty() => {}
-            Some(Ok(chunk)) => {
-                let rest = futures_util::stream::once(async move { Ok(chunk) }).chain(stream);
-                return Ok(Response::from_parts(parts, Body::from_stream(rest)));
-            }
-            Some(Err(_)) | None => return Err(()),
-        }
-    }
-}
-
-/// `retry-after` in seconds (integer or decimal; HTTP dates are not used by LLM APIs and
-/// are ignored).
-fn retry_after(response: &Response) -> Option<Duration> {
-    let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
-    let seconds: f64 = value.trim().parse().ok()?;
-    (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds))
+    Outcome::Done(deployment.stamp(reply))
 }
 
 /// A number in `[0, 1)` for jitter. Not cryptographic: it only has to differ between
@@ -248,12 +228,10 @@ fn jitter() -> f64 {
 }
 
 impl Deployment {
-    /// Names this deployment in `x-tollgate-deployment`.
-    fn stamp(&self, mut response: Response) -> Response {
-        response
-            .headers_mut()
-            .insert(DEPLOYMENT_HEADER, self.header.clone());
-        response
+    /// Names this deployment on the reply.
+    fn stamp(&self, mut reply: Reply) -> Reply {
+        reply.facts.deployment = Some(self.header.clone());
+        reply
     }
 }
 
@@ -296,22 +274,5 @@ mod tests {
         for attempt in 1..10 {
             assert!(p.backoff(attempt, jitter()) <= Duration::from_millis(300));
         }
-    }
-
-    #[test]
-    fn retry_after_reads_seconds() {
-        let mut r = Response::new(Body::empty());
-        assert_eq!(retry_after(&r), None);
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, http::HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&r), Some(Duration::from_secs(2)));
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, http::HeaderValue::from_static("0.5"));
-        assert_eq!(retry_after(&r), Some(Duration::from_millis(500)));
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(retry_after(&r), None);
     }
 }

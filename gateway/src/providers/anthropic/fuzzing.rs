@@ -1,55 +1,70 @@
 //! Entry points for the fuzz targets (`fuzz/`): the private SSE parser, stream translator
 //! and whole-body translations of this provider, behind plain functions. Not an API.
 
-use std::task::{Context, Poll, Waker};
+use std::collections::VecDeque;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::StatusCode;
 use serde_json::{Map, Value};
 
-use super::{sse, stream, translate};
+use super::{stream, translate};
 use crate::error::ApiError;
 use crate::openai::Request;
+use crate::providers::relay::Convert;
+use crate::sse::Framer;
 
 /// One dispatched server-sent event: `(event name, data)`.
 pub type SseEvent = (String, String);
 
-/// Feeds `chunks` to one SSE parser in order; the events, or `None` once an event is too
-/// large (the events before it are dropped, as the stream translator drops them).
+/// Feeds `chunks` to one SSE framer (the gateway's only one) in order; the events, or
+/// `None` once an event is too large.
 pub fn sse_events(chunks: &[&[u8]]) -> Option<Vec<SseEvent>> {
-    let mut parser = sse::Parser::default();
-    let mut events = Vec::new();
+    let mut framer = Framer::new(4 << 20);
+    let mut frames = Vec::new();
     for chunk in chunks {
-        parser.feed(chunk, &mut events).ok()?;
+        framer
+            .feed(&Bytes::copy_from_slice(chunk), &mut frames)
+            .ok()?;
     }
-    Some(events.into_iter().map(|e| (e.name, e.data)).collect())
+    framer.finish(&mut frames).ok()?;
+    Some(
+        frames
+            .into_iter()
+            .map(|f| {
+                (
+                    String::from_utf8_lossy(f.name.as_deref().unwrap_or_default()).into_owned(),
+                    String::from_utf8_lossy(&f.data).into_owned(),
+                )
+            })
+            .collect(),
+    )
 }
 
-/// The client's body for an upstream stream that arrives as `chunks` and then ends, made
-/// by the same `stream::translate` the provider uses (driven here without a runtime: its
-/// upstream is always ready).
+/// The client's events (as bytes) for an upstream stream that arrives as `chunks` and then
+/// ends, through the framer and the translator the provider uses.
 pub fn translate_stream(chunks: &[&[u8]], model: &str, include_usage: bool) -> Vec<Bytes> {
-    let upstream = futures_util::stream::iter(
-        chunks
-            .iter()
-            .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
-            .collect::<Vec<_>>(),
-    );
-    let mut body = Box::pin(stream::translate(
-        upstream,
-        stream::Translator::new(model, include_usage),
-    ));
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut out = Vec::new();
-    loop {
-        match body.poll_next_unpin(&mut cx) {
-            Poll::Ready(Some(Ok(bytes))) => out.push(bytes),
-            // The translator never yields an error, and nothing here is pending; either
-            // would be a bug the fuzz target reports through the missing `[DONE]`/error.
-            Poll::Ready(Some(Err(_))) | Poll::Ready(None) | Poll::Pending => return out,
+    let mut framer = Framer::strict(4 << 20);
+    let mut translator = stream::Translator::new(model, include_usage);
+    let mut frames = Vec::new();
+    let mut out = VecDeque::new();
+    for chunk in chunks {
+        if framer
+            .feed(&Bytes::copy_from_slice(chunk), &mut frames)
+            .is_err()
+        {
+            return out.iter().map(crate::exchange::Event::encode).collect();
+        }
+        for frame in frames.drain(..) {
+            let _ = translator.frame(frame, &mut out);
         }
     }
+    if framer.finish(&mut frames).is_ok() {
+        for frame in frames.drain(..) {
+            let _ = translator.frame(frame, &mut out);
+        }
+        let _ = translator.end(&mut out);
+    }
+    out.iter().map(crate::exchange::Event::encode).collect()
 }
 
 /// The Messages API body for a parsed chat request.
@@ -66,7 +81,7 @@ pub fn translate_response(body: &[u8]) -> Option<Value> {
     translate::response(body)
 }
 
-/// An Anthropic error answer → the client's status and body.
-pub fn translate_error(status: StatusCode, body: &[u8]) -> (StatusCode, Value) {
+/// An Anthropic error answer → the client's body.
+pub fn translate_error(status: StatusCode, body: &[u8]) -> Value {
     translate::error(status, body)
 }

@@ -45,8 +45,9 @@
 //! read tokens. `id` and `model` are Anthropic's. Streams: see `stream.rs`.
 //!
 //! # Errors
-//! Anthropic's errors keep their status (529 "overloaded" becomes 503) and `retry-after`,
-//! in OpenAI's shape with Anthropic's message; the error type maps to OpenAI's `type` and
+//! Anthropic's 4xx keep their status and `retry-after`, in OpenAI's shape with Anthropic's
+//! message; its 5xx (and 529 "overloaded") become the gateway's own 502 / 503 (see
+//! `error::upstream_status`); the error type maps to OpenAI's `type` and
 //! `code` (`rate_limit_error` → `rate_limit_exceeded`, `overloaded_error` →
 //! `upstream_overloaded`, `authentication_error` → `upstream_authentication_failed`,
 //! `permission_error` → `upstream_permission_denied`, `not_found_error` →
@@ -54,18 +55,17 @@
 
 #[doc(hidden)]
 pub mod fuzzing;
-mod sse;
 mod stream;
 mod translate;
 
-use axum::body::Body;
-use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde_json::Value;
+use futures_util::future::BoxFuture;
+use http::{HeaderValue, header};
 
-use super::relay;
+use super::{Provider, relay};
 use crate::error::{self, UpstreamError};
-use crate::openai::{Endpoint, Request};
+use crate::exchange::view::AnswerView;
+use crate::exchange::{Call, Endpoint, Events, Reply};
+use crate::openai::Request;
 use crate::providers::config::DeploymentConfig;
 
 /// Where Anthropic's API lives when a deployment names no `base_url`.
@@ -103,26 +103,23 @@ impl Anthropic {
         }
     }
 
-    pub async fn send(
-        &self,
-        request: &Request,
-        upstream_model: &str,
-    ) -> Result<Response, UpstreamError> {
-        if request.endpoint != Endpoint::ChatCompletions {
-            return Ok(error::endpoint_not_supported(
-                &request.model,
-                request.endpoint,
+    async fn answer(&self, call: &Call, upstream_model: &str) -> Result<Reply, UpstreamError> {
+        if call.endpoint != Endpoint::ChatCompletions {
+            return Ok(Reply::error(error::endpoint_not_supported(
+                &call.model,
+                call.endpoint,
                 "its provider (Anthropic) serves chat completions only.",
-            )
-            .into_response());
+            )));
         }
-        let body = match translate::request(request, upstream_model, self.max_tokens_default) {
+        let request = Request::of(call);
+        let body = match translate::request(&request, upstream_model, self.max_tokens_default) {
             Ok(body) => body,
-            Err(e) => return Ok(e.into_response()),
+            Err(e) => return Ok(Reply::error(e)),
         };
         let deadlines = self.timeouts.start();
         let body =
             serde_json::to_vec(&body).map_err(|_| UpstreamError::Internal("serialize request"))?;
+        let stream = call.params.stream;
         let mut builder = self
             .client
             .post(&self.messages_url)
@@ -132,58 +129,60 @@ impl Anthropic {
         if let Some(key) = &self.api_key {
             builder = builder.header("x-api-key", key.clone());
         }
-        if request.stream {
+        if stream {
             builder = builder.header(header::ACCEPT, "text/event-stream");
         }
         let upstream = relay::send(builder, deadlines.headers).await?;
         let status = upstream.status();
-
         if status.is_client_error() || status.is_server_error() {
-            let retry_after = upstream.headers().get(header::RETRY_AFTER).cloned();
+            let retry_after = relay::retry_after_s(upstream.headers());
             let bytes = relay::read_all(upstream, deadlines.body, self.guard.max_body()).await?;
-            let (status, body) = translate::error(status, &self.guard.redact(bytes));
-            let mut headers = json_headers();
-            if let Some(value) = retry_after {
-                headers.insert(header::RETRY_AFTER, value);
+            let bytes = self.guard.redact(bytes);
+            if status.is_server_error() {
+                tracing::warn!(
+                    status = status.as_u16(),
+                    body = %String::from_utf8_lossy(&bytes[..bytes.len().min(2048)]),
+                    "anthropic answered with a server error"
+                );
             }
-            return relay::respond(status, headers, false, json_body(&body));
+            let body = translate::error(status, &bytes);
+            let mut reply = Reply::json(status, body.to_string().into(), None);
+            reply.facts.relayed = true;
+            reply.facts.retry_after = retry_after;
+            return Ok(reply);
         }
         if !status.is_success() {
             return Err(UpstreamError::Malformed("unexpected status"));
         }
-        if request.stream {
-            let include_usage = request
-                .body
-                .get("stream_options")
-                .and_then(|o| o.get("include_usage"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
+        if stream {
+            // Usage is written when the client asked, or when the meter did (it hides it).
+            let include_usage = call.params.include_usage || call.ask_usage;
             let translator = stream::Translator::new(upstream_model, include_usage);
-            let events = relay::idle_timeout(upstream.bytes_stream(), &deadlines);
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            let body = Body::from_stream(stream::translate(events, translator));
-            return relay::respond(StatusCode::OK, headers, true, body);
+            let max = self.guard.max_body().min(sse_limit());
+            let source = relay::events(upstream, &deadlines, max, translator);
+            return Ok(Reply::events(Events::new(source)));
         }
         let bytes = relay::read_all(upstream, deadlines.body, self.guard.max_body()).await?;
         let answer = translate::response(&bytes)
             .ok_or(UpstreamError::Malformed("not an Anthropic message"))?;
-        relay::respond(StatusCode::OK, json_headers(), false, json_body(&answer))
+        let bytes = bytes::Bytes::from(answer.to_string());
+        let view = AnswerView::parse(&bytes);
+        Ok(Reply::json(status, bytes, view))
     }
 }
 
-fn json_headers() -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers
+/// The largest Anthropic event accepted: its events are small deltas; anything near this
+/// is a broken or hostile upstream.
+fn sse_limit() -> usize {
+    4 << 20
 }
 
-fn json_body(value: &Value) -> Body {
-    Body::from(value.to_string())
+impl Provider for Anthropic {
+    fn send<'a>(
+        &'a self,
+        call: &'a Call,
+        upstream_model: &'a str,
+    ) -> BoxFuture<'a, Result<Reply, UpstreamError>> {
+        Box::pin(self.answer(call, upstream_model))
+    }
 }

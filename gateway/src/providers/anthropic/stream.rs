@@ -17,14 +17,16 @@
 //! client's stream the same way as an `error` event: an OpenAI-style error event and no
 //! `[DONE]`, so an SDK raises instead of taking a truncated answer for a whole one.
 
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use std::collections::VecDeque;
+
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::sse::{self, Event};
 use super::translate::{self, ErrorObject, Usage};
+use crate::exchange::{Event, StreamError};
+use crate::providers::relay::Convert;
+use crate::sse::Frame;
 
 /// Whether the stream goes on after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,11 +114,11 @@ impl Translator {
     }
 
     /// Translates one upstream event, appending what the client gets to `out`.
-    pub(super) fn event(&mut self, event: &Event, out: &mut Vec<u8>) -> Step {
+    pub(super) fn event(&mut self, name: &[u8], data: &[u8], out: &mut VecDeque<Event>) -> Step {
         if self.finished {
             return Step::End;
         }
-        let Ok(data) = serde_json::from_str::<Data>(&event.data) else {
+        let Ok(data) = serde_json::from_slice::<Data>(data) else {
             self.fail(
                 "The upstream sent an event that is not valid JSON.",
                 "upstream_error",
@@ -125,7 +127,7 @@ impl Translator {
             return Step::End;
         };
         let kind = if data.kind.is_empty() {
-            event.name.as_str()
+            std::str::from_utf8(name).unwrap_or_default()
         } else {
             data.kind.as_str()
         };
@@ -214,7 +216,7 @@ impl Translator {
                     chunk.insert("usage".into(), self.usage.to_openai());
                     write_event(&Value::Object(chunk), out);
                 }
-                out.extend_from_slice(b"data: [DONE]\n\n");
+                out.push_back(Event::done());
                 self.finished = true;
                 return Step::End;
             }
@@ -235,13 +237,13 @@ impl Translator {
     }
 
     /// Ends the stream with an error event of the gateway's own (the upstream broke off).
-    pub(super) fn fail(&mut self, message: &str, code: &'static str, out: &mut Vec<u8>) {
+    pub(super) fn fail(&mut self, message: &str, code: &'static str, out: &mut VecDeque<Event>) {
         let body = json!({"error": {"message": message, "type": "server_error", "param": null, "code": code}});
         self.error(&body, out);
     }
 
     /// The upstream stream ended: fine after `message_stop`, an error before it.
-    pub(super) fn end_of_stream(&mut self, out: &mut Vec<u8>) {
+    pub(super) fn end_of_stream(&mut self, out: &mut VecDeque<Event>) {
         if !self.finished {
             self.fail(
                 "The upstream stream ended before the answer was complete.",
@@ -251,7 +253,7 @@ impl Translator {
         }
     }
 
-    fn error(&mut self, body: &Value, out: &mut Vec<u8>) {
+    fn error(&mut self, body: &Value, out: &mut VecDeque<Event>) {
         if !self.finished {
             write_event(body, out);
             self.finished = true;
@@ -259,14 +261,14 @@ impl Translator {
     }
 
     /// The first chunk, sent once, whichever event comes first.
-    fn start(&mut self, out: &mut Vec<u8>) {
+    fn start(&mut self, out: &mut VecDeque<Event>) {
         if !self.started {
             self.started = true;
             self.chunk(json!({"role": "assistant", "content": ""}), None, out);
         }
     }
 
-    fn finish(&mut self, stop_reason: Option<&str>, out: &mut Vec<u8>) {
+    fn finish(&mut self, stop_reason: Option<&str>, out: &mut VecDeque<Event>) {
         if !self.finish_sent {
             self.finish_sent = true;
             let reason = translate::finish_reason(stop_reason);
@@ -285,7 +287,7 @@ impl Translator {
         chunk
     }
 
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>, out: &mut Vec<u8>) {
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>, out: &mut VecDeque<Event>) {
         let choice =
             json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason});
         let mut chunk = self.envelope(Value::Array(vec![choice]));
@@ -297,87 +299,30 @@ impl Translator {
     }
 }
 
-fn write_event(value: &Value, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"data: ");
+fn write_event(value: &Value, out: &mut VecDeque<Event>) {
     // Writing a `Value` into a Vec cannot fail (no I/O, string keys only).
-    let _ = serde_json::to_writer(&mut *out, value);
-    out.extend_from_slice(b"\n\n");
+    out.push_back(Event::data(serde_json::to_vec(value).unwrap_or_default()));
 }
 
-/// The client's body: the upstream's bytes parsed and translated as they arrive. Never
-/// yields an error itself: every failure becomes the final error event (see the module doc).
-pub(super) fn translate(
-    upstream: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
-    translator: Translator,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    let state = State {
-        upstream: Box::pin(upstream),
-        parser: sse::Parser::default(),
-        translator,
-        events: Vec::new(),
-    };
-    futures_util::stream::unfold(Some(state), |state| async move {
-        let mut s = state?;
-        loop {
-            let mut out = Vec::new();
-            match s.upstream.next().await {
-                Some(Ok(bytes)) => s.feed(&bytes, &mut out),
-                Some(Err(e)) => {
-                    let (message, code) = if e.kind() == std::io::ErrorKind::TimedOut {
-                        (
-                            "The upstream stopped sending before the answer was complete.",
-                            "upstream_timeout",
-                        )
-                    } else {
-                        (
-                            "The upstream connection failed before the answer was complete.",
-                            "upstream_error",
-                        )
-                    };
-                    s.translator.fail(message, code, &mut out);
-                }
-                None => s.translator.end_of_stream(&mut out),
-            }
-            if s.translator.finished() {
-                // Dropping the state here closes the upstream connection at once.
-                return (!out.is_empty()).then(|| (Ok(Bytes::from(out)), None));
-            }
-            if !out.is_empty() {
-                return Some((Ok(Bytes::from(out)), Some(s)));
-            }
+impl Convert for Translator {
+    fn frame(&mut self, frame: Frame, out: &mut VecDeque<Event>) -> Result<(), StreamError> {
+        // After `message_stop` or an error nothing more is sent.
+        if self.finished() {
+            return Ok(());
         }
-    })
-}
+        let name = frame.name.as_deref().unwrap_or_default();
+        self.event(name, &frame.data, out);
+        Ok(())
+    }
 
-struct State<S> {
-    upstream: std::pin::Pin<Box<S>>,
-    parser: sse::Parser,
-    translator: Translator,
-    /// Reused between chunks.
-    events: Vec<Event>,
-}
-
-impl<S> State<S> {
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
-        if self.parser.feed(bytes, &mut self.events).is_err() {
-            self.events.clear();
-            self.translator.fail(
-                "The upstream sent an event that is too large.",
-                "upstream_error",
-                out,
-            );
-            return;
-        }
-        for event in self.events.drain(..) {
-            if self.translator.event(&event, out) == Step::End {
-                break;
-            }
-        }
+    fn end(&mut self, out: &mut VecDeque<Event>) -> Result<(), StreamError> {
+        self.end_of_stream(out);
+        Ok(())
     }
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -413,23 +358,25 @@ mod tests {
 
     /// Runs `chunks` through the parser and translator; returns the client's body.
     fn run(chunks: &[&[u8]], include_usage: bool) -> String {
-        let mut parser = sse::Parser::default();
+        let mut framer = crate::sse::Framer::new(1 << 20);
         let mut translator = Translator::new("claude-x", include_usage);
-        let mut out = Vec::new();
-        let mut events = Vec::new();
+        let mut out = VecDeque::new();
+        let mut frames = Vec::new();
         for chunk in chunks {
-            parser.feed(chunk, &mut events).unwrap();
-            for e in events.drain(..) {
-                if translator.event(&e, &mut out) == Step::End {
-                    break;
-                }
+            framer
+                .feed(&bytes::Bytes::copy_from_slice(chunk), &mut frames)
+                .unwrap();
+            for f in frames.drain(..) {
+                translator.frame(f, &mut out).unwrap();
             }
             if translator.finished() {
                 break;
             }
         }
-        translator.end_of_stream(&mut out);
-        String::from_utf8(out).unwrap()
+        translator.end(&mut out).unwrap();
+        out.iter()
+            .map(|e| String::from_utf8(e.encode().to_vec()).unwrap())
+            .collect()
     }
 
     fn data_events(body: &str) -> Vec<&str> {
@@ -555,37 +502,5 @@ mod tests {
         // No events at all (e.g. a JSON body where a stream was expected).
         let body = run(&[b"{\"id\":\"msg\"}"], false);
         assert!(body.starts_with("data: {\"error\""), "{body}");
-    }
-
-    #[tokio::test]
-    async fn the_body_stream_translates_and_reports_upstream_failures() {
-        let collect = |parts: Vec<Result<Bytes, std::io::Error>>| async move {
-            let body = translate(
-                futures_util::stream::iter(parts),
-                Translator::new("m", false),
-            );
-            let mut out = Vec::new();
-            let mut body = std::pin::pin!(body);
-            while let Some(chunk) = body.next().await {
-                out.extend_from_slice(&chunk.unwrap());
-            }
-            String::from_utf8(out).unwrap()
-        };
-        let whole = collect(vec![Ok(Bytes::from_static(STREAM.as_bytes()))]).await;
-        assert!(whole.ends_with("data: [DONE]\n\n"));
-        let broken = collect(vec![
-            Ok(Bytes::from_static(&STREAM.as_bytes()[..300])),
-            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "stalled")),
-            Ok(Bytes::from_static(b"data: never read\n\n")),
-        ])
-        .await;
-        assert!(broken.contains("\"code\":\"upstream_timeout\""), "{broken}");
-        assert!(!broken.contains("never"));
-        assert!(!broken.contains("[DONE]"));
-        // Bytes after message_stop are never read.
-        let mut extra = STREAM.as_bytes().to_vec();
-        extra.extend_from_slice(b"event: error\ndata: {\"type\":\"error\"}\n\n");
-        let done = collect(vec![Ok(Bytes::from(extra))]).await;
-        assert!(done.ends_with("data: [DONE]\n\n"));
     }
 }

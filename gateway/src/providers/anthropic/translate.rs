@@ -709,15 +709,9 @@ pub(super) fn error_kind(kind: &str, status: StatusCode) -> (&'static str, Optio
     }
 }
 
-/// An Anthropic error answer → the status and OpenAI-shaped body the client gets. The
-/// status is kept, except Anthropic's own 529 "overloaded", which no HTTP client knows and
-/// which means what 503 means.
-pub(super) fn error(status: StatusCode, body: &[u8]) -> (StatusCode, Value) {
-    let status = if status.as_u16() == 529 {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        status
-    };
+/// An Anthropic error answer → the OpenAI-shaped body the client gets with the same
+/// status (a 5xx is replaced by the gateway's own error further up).
+pub(super) fn error(status: StatusCode, body: &[u8]) -> Value {
     let (kind, message) = match serde_json::from_slice::<ErrorBody>(body) {
         Ok(ErrorBody { error }) => (error.kind, error.message),
         Err(_) => (
@@ -725,7 +719,7 @@ pub(super) fn error(status: StatusCode, body: &[u8]) -> (StatusCode, Value) {
             format!("The upstream answered with status {}.", status.as_u16()),
         ),
     };
-    (status, error_body(&kind, &message, status))
+    error_body(&kind, &message, status)
 }
 
 /// `{"error": {...}}` in OpenAI's shape for an Anthropic error type and message.
@@ -734,8 +728,8 @@ pub(super) fn error_body(kind: &str, message: &str, status: StatusCode) -> Value
     json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::openai::Endpoint;
@@ -1036,31 +1030,22 @@ mod tests {
     }
 
     #[test]
-    fn errors_keep_status_and_map_type() {
+    fn errors_map_type_and_code() {
         let body = |kind: &str| {
             json!({"type": "error", "error": {"type": kind, "message": "m"}})
                 .to_string()
                 .into_bytes()
         };
-        let (s, v) = error(StatusCode::TOO_MANY_REQUESTS, &body("rate_limit_error"));
-        assert_eq!(s, 429);
+        let v = error(StatusCode::TOO_MANY_REQUESTS, &body("rate_limit_error"));
         assert_eq!(
             v,
             json!({"error": {"message": "m", "type": "rate_limit_error", "param": null, "code": "rate_limit_exceeded"}})
         );
-        let (s, v) = error(
-            StatusCode::from_u16(529).unwrap(),
-            &body("overloaded_error"),
-        );
-        assert_eq!(s, 503);
+        let v = error(StatusCode::from_u16(529).unwrap(), &body("overloaded_error"));
         assert_eq!(v["error"]["code"], "upstream_overloaded");
-        let (s, v) = error(StatusCode::BAD_REQUEST, &body("invalid_request_error"));
-        assert_eq!(
-            (s.as_u16(), v["error"]["type"].as_str()),
-            (400, Some("invalid_request_error"))
-        );
-        let (s, v) = error(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
-        assert_eq!(s, 502);
+        let v = error(StatusCode::BAD_REQUEST, &body("invalid_request_error"));
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        let v = error(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
         assert_eq!(v["error"]["type"], "server_error");
         assert_eq!(
             v["error"]["message"],

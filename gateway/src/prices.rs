@@ -117,8 +117,8 @@ impl Prices {
     }
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
 mod tests {
     use tollgate_admin::store::NewPrice;
 

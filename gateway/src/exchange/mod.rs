@@ -1,0 +1,227 @@
+//! What travels through the data plane's inner stack: a [`Call`] down, a [`Reply`] up.
+//!
+//! This is the leaf every layer builds on and nothing here imports a layer. The request is
+//! parsed once at the edge (`openai.rs`) into a `Call`: who is calling, which configured
+//! model, the typed parameters the layers decide on, and the body kept for forwarding. The
+//! answer comes back as a `Reply`: a whole JSON answer or a stream of parsed events, plus
+//! the facts the layers learned on the way (cache status, deployment, upstream time, cost,
+//! rate limits). Client-facing headers are written once, at the edge, from those facts;
+//! no layer reads another's headers.
+
+mod events;
+mod payload;
+mod reply;
+pub mod view;
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+pub use events::{End, Event, Events, Flow, Hold, Observer, StreamError};
+pub use payload::{Payload, PayloadError, without_position};
+pub use reply::{Answer, CacheStatus, Charged, Facts, Outcome, RateLimits, RateLine, Reply};
+
+/// A data-plane endpoint (what a call asks for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    ImagesGenerations,
+    Moderations,
+    /// `/v1/files*`, forwarded by the passthrough.
+    Files,
+    /// `/v1/fine_tuning/jobs*`, forwarded by the passthrough.
+    FineTuning,
+    /// `/v1/batches*`, forwarded by the passthrough.
+    Batches,
+}
+
+impl Endpoint {
+    /// The path below the API root, as sent upstream (passthrough calls carry their own).
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "/chat/completions",
+            Self::Completions => "/completions",
+            Self::Embeddings => "/embeddings",
+            Self::ImagesGenerations => "/images/generations",
+            Self::Moderations => "/moderations",
+            Self::Files => "/files",
+            Self::FineTuning => "/fine_tuning/jobs",
+            Self::Batches => "/batches",
+        }
+    }
+
+    /// A short label for logs, metrics and usage records.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat_completions",
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+            Self::ImagesGenerations => "images_generations",
+            Self::Moderations => "moderations",
+            Self::Files => "files",
+            Self::FineTuning => "fine_tuning",
+            Self::Batches => "batches",
+        }
+    }
+
+    /// Whether a client may ask for `stream: true`.
+    pub fn can_stream(self) -> bool {
+        matches!(self, Self::ChatCompletions | Self::Completions)
+    }
+
+    /// Files, fine-tuning and batches: forwarded to the passthrough upstream, no model.
+    pub fn is_passthrough(self) -> bool {
+        matches!(self, Self::Files | Self::FineTuning | Self::Batches)
+    }
+}
+
+/// Who is calling: set by the auth layer, read by everything below it. Shared (`Arc`), so
+/// passing it down costs no copy.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub tenant_id: String,
+    pub key_id: String,
+    /// The tenant's plan: its limits count per tenant.
+    pub plan: String,
+    /// Models this key may use; empty means all.
+    pub models: Arc<[String]>,
+    /// The key's own requests per minute (per key, on top of the plan's).
+    pub rpm: Option<u32>,
+    /// The key's own tokens per minute.
+    pub tpm: Option<u32>,
+    /// The key's own requests in flight at once.
+    pub max_concurrent: Option<u32>,
+    /// The key's own spend per calendar month (UTC), integer micro-USD.
+    pub monthly_budget_micro_usd: Option<i64>,
+    /// The key's own tokens per calendar month (UTC).
+    pub monthly_tokens: Option<u64>,
+}
+
+impl Principal {
+    pub fn may_use(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|m| m == model)
+    }
+}
+
+/// The client's `Cache-Control` request directives that the cache honours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Directives {
+    /// `no-cache`: do not answer from the cache (the answer may still be stored).
+    pub no_cache: bool,
+    /// `no-store`: do not store this answer.
+    pub no_store: bool,
+}
+
+impl Directives {
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        let mut out = Self::default();
+        for value in headers.get_all(http::header::CACHE_CONTROL) {
+            let Ok(value) = value.to_str() else { continue };
+            for directive in value.split(',') {
+                let directive = directive.trim();
+                if directive.eq_ignore_ascii_case("no-cache") {
+                    out.no_cache = true;
+                } else if directive.eq_ignore_ascii_case("no-store") {
+                    out.no_store = true;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The parameters of a request that the layers decide on, read once from the body.
+#[derive(Clone, Debug, Default)]
+pub struct Params {
+    /// `stream: true`.
+    pub stream: bool,
+    /// The client asked for the final usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub max_output: Option<u64>,
+    /// `n`: completions (or images) asked for.
+    pub n: Option<u64>,
+    /// `temperature`.
+    pub temperature: Option<f64>,
+    /// A non-null `seed` was given.
+    pub seed: bool,
+}
+
+impl Params {
+    /// Whether the answer is determined by the request: embeddings always; chat and
+    /// completions when `temperature` is 0 or a `seed` is given.
+    pub fn deterministic(&self, endpoint: Endpoint) -> bool {
+        match endpoint {
+            Endpoint::Embeddings => true,
+            Endpoint::ChatCompletions | Endpoint::Completions => {
+                self.temperature == Some(0.0) || self.seed
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A passthrough request's HTTP parts, forwarded as they are (files are multipart uploads,
+/// streamed through, not JSON).
+#[derive(Debug)]
+pub struct Upload {
+    pub method: http::Method,
+    /// Path below `/v1` and query, as the client sent them.
+    pub path_and_query: String,
+    /// `content-type` of the body, when it had one.
+    pub content_type: Option<http::HeaderValue>,
+    /// `content-length` of the body, when it had one.
+    pub content_length: Option<http::HeaderValue>,
+    /// The body, taken once by the one upstream call.
+    body: Mutex<Option<axum::body::Body>>,
+}
+
+impl Upload {
+    pub fn new(
+        method: http::Method,
+        path_and_query: String,
+        content_type: Option<http::HeaderValue>,
+        body: axum::body::Body,
+    ) -> Self {
+        Self {
+            method,
+            path_and_query,
+            content_type,
+            content_length: None,
+            body: Mutex::new(Some(body)),
+        }
+    }
+
+    /// The body; empty after the first call.
+    pub fn take_body(&self) -> axum::body::Body {
+        self.body
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_else(axum::body::Body::empty)
+    }
+}
+
+/// One client request, authenticated, parsed, resolved to a configured model: what the
+/// inner stack works on.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// The request's id in the usage ledger (see `api::ledger_id`).
+    pub request_id: Arc<str>,
+    pub principal: Arc<Principal>,
+    pub endpoint: Endpoint,
+    /// The configured model's name (the client's, checked to exist and be allowed);
+    /// `passthrough` for files, fine-tuning and batches.
+    pub model: Arc<str>,
+    pub params: Params,
+    /// The body as it came, kept for forwarding.
+    pub payload: Arc<Payload>,
+    /// The client's `Cache-Control` directives.
+    pub directives: Directives,
+    /// Set by the meter when the client did not ask for stream usage: providers then ask
+    /// the upstream for it (`stream_options.include_usage`), and the meter hides that
+    /// chunk from the client.
+    pub ask_usage: bool,
+    /// A passthrough request's method, path and body.
+    pub upload: Option<Arc<Upload>>,
+}
