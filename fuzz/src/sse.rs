@@ -23,12 +23,22 @@ pub fn run(data: &[u8]) {
 
     let strict = fuzzing::sse_frames(&[payload]);
     let plain = |r: &Result<Vec<fuzzing::SseFrame>, _>| {
-        r.as_ref()
-            .ok()
-            .map(|v| v.iter().map(|f| (f.name.clone(), f.data.clone())).collect::<Vec<_>>())
+        r.as_ref().ok().map(|v| {
+            v.iter()
+                .map(|f| (f.name.clone(), f.data.clone()))
+                .collect::<Vec<_>>()
+        })
     };
-    assert_eq!(plain(&fuzzing::sse_frames(&chunks)), plain(&strict), "cut at {chunks:?}");
-    assert_eq!(plain(&fuzzing::sse_frames(&bytes)), plain(&strict), "byte by byte");
+    assert_eq!(
+        plain(&fuzzing::sse_frames(&chunks)),
+        plain(&strict),
+        "cut at {chunks:?}"
+    );
+    assert_eq!(
+        plain(&fuzzing::sse_frames(&bytes)),
+        plain(&strict),
+        "byte by byte"
+    );
     let Ok(frames) = strict else {
         return;
     };

@@ -41,7 +41,6 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// How often `last_used_at` is written for the keys used since the last write.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(5);
 
-
 /// `auth:` section: how long key lookups are trusted.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -111,11 +111,7 @@ pub fn upstream_status(deployment: &str, upstream: StatusCode) -> ApiError {
             "upstream_overloaded",
             "is overloaded or unavailable",
         ),
-        504 => (
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream_timeout",
-            "timed out",
-        ),
+        504 => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "timed out"),
         _ => (StatusCode::BAD_GATEWAY, "upstream_error", "failed"),
     };
     ApiError::new(

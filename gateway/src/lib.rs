@@ -21,9 +21,9 @@ pub mod meter;
 pub mod metrics;
 pub mod observe;
 pub mod openai;
-pub mod prices;
 pub mod otlp;
 pub mod passthrough;
+pub mod prices;
 pub mod providers;
 pub mod quota;
 pub mod redis;
@@ -33,5 +33,7 @@ pub mod service;
 pub mod shed;
 pub mod sse;
 pub mod stack;
+#[cfg(test)]
+mod stack_tests;
 pub mod tls;
 pub mod trace;

@@ -121,13 +121,15 @@ pub fn parse(endpoint: Endpoint, bytes: Bytes) -> Result<Parsed, ApiError> {
         }
     }
     match endpoint {
-        Endpoint::ChatCompletions => {
-            if payload.raw("messages").is_some_and(|m| m.starts_with(b"[") && is_empty_array(m)) {
-                return Err(ApiError::invalid_request(
-                    "'messages' must contain at least one message.",
-                    Some("messages"),
-                ));
-            }
+        Endpoint::ChatCompletions
+            if payload
+                .raw("messages")
+                .is_some_and(|m| m.starts_with(b"[") && is_empty_array(m)) =>
+        {
+            return Err(ApiError::invalid_request(
+                "'messages' must contain at least one message.",
+                Some("messages"),
+            ));
         }
         Endpoint::Embeddings | Endpoint::Moderations => check_input(payload.raw("input"))?,
         _ => {}
@@ -258,9 +260,8 @@ impl Request {
 #[cfg(test)]
 #[allow(clippy::panic, reason = "tests")]
 pub fn test_call(endpoint: Endpoint, body: Value) -> Call {
-    let parsed = parse(endpoint, Bytes::from(body.to_string())).unwrap_or_else(|e| {
-        panic!("test body refused: {}", e.message)
-    });
+    let parsed = parse(endpoint, Bytes::from(body.to_string()))
+        .unwrap_or_else(|e| panic!("test body refused: {}", e.message));
     Call {
         request_id: "req-1".into(),
         principal: std::sync::Arc::new(crate::exchange::Principal {
@@ -284,6 +285,7 @@ pub fn test_call(endpoint: Endpoint, body: Value) -> Call {
     }
 }
 
+#[allow(clippy::unwrap_used, reason = "tests")]
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,7 +299,11 @@ mod tests {
         let body = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:x"}}]}],
             "tools":[{"type":"function"}],"response_format":{"type":"json_object"},"logprobs":true,"seed":7,"stream":true,
             "stream_options":{"include_usage":true},"max_tokens":5,"max_completion_tokens":9,"temperature":0}"#;
-        let p = parse(Endpoint::ChatCompletions, Bytes::copy_from_slice(body.as_bytes())).unwrap();
+        let p = parse(
+            Endpoint::ChatCompletions,
+            Bytes::copy_from_slice(body.as_bytes()),
+        )
+        .unwrap();
         assert_eq!(p.model, "m");
         assert!(p.params.stream && p.params.include_usage && p.params.seed);
         assert_eq!(p.params.max_output, Some(9));
@@ -331,7 +337,12 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user"}],"temperature":"hot"}"#,
         );
         assert_eq!(e.param.as_deref(), Some("temperature"));
-        assert!(e.message.starts_with("Invalid value for 'temperature': invalid type: string \"hot\""), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with("Invalid value for 'temperature': invalid type: string \"hot\""),
+            "{}",
+            e.message
+        );
         let e = err(Endpoint::ChatCompletions, r#"{"model":7,"messages":[]}"#);
         assert_eq!(e.param.as_deref(), Some("model"));
         let e = err(Endpoint::ChatCompletions, r#"{"model":"m","messages":[]}"#);

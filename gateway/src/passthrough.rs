@@ -185,7 +185,11 @@ impl<'a> Op<'a> {
 
 impl Passthrough {
     /// Built from `passthrough.deployment` (config validation checked it is `openai`).
-    pub fn new(d: &DeploymentConfig, providers: &ProviderSet, store: Store) -> Result<Self, String> {
+    pub fn new(
+        d: &DeploymentConfig,
+        providers: &ProviderSet,
+        store: Store,
+    ) -> Result<Self, String> {
         let name = d
             .name
             .clone()
@@ -319,12 +323,7 @@ const MODEL: &str = "passthrough";
 
 /// Makes the request a call and sends it through its stack.
 async fn serve(s: Routes, ctx: Ctx, kind: Kind, body: Body) -> Response {
-    let mut upload = Upload::new(
-        ctx.method,
-        ctx.path_and_query,
-        ctx.content_type,
-        body,
-    );
+    let mut upload = Upload::new(ctx.method, ctx.path_and_query, ctx.content_type, body);
     upload.content_length = ctx.content_length;
     let call = Call {
         request_id: Arc::from(ctx.request_id),
@@ -396,7 +395,10 @@ async fn exchange(s: &Passthrough, call: &Call) -> Result<Reply, ApiError> {
         }
     }
     let deadlines = s.inner.upstream.timeouts().start();
-    let mut builder = s.inner.upstream.request(upload.method.clone(), upstream_path);
+    let mut builder = s
+        .inner
+        .upstream
+        .request(upload.method.clone(), upstream_path);
     if let Some(value) = &upload.content_type {
         builder = builder.header(header::CONTENT_TYPE, value.clone());
     }
@@ -613,7 +615,6 @@ fn store_unavailable(e: tollgate_admin::store::StoreError) -> ApiError {
     tracing::error!(error = %e, "passthrough: store unavailable");
     ApiError::unavailable("The gateway cannot check object ownership right now. Please retry.")
 }
-
 
 #[allow(clippy::unwrap_used, reason = "tests")]
 #[cfg(test)]

@@ -102,7 +102,11 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
             .enumerate()
             .flat_map(|(m, model)| {
                 model.deployments.iter().enumerate().map(move |(i, d)| {
-                    (format!("models[{m}].deployments[{i}]"), model.name.as_str(), d)
+                    (
+                        format!("models[{m}].deployments[{i}]"),
+                        model.name.as_str(),
+                        d,
+                    )
                 })
             })
             .filter(|(_, _, d)| d.provider == crate::providers::config::ProviderKind::Local)

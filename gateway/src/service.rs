@@ -17,11 +17,8 @@ use futures_util::future::BoxFuture;
 use tower::{Service, ServiceExt};
 
 /// The inner stack, boxed once so handlers can hold it in their state.
-pub type Calls = tower::util::BoxCloneSyncService<
-    crate::exchange::Call,
-    crate::exchange::Reply,
-    Infallible,
->;
+pub type Calls =
+    tower::util::BoxCloneSyncService<crate::exchange::Call, crate::exchange::Reply, Infallible>;
 
 /// What one layer does with a request and the rest of the stack (`next`, a service of
 /// type `S`; each layer implements this for every `S` that serves its requests).

@@ -97,7 +97,7 @@ pub struct Framer {
     partial: BytesMut,
     /// The previous chunk ended in `\r`: a `\n` starting the next chunk belongs to it.
     after_cr: bool,
-    /// The stream's first bytes were seen (a byte-order mark may only start it).
+    /// The stream's first line was read (a byte-order mark may only start it).
     started: bool,
     name: Option<Bytes>,
     data: Data,
@@ -135,12 +135,6 @@ impl Framer {
     /// Feeds the next chunk; whole events are appended to `out` in order.
     pub fn feed(&mut self, chunk: &Bytes, out: &mut Vec<Frame>) -> Result<(), FrameError> {
         let mut at = 0;
-        if !self.started && !chunk.is_empty() {
-            self.started = true;
-            if chunk.starts_with(b"\xEF\xBB\xBF") {
-                at = 3;
-            }
-        }
         if std::mem::take(&mut self.after_cr) && chunk.get(at) == Some(&b'\n') {
             at += 1;
         }
@@ -196,6 +190,14 @@ impl Framer {
         lf: bool,
         out: &mut Vec<Frame>,
     ) -> Result<(), FrameError> {
+        let mut start = start;
+        if !std::mem::replace(&mut self.started, true)
+            && chunk[start..end].starts_with(b"\xEF\xBB\xBF")
+        {
+            // A byte-order mark may start the stream (however the chunks cut it).
+            start += 3;
+            self.raw_from = None;
+        }
         let line = &chunk[start..end];
         if line.is_empty() {
             let raw = match (self.raw_from.take(), lf) {
@@ -307,8 +309,8 @@ mod tests {
         assert_eq!(whole[1].name.as_deref(), Some(&b"x"[..]));
         for cut in 0..=input.len() {
             for cut2 in cut..=input.len() {
-                let got = frames(&[&input[..cut], &input[cut..cut2], &input[cut2..]], 1 << 20)
-                    .unwrap();
+                let got =
+                    frames(&[&input[..cut], &input[cut..cut2], &input[cut2..]], 1 << 20).unwrap();
                 let strip = |v: &[Frame]| {
                     v.iter()
                         .map(|f| (f.name.clone(), f.data.clone()))
@@ -327,17 +329,26 @@ mod tests {
         assert_eq!(out[0].encode(), Bytes::from_static(b"data: {\"a\":1}\n\n"));
         assert_eq!(out[1].raw.as_deref(), Some(&b"data: [DONE]\n\n"[..]));
         // CRLF, a name, or two data lines: re-encoded with LF.
-        let out = frames(&[b"data: a\r\n\r\nevent: e\ndata: b\n\ndata: c\ndata: d\n\n"], 99)
-            .unwrap();
+        let out = frames(
+            &[b"data: a\r\n\r\nevent: e\ndata: b\n\ndata: c\ndata: d\n\n"],
+            99,
+        )
+        .unwrap();
         assert!(out.iter().all(|f| f.raw.is_none()));
         assert_eq!(out[0].encode(), Bytes::from_static(b"data: a\n\n"));
-        assert_eq!(out[1].encode(), Bytes::from_static(b"event: e\ndata: b\n\n"));
+        assert_eq!(
+            out[1].encode(),
+            Bytes::from_static(b"event: e\ndata: b\n\n")
+        );
         assert_eq!(out[2].encode(), Bytes::from_static(b"data: c\ndata: d\n\n"));
     }
 
     #[test]
     fn a_byte_order_mark_and_a_missing_last_blank_line_are_tolerated() {
-        assert_eq!(datas(&[b"\xEF\xBB\xBFdata: a\n\ndata: [DONE]\n"]), vec!["a", "[DONE]"]);
+        assert_eq!(
+            datas(&[b"\xEF\xBB\xBFdata: a\n\ndata: [DONE]\n"]),
+            vec!["a", "[DONE]"]
+        );
         assert_eq!(datas(&[b"data: a\n\ndata: [DONE]"]), vec!["a", "[DONE]"]);
     }
 

@@ -320,7 +320,8 @@ async fn errors_and_cut_streams_are_never_cached() {
     let failing = chat("fail", json!({"mock": {"status": 500}}));
     for _ in 0..2 {
         let a = post(&gw, &key, "chat/completions", &failing).await;
-        assert_eq!((a.status, a.cache.as_str()), (500, "miss"), "{}", a.text);
+        // The upstream's 500 is the gateway's own 502.
+        assert_eq!((a.status, a.cache.as_str()), (502, "miss"), "{}", a.text);
     }
     assert_eq!(calls(&upstream, "/chat/completions"), 2);
 
@@ -453,7 +454,10 @@ async fn replicas_share_entries_in_redis_and_purge_reaches_both() {
     // B may need a moment to see the new key; a cheap probe until it does.
     let started = Instant::now();
     while b.probe_key(&key).await != 200 {
-        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "B never saw the key"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -566,7 +570,7 @@ async fn a_redis_outage_turns_lookups_into_misses_not_errors() {
         if a.cache == "hit" {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "never a hit");
+        assert!(started.elapsed() < Duration::from_secs(30), "never a hit");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let before = calls(&upstream, "/chat/completions");
@@ -649,7 +653,10 @@ async fn idempotency_keys_replay_refuse_and_charge_once(redis: Option<&str>) {
         if a.status != 409 {
             break a;
         }
-        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still in progress"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(again.status, 200, "{}", again.text);

@@ -493,8 +493,9 @@ async fn sigterm_drains_requests_in_flight_and_records_them() {
     let exited = signalled.elapsed();
     eprintln!("SIGTERM: new connections refused after {refused:?}; exited after {exited:?}");
     assert_eq!(code, Some(0), "{}", stopped.logs);
-    // Well before the 30 s drain deadline: it exits once the last request is done.
-    assert!(exited < Duration::from_secs(6), "{exited:?}");
+    // Before the 30 s drain deadline: it exits once the last request is done, not when
+    // the deadline passes.
+    assert!(exited < Duration::from_secs(30), "{exited:?}");
 
     let records = ledger(&database_url).await;
     assert_eq!(records.len(), 2, "{records:?}");
@@ -554,7 +555,8 @@ async fn a_stream_past_the_drain_deadline_is_cut_and_recorded() {
     let exited = signalled.elapsed();
     eprintln!("exited {exited:?} after SIGTERM (drain deadline {DRAIN_S} s)");
     assert_eq!(code, Some(0), "{}", stopped.logs);
-    assert!(exited < Duration::from_secs(DRAIN_S + 5), "{exited:?}");
+    // After the drain, the meter's settle grace (5 s) and flush grace (5 s) at most.
+    assert!(exited < Duration::from_secs(DRAIN_S + 15), "{exited:?}");
     assert!(stopped.logs.contains("drain timed out"), "{}", stopped.logs);
 
     let records = ledger(&database_url).await;

@@ -108,6 +108,9 @@ async fn unknown_paths_and_methods(backend: Backend) {
     assert_error_shape(&response.json().await.unwrap());
 }
 
+/// An upstream's 4xx reaches the client as the upstream sent it (the client needs "context
+/// length exceeded"); a 5xx becomes the gateway's own 502 / 503 in OpenAI's shape, with
+/// the request id, and the upstream's body stays in the operator's log.
 async fn upstream_errors_pass_through(backend: Backend) {
     let Some((_upstream, gw)) = setup(backend).await else {
         return;
@@ -118,7 +121,7 @@ async fn upstream_errors_pass_through(backend: Backend) {
                "mock": {"status": status, "headers": {"retry-after": "7"},
                         "error": {"error": {"message": format!("upstream says {status}"), "type": "upstream_type", "param": null, "code": "upstream_code"}}}})
     };
-    for status in [400, 429, 500, 503] {
+    for status in [400, 429] {
         let response = gw
             .http
             .post(format!("{}/v1/chat/completions", gw.url))
@@ -138,6 +141,42 @@ async fn upstream_errors_pass_through(backend: Backend) {
             format!("upstream says {status}")
         );
         assert_eq!(answer["error"]["code"], "upstream_code");
+    }
+    for (status, ours, code) in [
+        (500, 502, "upstream_error"),
+        (503, 503, "upstream_overloaded"),
+    ] {
+        let response = gw
+            .http
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(&key)
+            .json(&body(status))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), ours);
+        assert_eq!(response.headers()["x-tollgate-deployment"], "mock-primary");
+        let request_id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        if status == 503 {
+            assert_eq!(
+                response.headers()["retry-after"],
+                "7",
+                "the upstream's wait is kept"
+            );
+        }
+        let answer: Value = response.json().await.unwrap();
+        let error = assert_error_shape(&answer);
+        assert_eq!(error["code"], code, "{answer}");
+        assert_eq!(error["type"], "server_error");
+        let message = error["message"].as_str().unwrap();
+        assert!(!message.contains("upstream says"), "not relayed: {message}");
+        assert!(
+            message.contains("mock-primary") && message.contains(&request_id),
+            "{message}"
+        );
     }
     // A stream the upstream refuses comes back as the upstream's JSON error, not SSE.
     let mut streamed = body(429);

@@ -303,11 +303,10 @@ async fn plan_changes_apply_at_once(engine: Engine) {
         "rate_limit_exceeded",
     );
     put(json!({"rpm": 5})).await;
-    let started = Instant::now();
+    // The very next request already counts against the new plan (no cache TTL to wait).
     let a = chat(&gw, key, &chat_body(json!({}))).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(header(&a, "x-ratelimit-limit-requests"), "5");
-    assert!(started.elapsed() < Duration::from_secs(2));
 }
 
 /// The `redis_url:` line for `engine`, or `None` when the test Redis is not configured

@@ -4,7 +4,9 @@
 //! the load runs, over a baseline taken before it.
 //!
 //! A slow upstream (1 s per answer) keeps every admitted request in flight; each
-//! request carries a ~100 KB prompt. Run with `--nocapture` for the figures.
+//! request carries a ~100 KB prompt. Run with `--nocapture` for the figures. How fast a
+//! 503 comes is compared with the served requests of the same run, never with a fixed
+//! number of milliseconds (the machine may be busy).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +31,8 @@ struct Level {
     other: Vec<String>,
     /// Client-side latency of every 503, sorted.
     shed_latency: Vec<Duration>,
+    /// Client-side latency of every 200, sorted: the control the 503s are compared with.
+    ok_latency: Vec<Duration>,
     /// Peak VmRSS seen while it ran, KiB.
     peak_rss_kb: u64,
 }
@@ -96,7 +100,10 @@ async fn drive(gw: &Gateway, key: &str, body: Bytes, clients: usize) -> Level {
                 let retry_after = r.headers().get("retry-after").is_some();
                 let text = r.text().await.unwrap_or_default();
                 match status {
-                    200 => level.ok += 1,
+                    200 => {
+                        level.ok += 1;
+                        level.ok_latency.push(started.elapsed());
+                    }
                     503 => {
                         level.shed_latency.push(started.elapsed());
                         level.shed += 1;
@@ -121,10 +128,12 @@ async fn drive(gw: &Gateway, key: &str, body: Bytes, clients: usize) -> Level {
         all.shed += l.shed;
         all.other.extend(l.other);
         all.shed_latency.extend(l.shed_latency);
+        all.ok_latency.extend(l.ok_latency);
     }
     stop.store(true, Ordering::SeqCst);
     sampler.await.unwrap();
     all.shed_latency.sort();
+    all.ok_latency.sort();
     all.peak_rss_kb = peak.load(Ordering::SeqCst);
     all
 }
@@ -216,18 +225,14 @@ models:
         twice.ok,
         at_capacity.ok
     );
-    // Shedding is fast and queues behind nothing: the median far below, the p99 below half
-    // of the 1 s an admitted request waits upstream. (Generous bounds: a debug build on 2
-    // shared, noisy cores with the clients on the same machine; the figures are printed.)
+    // Shedding queues behind nothing: every 503 came back before the quickest served
+    // request, each of which waited for its upstream (a control measured in this run, so
+    // a slow machine slows both; the absolute figures are printed, not asserted).
+    let served_first = twice.ok_latency.first().copied().unwrap_or(Duration::MAX);
     assert!(
-        twice.shed_p(0.5) < Duration::from_millis(50),
-        "503 p50 {:?}",
-        twice.shed_p(0.5)
-    );
-    assert!(
-        twice.shed_p(0.99) < Duration::from_millis(500),
-        "503 p99 {:?}",
-        twice.shed_p(0.99)
+        twice.shed_p(1.0) < served_first,
+        "a 503 waited as long as a served request: slowest 503 {:?}, quickest 200 {served_first:?}",
+        twice.shed_p(1.0)
     );
     // Memory: what twice the load adds over the baseline stays within 1.5× (plus 2 MiB of
     // allocator slack) of what the capacity load added; admitting the excess instead would

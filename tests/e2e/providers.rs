@@ -485,13 +485,13 @@ async fn anthropic_errors_are_mapped(backend: Backend) {
     let first: Value = serde_json::from_str(&events[0]).unwrap();
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
 
-    // The upstream dropping the connection mid-stream ends the same way.
+    // The upstream dropping the connection mid-stream ends as every broken stream does.
     let mut body = scripted(r#"{"drop_after": 5, "chunk_delay_ms": 10}"#);
     body["stream"] = json!(true);
     let events = stream(&gw, &key, body).await;
     assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-    assert_eq!(last["error"]["code"], "upstream_error");
+    assert_eq!(last["error"]["code"], "upstream_stream_error");
 }
 
 async fn azure_uses_deployment_urls_and_api_key(backend: Backend) {

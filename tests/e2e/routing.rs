@@ -264,7 +264,9 @@ async fn when_all_fail_the_last_failure_is_returned() {
     let (status, deployment, body) = chat(&gw, &key, "m", false).await;
     assert_eq!((status, deployment.as_str()), (503, "b"));
     let body: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["error"]["code"], "stub_503");
+    // The last failure, as the gateway's own error (the upstream's body is logged only).
+    assert_eq!(body["error"]["code"], "upstream_overloaded");
+    assert!(body["error"]["message"].as_str().unwrap().contains("'b'"));
     assert_eq!((a.hits(), b.hits()), (1, 1));
 }
 
@@ -375,7 +377,7 @@ async fn readyz_reports_a_model_with_every_deployment_open_but_stays_ready() {
     .await;
     let key = gw.tenant_key(&[]).await;
     let (status, _, _) = chat(&gw, &key, "m", false).await;
-    assert_eq!(status, 500);
+    assert_eq!(status, 502);
     let (status, ready) = readyz(&gw).await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(

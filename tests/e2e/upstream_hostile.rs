@@ -214,7 +214,9 @@ async fn an_endless_upstream_is_cut_by_its_deadlines() {
     assert_stream_error(&a);
     assert!(a.body.matches(" more").count() > 10, "{}", a.body);
     assert!(
-        a.elapsed >= Duration::from_millis(2900) && a.elapsed < Duration::from_secs(8),
+        // Cut by total_s, not by the one-hour default: the upper bound only tells the two
+        // apart (a busy machine may be slow to deliver the cut).
+        a.elapsed >= Duration::from_millis(2900) && a.elapsed < Duration::from_secs(60),
         "{:?}",
         a.elapsed
     );
@@ -225,7 +227,8 @@ async fn an_endless_upstream_is_cut_by_its_deadlines() {
     // A JSON body that never ends: the body deadline (timeout_s 1.5) gives 504.
     let b = chat(&gw, &key, "no-total", false, json!({"hostile": "endless"})).await;
     assert_error(&b, 504, "upstream_timeout");
-    assert!(b.elapsed < Duration::from_secs(5), "{:?}", b.elapsed);
+    // The body deadline, not request_timeout_s (600 s), ended it.
+    assert!(b.elapsed < Duration::from_secs(60), "{:?}", b.elapsed);
     println!(
         "endless JSON body, timeout_s 1.5: 504 after {:?}",
         b.elapsed
@@ -310,7 +313,8 @@ async fn a_silent_upstream_is_a_timeout() {
         "{}",
         a.body
     );
-    assert!(a.elapsed < Duration::from_secs(5), "{:?}", a.elapsed);
+    // The gap timeout, not the one-hour total, ended it.
+    assert!(a.elapsed < Duration::from_secs(60), "{:?}", a.elapsed);
     println!("stall stream: error event after {:?}", a.elapsed);
     ids.push(a.id);
     let ledger = wait_recorded(&gw.database_url, &ids).await;

@@ -46,7 +46,9 @@ use http::StatusCode;
 use prometheus::{IntCounterVec, Opts, Registry};
 use tower::Service;
 
-use crate::exchange::{Answer, CacheStatus, Call, End, Endpoint, Event, Events, Flow, Hold, Observer, Reply};
+use crate::exchange::{
+    Answer, CacheStatus, Call, End, Endpoint, Event, Events, Flow, Hold, Observer, Reply,
+};
 use crate::redis::Redis;
 use crate::service::Stage;
 
@@ -270,7 +272,10 @@ where
                 cache.count("miss");
                 let Some(next) = next.take() else { break };
                 let reply = call_next(next, call).await;
-                return mark(capture(reply, pending, Some(leader), stream), CacheStatus::Miss);
+                return mark(
+                    capture(reply, pending, Some(leader), stream),
+                    CacheStatus::Miss,
+                );
             }
             Join::Follow(follower) => {
                 if let Some(entry) = follower.wait().await
@@ -416,7 +421,10 @@ impl Observer for Capture {
         if end != End::Complete {
             return None;
         }
-        let assembler = std::mem::replace(&mut self.assembler, Assembler::new(Endpoint::Moderations, 0));
+        let assembler = std::mem::replace(
+            &mut self.assembler,
+            Assembler::new(Endpoint::Moderations, 0),
+        );
         let entry = assembler.finish();
         if entry.is_none() {
             // Spoiled or too large: counted as too large only when it was.

@@ -115,7 +115,13 @@ pub fn to_events(entry: &[u8], include_usage: bool) -> Option<Vec<Event>> {
 }
 
 /// The fields that name an answer, repeated on each of its chunks.
-const HEAD_FIELDS: [&str; 5] = ["id", "created", "model", "system_fingerprint", "service_tier"];
+const HEAD_FIELDS: [&str; 5] = [
+    "id",
+    "created",
+    "model",
+    "system_fingerprint",
+    "service_tier",
+];
 
 /// One choice being assembled.
 #[derive(Default)]
@@ -234,7 +240,9 @@ impl Assembler {
                 }
             }
             if let Some(refusal) = &delta.refusal {
-                acc.refusal.get_or_insert_with(String::new).push_str(refusal);
+                acc.refusal
+                    .get_or_insert_with(String::new)
+                    .push_str(refusal);
             }
             for call in delta.tool_calls.iter().flatten() {
                 if !tool_delta(acc, call) {

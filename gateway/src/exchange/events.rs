@@ -32,7 +32,7 @@ use crate::sse::Frame;
 pub struct Event {
     frame: Frame,
     /// The data parsed as a chunk, once asked for: `Some(None)` when it is not one.
-    view: Option<Option<ChunkView>>,
+    view: Option<Option<Box<ChunkView>>>,
 }
 
 impl Event {
@@ -50,7 +50,7 @@ impl Event {
     pub fn with_view(data: impl Into<Bytes>, view: Option<ChunkView>) -> Self {
         Self {
             frame: Frame::data(data),
-            view: Some(view),
+            view: Some(view.map(Box::new)),
         }
     }
 
@@ -86,10 +86,10 @@ impl Event {
                 if frame.data.trim_ascii() == b"[DONE]" {
                     None
                 } else {
-                    serde_json::from_slice(&frame.data).ok()
+                    serde_json::from_slice(&frame.data).ok().map(Box::new)
                 }
             })
-            .as_ref()
+            .as_deref()
     }
 
     /// Replaces the data (its view stays: callers change how it is written, not what it
@@ -209,7 +209,7 @@ impl Events {
         self.observe(Keep(Some(value)));
     }
 
-    /// Ends the stream (as [`End::Cut`], with an error event) once `signal` resolves.
+    /// Ends the stream (as [`End::Cut`], broken off) once `signal` resolves.
     pub fn cut_when(&mut self, signal: impl Future<Output = ()> + Send + 'static) {
         self.cut = Some(Box::pin(signal));
     }
@@ -226,7 +226,9 @@ impl Events {
                 Ok(())
             }
             Some(Err(e)) => Err(e),
-            None => Err(StreamError("the stream ended before its first event".into())),
+            None => Err(StreamError(
+                "the stream ended before its first event".into(),
+            )),
         }
     }
 
@@ -242,9 +244,6 @@ impl Events {
 /// The error event a stream ends with when its source fails after the `200`: OpenAI's
 /// error shape, and no `[DONE]`.
 pub const BROKE_OFF: &str = "{\"error\":{\"message\":\"The upstream stopped in the middle of the stream.\",\"type\":\"server_error\",\"param\":null,\"code\":\"upstream_stream_error\"}}";
-
-/// The error event of a stream cut because the gateway is shutting down.
-const SHUTTING_DOWN: &str = "{\"error\":{\"message\":\"The gateway is shutting down; the answer was cut short. Please retry.\",\"type\":\"server_error\",\"param\":null,\"code\":\"shutting_down\"}}";
 
 enum State {
     Pull,
@@ -339,13 +338,15 @@ impl http_body::Body for EventBody {
                     if let Some(cut) = this.events.cut.as_mut()
                         && cut.as_mut().poll(cx).is_ready()
                     {
+                        // The client sees the stream broken off, never a clean end: what it
+                        // got is not the whole answer (and it is recorded as delivered).
                         this.events.cut = None;
                         this.state = State::End {
                             end: End::Cut,
                             at: 0,
                             hold: None,
-                            tail: Some(error_event(SHUTTING_DOWN)),
-                            failed: false,
+                            tail: None,
+                            failed: true,
                         };
                         continue;
                     }
@@ -421,7 +422,7 @@ impl http_body::Body for EventBody {
                     let (failed, tail) = (*failed, tail.take());
                     this.state = State::Done;
                     if failed {
-                        return Poll::Ready(Some(Err("the stream's usage could not be recorded".into())));
+                        return Poll::Ready(Some(Err("the stream was cut short".into())));
                     }
                     if let Some(tail) = tail {
                         return Poll::Ready(Some(Ok(BodyFrame::data(tail))));
@@ -475,13 +476,20 @@ mod tests {
             }
         }
         fn end(&mut self, end: End) -> Option<Hold> {
-            self.0.lock().unwrap().push(format!("{}:end {end:?}", self.1));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{}:end {end:?}", self.1));
             None
         }
     }
 
     async fn body_text(events: Events) -> Result<String, String> {
-        let collected = events.into_body().collect().await.map_err(|e| e.to_string())?;
+        let collected = events
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(String::from_utf8(collected.to_bytes().to_vec()).unwrap())
     }
 
@@ -502,7 +510,14 @@ mod tests {
         assert_eq!(
             *log.lock().unwrap(),
             vec![
-                "1:a", "2:a", "1:hide", "1:wait", "2:wait", "1:stop", "1:end Cut", "2:end Cut"
+                "1:a",
+                "2:a",
+                "1:hide",
+                "1:wait",
+                "2:wait",
+                "1:stop",
+                "1:end Cut",
+                "2:end Cut"
             ]
         );
     }

@@ -80,6 +80,12 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 impl Payload {
     /// Splits `bytes` (a JSON object) into its fields.
     pub fn parse(bytes: Bytes) -> Result<Self, PayloadError> {
+        // The split skips values without building them, so it has no depth limit of its
+        // own: a body nested deeper than a tree parser accepts is refused here, before any
+        // layer (or upstream) meets it.
+        if too_deep(&bytes) {
+            return Err(PayloadError::Syntax("recursion limit exceeded".into()));
+        }
         let fields = match serde_json::from_slice::<Fields<'_>>(&bytes) {
             Ok(fields) => fields.0,
             Err(e) if e.is_data() => return Err(PayloadError::NotAnObject),
@@ -203,6 +209,39 @@ impl Payload {
     }
 }
 
+/// The deepest nesting serde_json's tree parser accepts (its recursion limit).
+const MAX_DEPTH: usize = 128;
+
+/// Whether arrays and objects nest deeper than [`MAX_DEPTH`] (strings skipped).
+fn too_deep(bytes: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
 fn key_str<'a>(bytes: &'a [u8], key: &'a Key) -> &'a str {
     match key {
         Key::Span(r) => std::str::from_utf8(&bytes[r.clone()]).unwrap_or_default(),
@@ -230,7 +269,7 @@ pub fn without_position(e: &serde_json::Error) -> String {
     }
 }
 
-#[allow(clippy::unwrap_used, reason = "tests")]
+#[allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,7 +282,10 @@ mod tests {
     fn fields_keep_their_bytes_and_model_is_replaced() {
         let body = r#"{"model":"m","messages":[{"role":"user","content":"h\u00e9"}],"temperature":0.1000000000000000055511151231257827,"x":{"a":[1,2]}}"#;
         let payload = p(body);
-        assert_eq!(payload.raw("temperature").unwrap(), b"0.1000000000000000055511151231257827");
+        assert_eq!(
+            payload.raw("temperature").unwrap(),
+            b"0.1000000000000000055511151231257827"
+        );
         let out = String::from_utf8(payload.write("up", false)).unwrap();
         assert_eq!(out, body.replace("\"model\":\"m\"", "\"model\":\"up\""));
         let v: Value = serde_json::from_str(&out).unwrap();
@@ -255,10 +297,13 @@ mod tests {
         let out = p(r#"{"model":"m","stream":true}"#).write("m", true);
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
-        let out = p(r#"{"stream_options":{"include_usage":false,"x":1},"model":"m"}"#)
-            .write("u", true);
+        let out =
+            p(r#"{"stream_options":{"include_usage":false,"x":1},"model":"m"}"#).write("u", true);
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["stream_options"], serde_json::json!({"include_usage": true, "x": 1}));
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true, "x": 1})
+        );
         assert_eq!(v["model"], "u");
     }
 
@@ -269,6 +314,20 @@ mod tests {
         assert_eq!(payload.raw("n").unwrap(), b"2");
         let v: Value = serde_json::from_slice(&payload.write("b", false)).unwrap();
         assert_eq!(v, serde_json::json!({"model": "b", "n": 2}));
+    }
+
+    #[test]
+    fn nesting_is_bounded_like_a_tree_parser() {
+        let ok = format!("{{\"a\":{}{}}}", "[".repeat(127), "]".repeat(127));
+        assert!(Payload::parse(Bytes::from(ok)).is_ok());
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(128), "]".repeat(128));
+        assert!(matches!(
+            Payload::parse(Bytes::from(deep)),
+            Err(PayloadError::Syntax(_))
+        ));
+        // Brackets inside strings do not count.
+        let quoted = format!("{{\"a\":\"{}\\\"\"}}", "[".repeat(500));
+        assert!(Payload::parse(Bytes::from(quoted)).is_ok());
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub struct Reply {
 pub enum Answer {
     /// A whole JSON answer as it goes to the client (a success, or an upstream's own 4xx
     /// error, its key redacted). `view` is the answer parsed once, for successes.
-    Json { bytes: Bytes, view: Option<AnswerView> },
+    Json {
+        bytes: Bytes,
+        view: Option<AnswerView>,
+    },
     /// A stream of events (`text/event-stream`).
     Events(Events),
     /// An error the gateway made; `error.rs` turns it into the client's response.
@@ -176,4 +179,3 @@ pub struct Outcome {
     /// The gateway's own time to the response headers; set by `observe`.
     pub overhead: Option<Duration>,
 }
-

@@ -195,7 +195,9 @@ impl ChunkView {
         self.choices
             .iter()
             .flatten()
-            .map(|c| c.text.as_ref().map_or(0, String::len) + c.delta.as_ref().map_or(0, Delta::text_len))
+            .map(|c| {
+                c.text.as_ref().map_or(0, String::len) + c.delta.as_ref().map_or(0, Delta::text_len)
+            })
             .sum()
     }
 }
@@ -363,7 +365,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             u.to_usage(),
-            Usage { input_tokens: 10, output_tokens: 5, cached_tokens: 4, images: 0 }
+            Usage {
+                input_tokens: 10,
+                output_tokens: 5,
+                cached_tokens: 4,
+                images: 0
+            }
         );
         let u: UsageView = serde_json::from_str(
             r#"{"input_tokens":7,"output_tokens":9,"input_tokens_details":{"cached_tokens":20}}"#,
@@ -383,9 +390,10 @@ mod tests {
         assert_eq!(text, "Hi{}");
         assert_eq!(c.text_len(), 4);
         assert!(!c.is_usage_chunk() && !c.is_error());
-        let odd: ChunkView =
-            serde_json::from_str(r#"{"choices":[{"delta":{"audio":{"id":"x"},"function_call":null}}]}"#)
-                .unwrap();
+        let odd: ChunkView = serde_json::from_str(
+            r#"{"choices":[{"delta":{"audio":{"id":"x"},"function_call":null}}]}"#,
+        )
+        .unwrap();
         let delta = odd.choices.unwrap().remove(0).delta.unwrap();
         assert!(delta.other);
         let usage: ChunkView =

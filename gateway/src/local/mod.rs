@@ -202,7 +202,9 @@ fn canonical(path: &str) -> PathBuf {
 /// bad folder stops the start with an error naming the field (exit 64).
 ///
 /// `deployments`: each `provider: local` deployment's [`LocalModel`].
-pub fn preload<'a>(deployments: impl IntoIterator<Item = LocalModel<'a>>) -> Result<(), ConfigError> {
+pub fn preload<'a>(
+    deployments: impl IntoIterator<Item = LocalModel<'a>>,
+) -> Result<(), ConfigError> {
     {
         for LocalModel {
             at,

@@ -53,19 +53,28 @@ impl Prompt {
         prompt
     }
 
-    /// An upper bound on a prompt's tokens without reading it: the raw JSON of its
-    /// messages (or prompt, or input) is at least as long as their texts (escapes only
-    /// lengthen), and each message's syntax is longer than its framing tokens.
+    /// An upper bound on [`Prompt::count`] without a tokenizer and without copying the
+    /// prompt: every BPE token stands for at least one byte of its text, so a text has at
+    /// most as many tokens as bytes. Read straight from the body (strings borrowed, not
+    /// copied).
     pub fn bound(endpoint: Endpoint, payload: &Payload) -> u64 {
-        let field = match endpoint {
-            Endpoint::ChatCompletions => "messages",
-            Endpoint::Completions => "prompt",
-            Endpoint::Embeddings | Endpoint::Moderations => "input",
+        let (field, chat) = match endpoint {
+            Endpoint::ChatCompletions => ("messages", true),
+            Endpoint::Completions => ("prompt", false),
+            Endpoint::Embeddings | Endpoint::Moderations => ("input", false),
             _ => return 0,
         };
-        payload
-            .raw(field)
-            .map_or(0, |raw| raw.len() as u64 + TOKENS_PER_REPLY)
+        let Some(raw) = payload.raw(field) else {
+            return 0;
+        };
+        let counted = if chat {
+            serde_json::from_slice::<Vec<bound::Message<'_>>>(raw)
+                .map(|ms| ms.iter().map(bound::Message::bytes).sum::<u64>() + TOKENS_PER_REPLY)
+        } else {
+            serde_json::from_slice::<bound::Inputs>(raw).map(|i| i.0)
+        };
+        // A body that passed the checks always reads; the raw length is a bound too.
+        counted.unwrap_or(raw.len() as u64 + TOKENS_PER_REPLY)
     }
 
     fn chat_message(&mut self, m: &Value) {
@@ -127,6 +136,157 @@ fn push_str_fields(map: &Map<String, Value>, fields: &[&str], out: &mut String) 
     for field in fields {
         if let Some(Value::String(s)) = map.get(*field) {
             out.push_str(s);
+        }
+    }
+}
+
+/// Byte counts of a prompt's texts, read without copying them (for [`Prompt::bound`]).
+mod bound {
+    use std::borrow::Cow;
+    use std::fmt;
+
+    use serde::Deserialize;
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::TOKENS_PER_MESSAGE;
+
+    #[derive(Deserialize)]
+    pub struct Message<'a> {
+        #[serde(borrow, default)]
+        role: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        name: Option<Cow<'a, str>>,
+        #[serde(default)]
+        content: Option<Text>,
+        #[serde(borrow, default)]
+        tool_calls: Option<Vec<Call<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Call<'a> {
+        #[serde(borrow, default)]
+        function: Option<Function<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Function<'a> {
+        #[serde(borrow, default)]
+        name: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        arguments: Option<Cow<'a, str>>,
+    }
+
+    impl Message<'_> {
+        pub fn bytes(&self) -> u64 {
+            let len = |s: &Option<Cow<'_, str>>| s.as_ref().map_or(0, |s| s.len() as u64);
+            let calls: u64 = self
+                .tool_calls
+                .iter()
+                .flatten()
+                .filter_map(|c| c.function.as_ref())
+                .map(|f| len(&f.name) + len(&f.arguments))
+                .sum();
+            TOKENS_PER_MESSAGE
+                + len(&self.role)
+                + len(&self.name)
+                + self.content.as_ref().map_or(0, |t| t.0)
+                + calls
+        }
+    }
+
+    /// The bytes of a `content`: a string, or the `text` of its parts.
+    pub struct Text(u64);
+
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Text;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a content")
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Text, E> {
+                    Ok(Text(v.len() as u64))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text, A::Error> {
+                    let mut n = 0;
+                    while let Some(part) = seq.next_element::<Part<'de>>()? {
+                        n += part.text.map_or(0, |t| t.len() as u64);
+                    }
+                    Ok(Text(n))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text, A::Error> {
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(Text(0))
+                }
+                fn visit_unit<E>(self) -> Result<Text, E> {
+                    Ok(Text(0))
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Text, E> {
+                    Ok(Text(0))
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Text, E> {
+                    Ok(Text(0))
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Text, E> {
+                    Ok(Text(0))
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Text, E> {
+                    Ok(Text(0))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct Part<'a> {
+        #[serde(borrow, default)]
+        text: Option<Cow<'a, str>>,
+    }
+
+    /// `prompt` / `input`: string bytes, plus one per token id.
+    pub struct Inputs(pub u64);
+
+    impl<'de> Deserialize<'de> for Inputs {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Inputs;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a prompt")
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Inputs, E> {
+                    Ok(Inputs(v.len() as u64))
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Inputs, E> {
+                    Ok(Inputs(1))
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Inputs, E> {
+                    Ok(Inputs(1))
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Inputs, E> {
+                    Ok(Inputs(1))
+                }
+                fn visit_unit<E>(self) -> Result<Inputs, E> {
+                    Ok(Inputs(0))
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Inputs, E> {
+                    Ok(Inputs(0))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Inputs, A::Error> {
+                    let mut n = 0;
+                    while let Some(item) = seq.next_element::<Inputs>()? {
+                        n += item.0;
+                    }
+                    Ok(Inputs(n))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Inputs, A::Error> {
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(Inputs(0))
+                }
+            }
+            d.deserialize_any(V)
         }
     }
 }
@@ -339,6 +499,43 @@ mod tests {
             + count_tokens("gpt-4o-mini", "Say hello.");
         assert_eq!(usage.input_tokens, 9 + content);
         assert!(Prompt::bound(Endpoint::ChatCompletions, &body) >= usage.input_tokens);
+    }
+
+    #[test]
+    fn the_bound_reads_the_body_without_copying_and_equals_the_texts_bound() {
+        let cases = [
+            (
+                Endpoint::ChatCompletions,
+                json!({"model": "m", "messages": [
+                    {"role": "system", "content": "Be \"terse\" ✓"},
+                    {"role": "user", "name": "ann", "content": [{"type": "text", "text": "hé"}, {"type": "image_url", "image_url": {"url": "data:xxxxxxxx"}}]},
+                    {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+                    {"role": "tool", "tool_call_id": "c", "content": "42"}
+                ]}),
+            ),
+            (
+                Endpoint::Completions,
+                json!({"model": "m", "prompt": ["ab", [1, 2, 3], "é"]}),
+            ),
+            (
+                Endpoint::Completions,
+                json!({"model": "m", "prompt": "plain"}),
+            ),
+            (
+                Endpoint::Embeddings,
+                json!({"model": "m", "input": [[1, 2], [3]]}),
+            ),
+        ];
+        for (endpoint, body) in cases {
+            let p = payload(body);
+            let prompt = Prompt::of(endpoint, &p);
+            assert_eq!(
+                Prompt::bound(endpoint, &p),
+                prompt.upper_bound(),
+                "{endpoint:?}"
+            );
+            assert!(Prompt::bound(endpoint, &p) >= prompt.count("gpt-4o-mini"));
+        }
     }
 
     #[test]

@@ -90,7 +90,6 @@ impl Timeouts {
     }
 }
 
-
 /// Sends `builder`, waiting for the response headers until `deadline`.
 pub(crate) async fn send(
     builder: reqwest::RequestBuilder,
@@ -183,7 +182,8 @@ pub(crate) async fn relay(
     }
     let bytes = read_all(upstream, deadlines.body, guard.max_body).await?;
     // One parse: it checks the answer is JSON and reads what the meter and cache need.
-    let view = AnswerView::parse(&bytes).ok_or(UpstreamError::Malformed("an answer that is not JSON"))?;
+    let view =
+        AnswerView::parse(&bytes).ok_or(UpstreamError::Malformed("an answer that is not JSON"))?;
     Ok(Reply::json(status, bytes, Some(view)))
 }
 
@@ -210,9 +210,17 @@ pub(crate) async fn failed(
         let message = if shown.trim().is_empty() {
             format!("The upstream answered HTTP {}.", status.as_u16())
         } else {
-            format!("The upstream answered HTTP {}: {}", status.as_u16(), shown.trim())
+            format!(
+                "The upstream answered HTTP {}: {}",
+                status.as_u16(),
+                shown.trim()
+            )
         };
-        Bytes::from(crate::error::upstream_refusal(status, message).body().to_string())
+        Bytes::from(
+            crate::error::upstream_refusal(status, message)
+                .body()
+                .to_string(),
+        )
     };
     let mut reply = Reply::json(status, bytes, None);
     reply.facts.relayed = true;
@@ -239,7 +247,9 @@ impl Convert for Relayed {
     fn frame(&mut self, frame: Frame, out: &mut VecDeque<Event>) -> Result<(), StreamError> {
         let mut event = Event::from_frame(frame);
         if !event.is_done() && event.view().is_none() {
-            return Err(StreamError("the upstream sent data that is not JSON".into()));
+            return Err(StreamError(
+                "the upstream sent data that is not JSON".into(),
+            ));
         }
         out.push_back(event);
         Ok(())
@@ -324,7 +334,11 @@ where
             let idle_at = Instant::now() + s.gap;
             let at = s.end.min(idle_at);
             let failure = match tokio::time::timeout_at(at, s.body.next()).await {
-                Ok(Some(Ok(chunk))) => s.framer.feed(&chunk, &mut s.frames).err().map(|e| e.to_string()),
+                Ok(Some(Ok(chunk))) => s
+                    .framer
+                    .feed(&chunk, &mut s.frames)
+                    .err()
+                    .map(|e| e.to_string()),
                 Ok(Some(Err(e))) => Some(format!("upstream connection failed: {e}")),
                 Ok(None) => {
                     s.done = true;
@@ -516,7 +530,11 @@ mod tests {
     async fn whole_events_go_out_before_the_failure() {
         let d = deadlines(5000, None);
         let out = collect(
-            vec![Ok("data: {\"a\":1}\n\ndata: {\"b\""), Err("reset"), Ok("data: [DONE]\n\n")],
+            vec![
+                Ok("data: {\"a\":1}\n\ndata: {\"b\""),
+                Err("reset"),
+                Ok("data: [DONE]\n\n"),
+            ],
             &d,
         )
         .await;
@@ -539,7 +557,14 @@ mod tests {
         });
         let out: Vec<_> = frame_events(endless, &d, 1 << 20, Relayed).collect().await;
         assert!((2..=4).contains(&out.len()), "{}", out.len());
-        assert!(out.last().unwrap().as_ref().unwrap_err().0.contains("total_s"));
+        assert!(
+            out.last()
+                .unwrap()
+                .as_ref()
+                .unwrap_err()
+                .0
+                .contains("total_s")
+        );
     }
 
     #[tokio::test]
@@ -569,10 +594,11 @@ mod tests {
 
     #[test]
     fn an_echoed_key_is_redacted() {
-        let d: crate::providers::config::DeploymentConfig = serde_json::from_value(serde_json::json!({
-            "provider": "openai", "base_url": "http://x", "api_key": "sk-up"
-        }))
-        .unwrap();
+        let d: crate::providers::config::DeploymentConfig =
+            serde_json::from_value(serde_json::json!({
+                "provider": "openai", "base_url": "http://x", "api_key": "sk-up"
+            }))
+            .unwrap();
         let g = Guard::new(&d, 1 << 20);
         let body = Bytes::from_static(b"{\"m\":\"Bearer sk-up is wrong; sk-u sk-upsk-up\"}");
         assert_eq!(

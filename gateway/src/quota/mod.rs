@@ -417,9 +417,26 @@ impl Drop for Held {
         let Some(taken) = self.taken.take() else {
             return;
         };
-        let report = self.report.take();
-        let quota = self.quota.clone();
+        let mut report = self.report.take();
         let engine = self.engine;
+        // The usual case: the meter has made its record by now (a whole answer is metered
+        // before it goes up; a stream's record is durable before its end). Settled here, in
+        // process, the next request already sees it; no task to spawn.
+        let known = match report.as_mut().map(oneshot::Receiver::try_recv) {
+            None | Some(Err(oneshot::error::TryRecvError::Closed)) => Some(Charged::default()),
+            Some(Ok(charged)) => Some(charged),
+            Some(Err(oneshot::error::TryRecvError::Empty)) => None,
+        };
+        if engine == EngineKind::Local
+            && let Some(charged) = known
+        {
+            self.quota
+                .inner
+                .local
+                .settle(&taken, charged.tokens, charged.cost.micros());
+            return;
+        }
+        let quota = self.quota.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             if engine == EngineKind::Local {
                 quota.inner.local.settle(&taken, 0, 0);
@@ -427,10 +444,11 @@ impl Drop for Held {
             return;
         };
         runtime.spawn(async move {
-            let charged = match report {
+            let charged = match (known, report) {
+                (Some(charged), _) => charged,
                 // Not metered (no record): nothing was used.
-                None => Charged::default(),
-                Some(report) => match tokio::time::timeout(REPORT_WAIT, report).await {
+                (None, None) => Charged::default(),
+                (None, Some(report)) => match tokio::time::timeout(REPORT_WAIT, report).await {
                     Ok(Ok(charged)) => charged,
                     Ok(Err(_)) => Charged::default(),
                     Err(_) => Charged {
@@ -483,12 +501,13 @@ struct WatchParams {
     step_cost: i64,
 }
 
-/// Output tokens in one chunk, estimated without a tokenizer.
+/// Output tokens in one chunk, estimated without a tokenizer: a token per chunk (what
+/// OpenAI-compatible servers stream), or a token per 4 bytes (rounded) of a larger one.
 fn estimate_tokens(text_len: usize) -> u64 {
     if text_len == 0 {
         0
     } else {
-        (text_len as u64).div_ceil(4).max(1)
+        ((text_len as u64 + 2) / 4).max(1)
     }
 }
 
@@ -688,6 +707,16 @@ impl Quota {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streamed_token_is_one_chunk() {
+        // " word" is one token in every BPE: 5 bytes must not count as 2.
+        assert_eq!(estimate_tokens(0), 0);
+        assert_eq!(estimate_tokens(1), 1);
+        assert_eq!(estimate_tokens(4), 1);
+        assert_eq!(estimate_tokens(5), 1);
+        assert_eq!(estimate_tokens(40), 10);
+    }
 
     #[test]
     fn reset_format() {

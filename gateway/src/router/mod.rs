@@ -30,6 +30,7 @@ use http::HeaderValue;
 
 use crate::error;
 use crate::exchange::{Call, Reply};
+use crate::providers::config::DeploymentConfig;
 use crate::providers::{Provider, ProviderSet};
 use breaker::Breaker;
 pub use config::{BreakerConfig, ModelConfig};
@@ -73,7 +74,7 @@ pub struct ModelRoute {
 impl ModelRoute {
     fn new(
         model: &ModelConfig,
-        providers: &ProviderSet,
+        providers: &dyn Fn(&DeploymentConfig) -> Arc<dyn Provider>,
         default_breaker: &BreakerConfig,
     ) -> Result<Self, String> {
         let breaker = model.breaker.as_ref().unwrap_or(default_breaker);
@@ -89,7 +90,7 @@ impl ModelRoute {
                 header,
                 upstream_model,
                 weight: u64::from(d.weight),
-                provider: providers.build(d),
+                provider: providers(d),
                 breaker: Breaker::new(
                     breaker.failures,
                     Duration::from_secs_f64(breaker.cooldown_s),
@@ -147,9 +148,19 @@ impl Models {
         breaker: &BreakerConfig,
         providers: &ProviderSet,
     ) -> Result<Self, String> {
+        Self::with_providers(config, breaker, &|d| providers.build(d))
+    }
+
+    /// As [`Models::from_config`], each deployment's provider made by `provider` (stack
+    /// tests answer with a fake one).
+    pub fn with_providers(
+        config: &[ModelConfig],
+        breaker: &BreakerConfig,
+        provider: &dyn Fn(&DeploymentConfig) -> Arc<dyn Provider>,
+    ) -> Result<Self, String> {
         let mut models = Self::default();
         for model in config {
-            let route = Arc::new(ModelRoute::new(model, providers, breaker)?);
+            let route = Arc::new(ModelRoute::new(model, provider, breaker)?);
             models.by_name.insert(model.name.clone(), route.clone());
             models.order.push(route);
         }

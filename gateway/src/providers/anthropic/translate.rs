@@ -1041,7 +1041,10 @@ mod tests {
             v,
             json!({"error": {"message": "m", "type": "rate_limit_error", "param": null, "code": "rate_limit_exceeded"}})
         );
-        let v = error(StatusCode::from_u16(529).unwrap(), &body("overloaded_error"));
+        let v = error(
+            StatusCode::from_u16(529).unwrap(),
+            &body("overloaded_error"),
+        );
         assert_eq!(v["error"]["code"], "upstream_overloaded");
         let v = error(StatusCode::BAD_REQUEST, &body("invalid_request_error"));
         assert_eq!(v["error"]["type"], "invalid_request_error");
