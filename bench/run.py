@@ -93,6 +93,27 @@ class Procs:
                 p.kill()
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (all their threads) so far, seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
+def children(pid: int) -> list[int]:
+    """`pid` and its child processes (nginx's workers)."""
+    out = [pid]
+    try:
+        for line in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            out.append(int(line))
+    except OSError:
+        pass
+    return out
+
+
 def oha(oha_bin: str, url: str, body: dict[str, Any], key: str | None, extra: list[str], headers: dict[str, str]) -> dict[str, Any]:
     args = [oha_bin, "--no-tui", "--output-format", "json", "-m", "POST", "-T", "application/json", "-d", json.dumps(body)]
     if key:
@@ -236,11 +257,11 @@ def main() -> None:
         raw["ready_ms"] = ready_ms
 
         mock_port = free_port()
-        procs.start([args.mock, "--listen", f"127.0.0.1:{mock_port}", "--record-limit", "0"], work / "mock.log")
+        mock = procs.start([args.mock, "--listen", f"127.0.0.1:{mock_port}", "--record-limit", "0"], work / "mock.log")
         wait_http(f"http://127.0.0.1:{mock_port}/v1/models")
         nginx_port = free_port()
         (work / "nginx").mkdir()
-        procs.start([args.nginx, "-c", str(nginx_conf(work / "nginx", nginx_port, mock_port))], work / "nginx.log")
+        nginx = procs.start([args.nginx, "-c", str(nginx_conf(work / "nginx", nginx_port, mock_port))], work / "nginx.log")
         wait_http(f"http://127.0.0.1:{nginx_port}/v1/models")
 
         # The default (`meter.spool_sync: always`: each record fdatasync'ed before its response
@@ -254,12 +275,16 @@ def main() -> None:
             "tollgate": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", key, {"Cache-Control": "no-cache"}),
             "tollgate_bg": (f"http://127.0.0.1:{gw_bg_port}/v1/chat/completions", key_bg, {"Cache-Control": "no-cache"}),
         }
+        # Whose CPU each target costs (the mock's own is in every one but "direct"'s).
+        cpu_pids = {"direct": [mock.pid], "nginx": children(nginx.pid), "tollgate": [gw.pid], "tollgate_bg": [gw_bg.pid]}
         results: dict[str, dict[str, Any]] = {}
         for name, (url, k, headers) in targets.items():
             # Warm up connections, caches and the allocator.
             oha(args.oha, url, CHAT, k, ["-n", "2000", "-c", "8"], headers)
             fixed = oha(args.oha, url, CHAT, k, ["-z", f"{args.seconds}s", "-q", str(args.rate), "-c", "16", "--latency-correction"], headers)
+            cpu_before = cpu_seconds(cpu_pids[name])
             peak = oha(args.oha, url, CHAT, k, ["-z", f"{args.seconds}s", "-c", str(args.connections)], headers)
+            cpu_used = cpu_seconds(cpu_pids[name]) - cpu_before
             stream = subprocess.run(
                 [sys.executable, str(HERE / "stream_ttfb.py"), "--url", url, "--key", k or "none",
                  "--connections", "8", "--seconds", str(max(5, args.seconds // 2))],
@@ -270,6 +295,8 @@ def main() -> None:
                 "max": summarize(peak),
                 "stream": json.loads(stream.stdout),
             }
+            answered = results[name]["max"]["ok"] + results[name]["max"]["non_200"]
+            results[name]["max"]["cpu_us_per_request"] = cpu_used * 1e6 / max(answered, 1)
             raw[name] = {"fixed": fixed, "max": peak, "stream": json.loads(stream.stdout)}
         results["tollgate"]["rss_peak_mib"] = rss_peak_kib(gw.pid) / 1024
         results["tollgate_bg"]["rss_peak_mib"] = rss_peak_kib(gw_bg.pid) / 1024
@@ -309,12 +336,14 @@ def report(r: dict[str, Any], ready_ms: list[float], args: argparse.Namespace, o
     row("fixed p90 (ms)", "fixed", "p90_ms")
     row("fixed p99 (ms)", "fixed", "p99_ms")
     row("max throughput (req/s)", "max", "rps")
+    row("CPU µs/request at max", "max", "cpu_us_per_request")
     row("max p50 (ms)", "max", "p50_ms")
     row("stream TTFB p50 (ms)", "stream", "ttfb_p50_ms")
     row("stream TTFB p99 (ms)", "stream", "ttfb_p99_ms")
     row("streams/s (8 conns)", "stream", "streams_per_s")
     lines += [
         "",
+        "CPU µs/request: process user+system time during the max-throughput run / requests answered (nginx: master and worker; direct: the mock itself)",
         f"cache hit, fixed rate: p50 {h['fixed']['p50_ms']:.3f} ms, p99 {h['fixed']['p99_ms']:.3f} ms (direct upstream p50 {d['fixed']['p50_ms']:.3f} ms)",
         f"tollgate peak RSS under this load: {t['rss_peak_mib']:.1f} MiB (tg-bg {g['rss_peak_mib']:.1f} MiB)",
         f"ready to serve after spawn (embedded default), 5 starts: median {ready_ms[len(ready_ms) // 2]:.1f} ms, max {ready_ms[-1]:.1f} ms",

@@ -107,7 +107,7 @@ pub fn mark_client_request_id(mut request: http::Request<Body>) -> http::Request
 /// must still pay for both requests, so its id gets a unique suffix (`<id>#<uuid>`; the
 /// client's part is kept for lookups, cut to 128 characters).
 pub(crate) fn ledger_id(made: Option<&RequestId>, client: Option<&ClientRequestId>) -> String {
-    let unique = || uuid::Uuid::new_v4().simple().to_string();
+    let unique = || crate::base::new_uuid().simple().to_string();
     match (client, made.and_then(|id| id.header_value().to_str().ok())) {
         (Some(ClientRequestId(id)), _) => {
             let mut end = id.len().min(128);
@@ -270,8 +270,9 @@ pub fn respond(reply: Reply, mut outcome: Outcome, request_id: &str) -> Response
         h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     if let Some(rate) = &facts.rate {
-        rate_headers(h, REQUESTS, rate.requests.as_ref());
-        rate_headers(h, TOKENS, rate.tokens.as_ref());
+        let [requests, tokens] = &*RATE_NAMES;
+        rate_headers(h, requests, rate.requests.as_ref());
+        rate_headers(h, tokens, rate.tokens.as_ref());
     }
     outcome.cache = facts.cache;
     outcome.deployment = facts.deployment;
@@ -280,27 +281,31 @@ pub fn respond(reply: Reply, mut outcome: Outcome, request_id: &str) -> Response
     response
 }
 
-/// OpenAI's `x-ratelimit-{limit,remaining,reset}-requests`.
-const REQUESTS: [&str; 3] = [
-    "x-ratelimit-limit-requests",
-    "x-ratelimit-remaining-requests",
-    "x-ratelimit-reset-requests",
-];
-/// OpenAI's `x-ratelimit-{limit,remaining,reset}-tokens`.
-const TOKENS: [&str; 3] = [
-    "x-ratelimit-limit-tokens",
-    "x-ratelimit-remaining-tokens",
-    "x-ratelimit-reset-tokens",
-];
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-requests` and `-tokens`, made once
+/// (`HeaderName::from_static` checks its text every time it is called).
+static RATE_NAMES: std::sync::LazyLock<[[HeaderName; 3]; 2]> = std::sync::LazyLock::new(|| {
+    [
+        [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ],
+        [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ],
+    ]
+});
 
-fn rate_headers(h: &mut http::HeaderMap, names: [&'static str; 3], line: Option<&RateLine>) {
+fn rate_headers(h: &mut http::HeaderMap, names: &[HeaderName; 3], line: Option<&RateLine>) {
     let Some(line) = line else {
         return;
     };
-    let [limit, remaining, reset] = names.map(HeaderName::from_static);
-    h.insert(limit, HeaderValue::from(line.limit));
-    h.insert(remaining, HeaderValue::from(line.remaining));
+    let [limit, remaining, reset] = names;
+    h.insert(limit.clone(), HeaderValue::from(line.limit));
+    h.insert(remaining.clone(), HeaderValue::from(line.remaining));
     if let Ok(v) = HeaderValue::from_str(&line.reset) {
-        h.insert(reset, v);
+        h.insert(reset.clone(), v);
     }
 }

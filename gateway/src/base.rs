@@ -56,3 +56,9 @@ pub mod headers {
     /// Time spent in the gateway itself, upstream time excluded, in milliseconds.
     pub const OVERHEAD: &str = "x-tollgate-overhead-ms";
 }
+
+/// A random (v4) UUID from the thread's user-space generator: request ids are made for
+/// every request, and `Uuid::new_v4` asks the kernel (`getrandom`) each time.
+pub fn new_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}

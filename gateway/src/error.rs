@@ -20,6 +20,10 @@ pub use tollgate_admin::error::ApiError;
 
 use crate::exchange::Endpoint;
 
+/// The status of a request past `request_timeout_s` (tower-http's timeout answers it;
+/// [`shape`] gives it OpenAI's body).
+pub const DEADLINE_STATUS: StatusCode = StatusCode::GATEWAY_TIMEOUT;
+
 /// 404 `model_not_found`.
 pub fn model_not_found(model: &str) -> ApiError {
     ApiError::new(

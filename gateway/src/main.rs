@@ -13,6 +13,10 @@ use tollgate_gateway::cli::{Cli, Command, HealthcheckArgs, OperatorArgs, ServeAr
 use tollgate_gateway::config::{Config, ConfigError, Secret};
 use tollgate_gateway::server::{self, ServeError, Startup};
 
+/// See the workspace's `Cargo.toml` for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXIT_CONFIG: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
 

@@ -5,7 +5,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{StatusCode, header};
+use http::header;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// `GET /metrics`, to merge into the admin router. Open like `/healthz`: it carries counts,
@@ -27,7 +27,7 @@ async fn render(State(registry): State<Registry>) -> Response {
             .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode metrics");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            crate::error::ApiError::internal().into_response()
         }
     }
 }

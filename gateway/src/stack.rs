@@ -23,14 +23,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use http::StatusCode;
 use http::header::AUTHORIZATION;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 use tower_http::ServiceBuilderExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::MakeRequestUuid;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::api::{self, AppState};
@@ -127,7 +125,7 @@ pub fn app(settings: &EdgeSettings, parts: Parts) -> Result<axum::Router, promet
         // Before the id is set: the ledger must know whether the client chose it.
         .map_request(api::mark_client_request_id)
         // Outermost, so every response below (errors and panics included) carries the id.
-        .set_x_request_id(MakeRequestUuid)
+        .set_x_request_id(trace::MakeRequestId)
         .propagate_x_request_id()
         // Inside the id layers so the span can name the request.
         .layer(trace::layer())
@@ -149,7 +147,7 @@ pub fn app(settings: &EdgeSettings, parts: Parts) -> Result<axum::Router, promet
         .map_request(|r: http::Request<_>| r.map(Body::new))
         // Bounds the time to response headers only; a stream may run longer.
         .layer(TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
+            error::DEADLINE_STATUS,
             settings.request_timeout,
         ))
         // Everything under this line knows who is calling.

@@ -11,6 +11,21 @@ use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
 
+/// Makes a request's id when the client sent none: a random UUID, as tower-http's
+/// `MakeRequestUuid` makes, from a user-space generator ([`crate::base::new_uuid`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MakeRequestId;
+
+impl tower_http::request_id::MakeRequestId for MakeRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<tower_http::request_id::RequestId> {
+        let mut buf = uuid::Uuid::encode_buffer();
+        let id = crate::base::new_uuid().hyphenated().encode_lower(&mut buf);
+        http::HeaderValue::from_str(id)
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
+}
+
 /// The trace layer for the data plane.
 pub fn layer() -> TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), LogResponse>
 {

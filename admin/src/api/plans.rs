@@ -11,10 +11,14 @@ use crate::error::ApiError;
 use crate::store::{MicroUsd, Plan, PlanLimits, exact_json, json_int};
 
 /// Body of `PUT /admin/v1/plans/{name}`: the plan's limits, all replaced. Absent or `null`
-/// = unlimited.
+/// = unlimited. The object a `GET` returns is accepted as it is (its `name` must then be the
+/// URL's), so a read-edit-write round trip works.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PlanBody {
+    /// The plan's name, as `GET` shows it; if present, the one in the URL.
+    #[serde(default)]
+    name: Option<String>,
     /// Requests per minute, per tenant.
     #[serde(default, deserialize_with = "json_int::opt_u32")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
@@ -110,6 +114,14 @@ pub(super) async fn put(
     ApiJson(body): ApiJson<PlanBody>,
 ) -> Result<Json<Plan>, ApiError> {
     caller.require_global("change plans")?;
+    if let Some(named) = body.name.as_deref()
+        && named != name
+    {
+        return Err(ApiError::invalid_request(
+            format!("'name' in the body ({named:?}) is not the plan in the URL ({name:?})."),
+            Some("name"),
+        ));
+    }
     let limits = PlanLimits {
         rpm: body.rpm,
         tpm: body.tpm,

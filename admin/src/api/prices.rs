@@ -14,10 +14,15 @@ use crate::error::ApiError;
 use crate::store::{MicroUsd, NewPrice, Price, exact_json};
 
 /// Body of `PUT /admin/v1/prices/{model}`: USD per 1M tokens (per image for `image`),
-/// each a decimal string or a JSON number with at most 6 decimals.
+/// each a decimal string or a JSON number with at most 6 decimals. The object a `GET`
+/// returns is accepted as it is (its `model` must then be the URL's), so a read-edit-write
+/// round trip works.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PriceBody {
+    /// The model, as `GET` shows it; if present, the one in the URL.
+    #[serde(default)]
+    model: Option<String>,
     /// USD per 1M input tokens.
     #[serde(deserialize_with = "exact_json::required")]
     #[schema(schema_with = input_schema)]
@@ -121,6 +126,14 @@ pub(super) async fn put(
     ApiJson(body): ApiJson<PriceBody>,
 ) -> Result<Json<Price>, ApiError> {
     caller.require_global("change prices")?;
+    if let Some(named) = body.model.as_deref()
+        && named != model
+    {
+        return Err(ApiError::invalid_request(
+            format!("'model' in the body ({named:?}) is not the model in the URL ({model:?})."),
+            Some("model"),
+        ));
+    }
     let new = NewPrice {
         input: body.input,
         output: body.output,

@@ -52,8 +52,8 @@ const MAX_COUNT: i64 = 1 << 40;
 /// Postgres 65535) allow more for narrow tables; beyond this statements only get longer
 /// to parse, not faster. A multiple of [`ROW_STEP`].
 const MAX_ROWS_PER_STATEMENT: usize = 1000;
-/// Statement sizes (rows) are multiples of this, plus one smaller remainder: see
-/// [`chunks`].
+/// Most rows of a SQLite statement, and the step of Postgres' largest statement (see
+/// [`rows_per_statement`]).
 const ROW_STEP: usize = 100;
 /// Bound parameters per SQLite statement, about (see [`rows_per_statement`]).
 const SQLITE_PARAMS_PER_STATEMENT: usize = 360;
@@ -314,22 +314,56 @@ fn placeholders(backend: Backend, rows: usize, columns: usize) -> String {
     out
 }
 
-/// Splits `items` into statements of at most `max` rows: full ones, then the largest
-/// multiple of [`ROW_STEP`] that is left, then the rest. Statements of a multiple of
-/// `ROW_STEP` rows are kept prepared on the connection ([`keep_prepared`]), which makes
-/// full batches much faster (Postgres plans a 1000-row insert once, not per batch), while
-/// each connection keeps at most `max / ROW_STEP` such statements per table, whatever the
-/// batch sizes; the remainder is small and prepared each time.
+/// The head of a multi-row insert into `usage_records` (the values follow).
+const INSERT_RECORDS: &str = "INSERT INTO usage_records (request_id, tenant_id, key_id, model, \
+     deployment, endpoint, status, input_tokens, output_tokens, cached_tokens, images, \
+     cost_micro_usd, cache_hit, usage_reported, client_disconnected, latency_ms, ttft_ms, \
+     created_at_ms) VALUES";
+
+/// Binds `records`' columns, row after row, in [`INSERT_RECORDS`]' order.
+fn bind_records<'q>(
+    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    records: &[&'q Prepared<'q>],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    for r in records {
+        query = query
+            .bind(&*r.request_id)
+            .bind(&*r.tenant_id)
+            .bind(&*r.key_id)
+            .bind(&*r.model)
+            .bind(&*r.deployment)
+            .bind(&*r.endpoint)
+            .bind(r.status)
+            .bind(r.input_tokens)
+            .bind(r.output_tokens)
+            .bind(r.cached_tokens)
+            .bind(r.images)
+            .bind(r.cost_micro_usd)
+            .bind(r.cache_hit)
+            .bind(r.usage_reported)
+            .bind(r.client_disconnected)
+            .bind(r.latency_ms)
+            .bind(r.ttft_ms)
+            .bind(r.created_at_ms);
+    }
+    query
+}
+
+/// Splits `items` into statements of at most `max` rows: full ones, then the rest in
+/// powers of two (a batch of 37 under a max of 100 is 32 + 4 + 1). So every statement a
+/// connection ever runs has one of at most `log2(max) + 2` shapes per table, and each is
+/// prepared once and kept ([`keep_prepared`]): a flush parses no SQL. Parsing a
+/// statement of a size seen for the first time was the largest share of the embedded
+/// ledger's cost under load (callgrind: about 15% of all instructions per request, when
+/// the remainders were prepared anew in every flush).
 fn chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
     let mut out = Vec::new();
     let mut rest = items;
     while !rest.is_empty() {
         let take = if rest.len() >= max {
             max
-        } else if rest.len() >= ROW_STEP {
-            rest.len() - rest.len() % ROW_STEP
         } else {
-            rest.len()
+            1 << rest.len().ilog2()
         };
         let (head, tail) = rest.split_at(take);
         out.push(head);
@@ -338,10 +372,10 @@ fn chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
     out
 }
 
-/// Whether a statement of `rows` rows is kept prepared (see [`chunks`]): full statements
-/// of `max` rows and multiples of [`ROW_STEP`].
+/// Whether a statement of `rows` rows is kept prepared (see [`chunks`]): all of them, as
+/// their sizes are `max` or a power of two.
 fn keep_prepared(rows: usize, max: usize) -> bool {
-    rows == max || rows.is_multiple_of(ROW_STEP)
+    rows == max || rows.is_power_of_two()
 }
 
 /// Rows of `columns` bound values per statement on `backend`.
@@ -465,69 +499,19 @@ impl Store {
             );
         }
 
-        // 1. Claim the ids; the ones that come back are new.
-        let mut new_ids: HashSet<String> = HashSet::with_capacity(live.len());
-        let max = rows_per_statement(self.backend, ID_COLUMNS);
-        for chunk in chunks(&live, max) {
-            let sql = format!(
-                "INSERT INTO usage_request_ids (request_id, created_at_ms) VALUES {} \
-                 ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-                placeholders(self.backend, chunk.len(), ID_COLUMNS)
-            );
-            // Placeholders only (see `placeholders`).
-            let mut query =
-                sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len(), max));
-            for r in chunk {
-                query = query.bind(&*r.request_id).bind(r.created_at_ms);
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                new_ids.insert(row.try_get(0)?);
-            }
-        }
-        let fresh: Vec<&Prepared<'_>> = live
-            .into_iter()
-            .filter(|r| new_ids.contains(r.request_id.as_ref()))
-            .collect();
+        // 1. and 2.: the new records. Postgres partitions the records by month, so a
+        // record's id is unique only with its time there: the ids are claimed in a table
+        // of their own first, and only the records whose id came back are written. SQLite
+        // has no partitions: the records' own primary key tells new ids from old in one
+        // statement, and the ids table is not written (three index updates per record
+        // fewer: the largest part of the embedded ledger's cost per request).
+        let fresh = match self.backend {
+            Backend::Sqlite => Self::insert_new_records(&mut tx, &live).await?,
+            Backend::Postgres => self.claim_then_insert(&mut tx, &live).await?,
+        };
         if fresh.is_empty() {
             tx.commit().await?;
             return Ok(0);
-        }
-
-        // 2. The raw records.
-        let max = rows_per_statement(self.backend, RECORD_COLUMNS);
-        for chunk in chunks(&fresh, max) {
-            let sql = format!(
-                "INSERT INTO usage_records (request_id, tenant_id, key_id, model, deployment, \
-                 endpoint, status, input_tokens, output_tokens, cached_tokens, images, \
-                 cost_micro_usd, cache_hit, usage_reported, client_disconnected, latency_ms, \
-                 ttft_ms, created_at_ms) VALUES {}",
-                placeholders(self.backend, chunk.len(), RECORD_COLUMNS)
-            );
-            // Placeholders only (see `placeholders`).
-            let mut query =
-                sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len(), max));
-            for r in chunk {
-                query = query
-                    .bind(&*r.request_id)
-                    .bind(&*r.tenant_id)
-                    .bind(&*r.key_id)
-                    .bind(&*r.model)
-                    .bind(&*r.deployment)
-                    .bind(&*r.endpoint)
-                    .bind(r.status)
-                    .bind(r.input_tokens)
-                    .bind(r.output_tokens)
-                    .bind(r.cached_tokens)
-                    .bind(r.images)
-                    .bind(r.cost_micro_usd)
-                    .bind(r.cache_hit)
-                    .bind(r.usage_reported)
-                    .bind(r.client_disconnected)
-                    .bind(r.latency_ms)
-                    .bind(r.ttft_ms)
-                    .bind(r.created_at_ms);
-            }
-            query.execute(&mut *tx).await?;
         }
 
         // 3. The rollup, one upsert per (tenant, day, key, model), in primary-key order
@@ -580,6 +564,75 @@ impl Store {
 
         tx.commit().await?;
         Ok(u64::try_from(fresh.len()).unwrap_or(u64::MAX))
+    }
+
+    /// Postgres: claims the ids (`ON CONFLICT DO NOTHING RETURNING`), then writes the
+    /// records whose id was new; returns those.
+    async fn claim_then_insert<'r>(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        live: &[&'r Prepared<'r>],
+    ) -> Result<Vec<&'r Prepared<'r>>, sqlx::Error> {
+        let mut new_ids: HashSet<String> = HashSet::with_capacity(live.len());
+        let max = rows_per_statement(self.backend, ID_COLUMNS);
+        for chunk in chunks(live, max) {
+            let sql = format!(
+                "INSERT INTO usage_request_ids (request_id, created_at_ms) VALUES {} \
+                 ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                placeholders(self.backend, chunk.len(), ID_COLUMNS)
+            );
+            // Placeholders only (see `placeholders`).
+            let mut query =
+                sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len(), max));
+            for r in chunk {
+                query = query.bind(&*r.request_id).bind(r.created_at_ms);
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                new_ids.insert(row.try_get(0)?);
+            }
+        }
+        let fresh: Vec<&Prepared<'_>> = live
+            .iter()
+            .copied()
+            .filter(|r| new_ids.contains(r.request_id.as_ref()))
+            .collect();
+        let max = rows_per_statement(self.backend, RECORD_COLUMNS);
+        for chunk in chunks(&fresh, max) {
+            let sql = format!(
+                "{INSERT_RECORDS} {}",
+                placeholders(self.backend, chunk.len(), RECORD_COLUMNS)
+            );
+            // Placeholders only (see `placeholders`).
+            let query = sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len(), max));
+            bind_records(query, chunk).execute(&mut **tx).await?;
+        }
+        Ok(fresh)
+    }
+
+    /// SQLite: writes the records, skipping ids already recorded (their primary key);
+    /// returns the ones written.
+    async fn insert_new_records<'r>(
+        tx: &mut Transaction<'static, Any>,
+        live: &[&'r Prepared<'r>],
+    ) -> Result<Vec<&'r Prepared<'r>>, sqlx::Error> {
+        let mut new_ids: HashSet<String> = HashSet::with_capacity(live.len());
+        let max = rows_per_statement(Backend::Sqlite, RECORD_COLUMNS);
+        for chunk in chunks(live, max) {
+            let sql = format!(
+                "{INSERT_RECORDS} {} ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                placeholders(Backend::Sqlite, chunk.len(), RECORD_COLUMNS)
+            );
+            // Placeholders only (see `placeholders`).
+            let query = sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len(), max));
+            for row in bind_records(query, chunk).fetch_all(&mut **tx).await? {
+                new_ids.insert(row.try_get(0)?);
+            }
+        }
+        Ok(live
+            .iter()
+            .copied()
+            .filter(|r| new_ids.contains(r.request_id.as_ref()))
+            .collect())
     }
 
     /// Postgres: makes sure a partition exists for every month in `rows`, and for the
@@ -821,13 +874,15 @@ mod tests {
             parts.iter().map(|c| c.len()).collect::<Vec<_>>()
         };
         assert_eq!(sizes(0, 1000), Vec::<usize>::new());
-        assert_eq!(sizes(37, 1000), [37]);
+        assert_eq!(sizes(37, 1000), [32, 4, 1]);
         assert_eq!(sizes(1000, 1000), [1000]);
-        assert_eq!(sizes(937, 1000), [900, 37]);
-        assert_eq!(sizes(2537, 1000), [1000, 1000, 500, 37]);
-        assert_eq!(sizes(3300, 1000), [1000, 1000, 1000, 300]);
-        assert!(keep_prepared(900, 1000) && keep_prepared(20, 20) && !keep_prepared(37, 1000));
-        assert_eq!(sizes(45, 20), [20, 20, 5]);
+        assert_eq!(sizes(937, 1000), [512, 256, 128, 32, 8, 1]);
+        assert_eq!(sizes(2537, 1000), [1000, 1000, 512, 16, 8, 1]);
+        assert_eq!(sizes(45, 20), [20, 20, 4, 1]);
+        for n in [1, 7, 99, 937, 2537] {
+            assert!(sizes(n, 1000).iter().all(|&s| keep_prepared(s, 1000)));
+        }
+        assert!(!keep_prepared(37, 1000));
     }
 
     #[test]

@@ -135,6 +135,35 @@ async fn plan_api(db: Db) {
         admin(&app, Method::GET, "/admin/v1/plans/pro", None).await,
         (StatusCode::OK, pro.clone())
     );
+    // GET → edit → PUT: the object as GET returns it is accepted, its name included.
+    let mut edited = pro.clone();
+    edited["rpm"] = json!(700);
+    let (status, plan) = admin(
+        &app,
+        Method::PUT,
+        "/admin/v1/plans/pro",
+        Some(&edited.to_string()),
+    )
+    .await;
+    assert_eq!((status, plan), (StatusCode::OK, edited.clone()));
+    // ... but not under another plan's name.
+    let (status, error) = admin(
+        &app,
+        Method::PUT,
+        "/admin/v1/plans/other",
+        Some(&edited.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert_eq!(error["error"]["param"], "name");
+    let (status, _) = admin(
+        &app,
+        Method::PUT,
+        "/admin/v1/plans/pro",
+        Some(&pro.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
 
     // Numbers are read exactly, from their JSON text.
     for (budget, shown) in [
@@ -384,8 +413,36 @@ async fn price_api(db: Db) {
     );
     assert_eq!(
         admin(&app, Method::GET, "/admin/v1/prices/gpt-4o-mini", None).await,
-        (StatusCode::OK, price)
+        (StatusCode::OK, price.clone())
     );
+    // GET → edit → PUT: the object as GET returns it is accepted, its model included.
+    let mut edited = price.clone();
+    edited["output"] = json!("0.700000");
+    let (status, again) = admin(
+        &app,
+        Method::PUT,
+        "/admin/v1/prices/gpt-4o-mini",
+        Some(&edited.to_string()),
+    )
+    .await;
+    assert_eq!((status, again), (StatusCode::OK, edited));
+    let (status, error) = admin(
+        &app,
+        Method::PUT,
+        "/admin/v1/prices/other-model",
+        Some(&price.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert_eq!(error["error"]["param"], "model");
+    let (status, _) = admin(
+        &app,
+        Method::PUT,
+        "/admin/v1/prices/gpt-4o-mini",
+        Some(&price.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
 
     // Model names with '/' and ':', raw or percent-encoded.
     let (status, llama) = admin(

@@ -102,7 +102,14 @@ async fn same_batch_twice_counts_once(db: Db) {
     assert_eq!(db.store.insert_usage(&batch).await.unwrap(), 0);
     assert_eq!(db.store.insert_usage(&[]).await.unwrap(), 0);
     assert_eq!(count(&db, "usage_records").await, 50);
-    assert_eq!(count(&db, "usage_request_ids").await, 50);
+    // Postgres claims ids in their own table (its records are partitioned by month);
+    // SQLite's records' primary key is enough.
+    let ids = if db.store.backend() == Backend::Postgres {
+        50
+    } else {
+        0
+    };
+    assert_eq!(count(&db, "usage_request_ids").await, ids);
     assert_eq!(rollup_requests(&db).await, 50);
 }
 
@@ -533,7 +540,12 @@ async fn prune_removes_raw_rows_and_keeps_rollups(db: Db) {
     let cutoff = ms("2026-02-15T00:00:00Z");
     assert_eq!(db.store.prune_usage(cutoff).await.unwrap(), 5);
     assert_eq!(count(&db, "usage_records").await, 2);
-    assert_eq!(count(&db, "usage_request_ids").await, 2);
+    let ids = if db.store.backend() == Backend::Postgres {
+        2
+    } else {
+        0
+    };
+    assert_eq!(count(&db, "usage_request_ids").await, ids);
     // Rollups are kept: every report is unchanged.
     let after = db
         .store

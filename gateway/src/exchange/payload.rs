@@ -104,7 +104,10 @@ impl Payload {
             };
             let v = span(value.get());
             let name: &str = &key;
-            match out.iter().position(|(k, _)| key_str(&bytes, k) == name) {
+            match out
+                .iter()
+                .position(|(k, _)| key_bytes(&bytes, k) == name.as_bytes())
+            {
                 Some(i) => {
                     out.remove(i);
                     out.push((k, v));
@@ -132,7 +135,7 @@ impl Payload {
     pub fn raw(&self, key: &str) -> Option<&[u8]> {
         self.fields
             .iter()
-            .find(|(k, _)| key_str(&self.bytes, k) == key)
+            .find(|(k, _)| key_bytes(&self.bytes, k) == key.as_bytes())
             .map(|(_, v)| &self.bytes[v.clone()])
     }
 
@@ -240,6 +243,13 @@ fn too_deep(bytes: &[u8]) -> bool {
         i += 1;
     }
     false
+}
+
+fn key_bytes<'a>(bytes: &'a [u8], key: &'a Key) -> &'a [u8] {
+    match key {
+        Key::Span(r) => &bytes[r.clone()],
+        Key::Owned(s) => s.as_bytes(),
+    }
 }
 
 fn key_str<'a>(bytes: &'a [u8], key: &'a Key) -> &'a str {

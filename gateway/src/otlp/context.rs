@@ -101,7 +101,7 @@ thread_local! {
 }
 
 fn seed() -> u64 {
-    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let bytes = crate::base::new_uuid().into_bytes();
     let mut seed = [0u8; 8];
     seed.copy_from_slice(bytes.get(0..8).unwrap_or(&[0; 8]));
     u64::from_le_bytes(seed) ^ 0x9e37_79b9_7f4a_7c15

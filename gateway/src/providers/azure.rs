@@ -32,6 +32,8 @@ pub struct Azure {
     /// The `api-version` query value (config validation allows only URL-safe characters).
     api_version: String,
     api_key: Option<HeaderValue>,
+    /// Each endpoint's URL, parsed once.
+    urls: relay::Urls,
     timeouts: relay::Timeouts,
     guard: relay::Guard,
 }
@@ -45,10 +47,15 @@ impl Azure {
             .unwrap_or_default()
             .trim_end_matches('/');
         let deployment = d.deployment.as_deref().unwrap_or_default();
+        let deployment_url = format!("{base}/openai/deployments/{deployment}");
+        let api_version = d.api_version.clone().unwrap_or_default();
         Self {
             client,
-            deployment_url: format!("{base}/openai/deployments/{deployment}"),
-            api_version: d.api_version.clone().unwrap_or_default(),
+            urls: relay::Urls::new(|e| {
+                format!("{deployment_url}{}?api-version={api_version}", e.path())
+            }),
+            deployment_url,
+            api_version,
             api_key: d
                 .api_key
                 .as_ref()
@@ -82,7 +89,10 @@ impl Provider for Azure {
                     "Azure OpenAI has no moderations endpoint (its content filters apply to every request).",
                 )));
             }
-            let mut builder = self.client.post(self.url(call.endpoint));
+            let mut builder = match self.urls.get(call.endpoint) {
+                Some(url) => self.client.post(url),
+                None => self.client.post(self.url(call.endpoint)),
+            };
             if let Some(key) = &self.api_key {
                 builder = builder.header(API_KEY_HEADER, key.clone());
             }

@@ -23,6 +23,8 @@ pub struct OpenAi {
     client: reqwest::Client,
     /// `base_url` without a trailing slash.
     base_url: String,
+    /// Each endpoint's URL, parsed once.
+    urls: relay::Urls,
     /// `Bearer <api_key>`, made once; `None` for servers that need no key.
     authorization: Option<HeaderValue>,
     timeouts: relay::Timeouts,
@@ -32,14 +34,16 @@ pub struct OpenAi {
 impl OpenAi {
     /// `max_body`: the most of an answer held in memory (`max_upstream_body_mb`).
     pub fn new(client: reqwest::Client, d: &DeploymentConfig, max_body: usize) -> Self {
+        let base_url = d
+            .base_url
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_owned();
         Self {
             client,
-            base_url: d
-                .base_url
-                .as_deref()
-                .unwrap_or_default()
-                .trim_end_matches('/')
-                .to_owned(),
+            urls: relay::Urls::new(|e| format!("{base_url}{}", e.path())),
+            base_url,
             authorization: d
                 .api_key
                 .as_ref()
@@ -53,9 +57,13 @@ impl OpenAi {
     /// A request to `path` below the API root, with the upstream's credentials. Also how
     /// the passthrough endpoints (files, batches...) reach an OpenAI-compatible upstream.
     pub(crate) fn request(&self, method: http::Method, path: &str) -> reqwest::RequestBuilder {
-        let builder = self
-            .client
-            .request(method, format!("{}{path}", self.base_url));
+        self.authorized(
+            self.client
+                .request(method, format!("{}{path}", self.base_url)),
+        )
+    }
+
+    fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.authorization {
             Some(auth) => builder.header(header::AUTHORIZATION, auth.clone()),
             None => builder,
@@ -80,7 +88,10 @@ impl Provider for OpenAi {
         upstream_model: &'a str,
     ) -> BoxFuture<'a, Result<Reply, UpstreamError>> {
         Box::pin(async move {
-            let builder = self.request(http::Method::POST, call.endpoint.path());
+            let builder = match self.urls.get(call.endpoint) {
+                Some(url) => self.authorized(self.client.post(url)),
+                None => self.request(http::Method::POST, call.endpoint.path()),
+            };
             forward(builder, call, upstream_model, &self.timeouts, &self.guard).await
         })
     }

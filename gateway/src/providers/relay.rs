@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::base::Secret;
 use crate::error::UpstreamError;
 use crate::exchange::view::AnswerView;
-use crate::exchange::{Event, Events, Reply, StreamError};
+use crate::exchange::{Endpoint, Event, Events, Reply, StreamError};
 use crate::sse::{Frame, Framer};
 
 /// How long a stream may run when its deployment sets no `timeouts.total_s`: far beyond
@@ -474,6 +474,38 @@ pub(crate) fn idle_timeout(
             }
         }
     })
+}
+
+/// A deployment's URL for each model endpoint, parsed once at start: parsing a URL per
+/// request (and checking its host) was a measurable share of a request's instructions.
+#[derive(Debug, Clone)]
+pub(crate) struct Urls(Vec<(Endpoint, reqwest::Url)>);
+
+impl Urls {
+    /// `url(endpoint)`: the full URL of each endpoint; one that does not parse is left out
+    /// (the request then builds its URL from text and fails the usual way).
+    pub(crate) fn new(url: impl Fn(Endpoint) -> String) -> Self {
+        let endpoints = [
+            Endpoint::ChatCompletions,
+            Endpoint::Completions,
+            Endpoint::Embeddings,
+            Endpoint::ImagesGenerations,
+            Endpoint::Moderations,
+        ];
+        Self(
+            endpoints
+                .into_iter()
+                .filter_map(|e| reqwest::Url::parse(&url(e)).ok().map(|u| (e, u)))
+                .collect(),
+        )
+    }
+
+    pub(crate) fn get(&self, endpoint: Endpoint) -> Option<reqwest::Url> {
+        self.0
+            .iter()
+            .find(|(e, _)| *e == endpoint)
+            .map(|(_, u)| u.clone())
+    }
 }
 
 /// A header value that hyper and reqwest treat as sensitive (never printed in their debug
