@@ -80,7 +80,7 @@ fn main() {
                     for i in 0..PER_TASK {
                         let r = record(first + i);
                         let t0 = Instant::now();
-                        spool.append(&r).unwrap().await.unwrap();
+                        spool.append(r).unwrap().await.unwrap();
                         lat.push(t0.elapsed());
                     }
                     lat

@@ -205,7 +205,7 @@ impl Ledger {
     /// Appends a record made outside the meter layer (the passthrough endpoints, which
     /// carry no tokens) and resolves once it is durable. `false` from [`Self::has_room`]
     /// first means the request should be refused rather than served unmetered.
-    pub async fn append_record(&self, record: &UsageRecord) -> Result<(), SpoolError> {
+    pub async fn append_record(&self, record: UsageRecord) -> Result<(), SpoolError> {
         self.inner.spool.append(record)?.await
     }
 
@@ -318,10 +318,10 @@ impl Ledger {
             ttft_ms,
             created_at_ms: facts.created_at_ms,
         };
-        let ack = self.inner.spool.append(&record)?;
         if let Some(metrics) = &self.inner.metrics {
             metrics.observe(&record);
         }
+        let ack = self.inner.spool.append(record)?;
         let charged = facts
             .charged
             .lock()

@@ -12,20 +12,27 @@
 //!   rejected.jsonl        records the store refused as invalid (kept, never dropped)
 //! ```
 //!
-//! # Writing: group commit
+//! # Writing: group commit, no hand-off per request
 //!
-//! [`Spool::append`] serializes the record and hands it to one writer thread. The writer
-//! takes every append that is waiting, writes them with one `write` and makes them durable
-//! with one `fdatasync`, then acknowledges each of them ([`Ack`]). While one group is being
-//! synced the next one gathers, so under load many requests share a sync, and a lone
-//! request waits for just its own. A segment is closed at `segment_bytes` and a new one
-//! created (and the folder synced, so the new file's name is durable too).
+//! [`Spool::append`] serializes the record and the appending task writes it itself: one
+//! `write` under a mutex, which a crash of this process cannot undo. No message goes to
+//! another thread for it.
 //!
-//! With `meter.spool_sync: background` ([`SpoolSync::Background`]) there is no writer
-//! thread to wait for: the appending task writes its record itself (one `write` under a
-//! mutex), which a crash of this process cannot undo, and is acknowledged at once; a sync
-//! thread makes what was written durable within [`BACKGROUND_SYNC`] (and the writer before
-//! a rotation or a stop). That saves each request a disk sync and two thread hand-offs.
+//! - `meter.spool_sync: always` ([`SpoolSync::Always`], the default): the record's [`Ack`]
+//!   resolves once a sync covers it. One sync thread runs `fdatasync` whenever something
+//!   was written since its last one and tells every waiter at once (a `watch`), so every
+//!   record written while one sync runs shares the next: under load one sync (and one
+//!   wake-up of that thread) serves a whole group, and a lone request waits for just its
+//!   own. The flusher reads only as far as is synced.
+//! - `meter.spool_sync: background` ([`SpoolSync::Background`]): acknowledged once
+//!   written; the sync thread makes it durable within [`BACKGROUND_SYNC`] (and before a
+//!   rotation or a stop). Saves each request the wait for a disk sync.
+//!
+//! A segment is closed at `segment_bytes` and a new one created (and the folder synced, so
+//! the new file's name is durable too). The records most recently written are also kept
+//! in memory (at most [`CACHED_RECORDS`]), so the flusher moves them to the store without
+//! reading and parsing them back from the file; the file stays the truth (after a restart,
+//! or when the cache overflowed, the flusher reads it).
 //!
 //! # Flushing
 //!
@@ -50,19 +57,19 @@
 //! the spool, new requests are refused (503) rather than served unmetered. Records of
 //! requests already admitted are always written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge, Registry};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tollgate_admin::store::{Store, StoreError, UsageRecord};
 
@@ -73,8 +80,8 @@ const SEGMENT_SUFFIX: &str = ".jsonl";
 const CHECKPOINT: &str = "checkpoint";
 const LOCK: &str = "LOCK";
 const REJECTED: &str = "rejected.jsonl";
-/// Most appends in one group commit (bounds one write's size, not the wait).
-const MAX_GROUP: usize = 4096;
+/// Most records kept in memory for the flusher (beyond, it reads them from the file).
+const CACHED_RECORDS: usize = 4096;
 /// First wait after the store failed a batch; doubles up to [`BACKOFF_CAP`].
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Longest wait between two tries while the store is down.
@@ -200,26 +207,57 @@ impl SpoolMetrics {
     }
 }
 
-enum Message {
-    Append {
-        line: Vec<u8>,
-        ack: oneshot::Sender<Result<(), SpoolError>>,
-    },
-    /// Write what came before, then stop.
-    Stop(oneshot::Sender<()>),
+/// The writer's state, shared by the appending tasks, the sync thread and `close`; `None`
+/// once closed.
+type SharedWriter = Arc<Mutex<Option<Writer>>>;
+
+/// How far the writer has synced, as the waiting appends see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Synced {
+    segment: u64,
+    offset: u64,
+    /// Syncs that failed: `(segment, from)`, the bytes of `segment` from `from` on were cut
+    /// back off the file and their appends fail. Kept (failures are rare) so that an
+    /// append that looks only after the writer moved on still learns it.
+    failed: Vec<(u64, u64)>,
+    /// The writer stopped.
+    closed: bool,
 }
 
-/// Where appends go.
-enum AppendTo {
-    /// Group commits on the writer thread ([`SpoolSync::Always`]).
-    Thread(mpsc::Sender<Message>),
-    /// Written by the appending thread itself ([`SpoolSync::Background`]); `None` once
-    /// closed.
-    Inline(Arc<Mutex<Option<Writer>>>),
+impl Synced {
+    /// Whether an append that ended at `end` of `segment` is durable (`Some(true)`), lost
+    /// (`Some(false)`), or still waiting (`None`).
+    fn covers(&self, segment: u64, end: u64) -> Option<bool> {
+        if self
+            .failed
+            .iter()
+            .any(|&(s, from)| s == segment && end > from)
+        {
+            return Some(false);
+        }
+        // Segments are synced in full before the next one starts.
+        if self.segment > segment || (self.segment == segment && self.offset >= end) {
+            return Some(true);
+        }
+        self.closed.then_some(false)
+    }
+}
+
+/// One record recently written, kept for the flusher.
+struct Cached {
+    segment: u64,
+    start: u64,
+    end: u64,
+    record: UsageRecord,
 }
 
 struct Shared {
-    sink: AppendTo,
+    writer: SharedWriter,
+    /// Wakes the sync thread: something was written since its last sync.
+    written: Arc<Condvar>,
+    /// What is synced (for `always` acks).
+    synced: watch::Receiver<Synced>,
+    sync: SpoolSync,
     /// False once the writer has stopped: nothing could be made durable.
     writing: Arc<AtomicBool>,
     max_bytes: i64,
@@ -240,13 +278,15 @@ impl std::fmt::Debug for Spool {
     }
 }
 
-/// Resolves when the record is written as `meter.spool_sync` asks (or its group failed).
+/// Resolves when the record is written as `meter.spool_sync` asks (or its sync failed).
 pub struct Ack(AckState);
 
 enum AckState {
-    /// The writer thread answers after the group's sync.
-    Pending(oneshot::Receiver<Result<(), SpoolError>>),
-    /// Already written (inline); taken by the first poll.
+    /// Durable once a sync covers `end` of `segment`.
+    Sync {
+        wait: Pin<Box<dyn Future<Output = Result<(), SpoolError>> + Send>>,
+    },
+    /// Already done (written, or failed); taken by the first poll.
     Ready(Option<Result<(), SpoolError>>),
 }
 
@@ -255,13 +295,31 @@ impl Future for Ack {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.0 {
-            AckState::Pending(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or(Err(SpoolError::Closed))),
+            AckState::Sync { wait } => wait.as_mut().poll(cx),
             AckState::Ready(result) => {
                 Poll::Ready(result.take().unwrap_or(Err(SpoolError::Closed)))
             }
         }
+    }
+}
+
+/// Waits until `synced` says whether the append that ended at `end` of `segment` is
+/// durable.
+async fn durable(
+    mut synced: watch::Receiver<Synced>,
+    segment: u64,
+    end: u64,
+) -> Result<(), SpoolError> {
+    let verdict = synced
+        .wait_for(|s| s.covers(segment, end).is_some())
+        .await
+        .map(|s| s.covers(segment, end) == Some(true));
+    match verdict {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(SpoolError::Write(Arc::new(io::Error::other(
+            "the spool's sync failed or stopped",
+        )))),
+        Err(_) => Err(SpoolError::Closed),
     }
 }
 
@@ -328,47 +386,49 @@ impl Spool {
             offset: 0,
         };
         let (committed_tx, committed_rx) = watch::channel(start);
+        let (acks_tx, acks_rx) = watch::channel(Synced {
+            segment: first,
+            ..Synced::default()
+        });
         let sealed = Arc::new(Mutex::new(BTreeMap::new()));
+        let cache = Arc::new(Mutex::new(VecDeque::new()));
         let writing = Arc::new(AtomicBool::new(true));
         let writer = Writer {
             dir: dir.clone(),
             segment_bytes: settings.segment_bytes.max(1),
             segment: first,
-            file,
+            file: Arc::new(file),
             size: 0,
             synced: 0,
+            unsynced: VecDeque::new(),
             sync: settings.sync,
             broken: false,
+            idle: false,
             committed: committed_tx,
+            acks: acks_tx,
             sealed: sealed.clone(),
+            cache: cache.clone(),
             metrics: metrics.clone(),
             _lock: lock.clone(),
         };
-        let sink = match settings.sync {
-            SpoolSync::Always => {
-                let (tx, rx) = mpsc::channel();
-                let writing = writing.clone();
-                std::thread::Builder::new()
-                    .name("tollgate-spool".into())
-                    .spawn(move || {
-                        writer.run(rx);
-                        writing.store(false, Ordering::SeqCst);
-                    })
-                    .map_err(open_err)?;
-                AppendTo::Thread(tx)
-            }
-            SpoolSync::Background => {
-                let writer = Arc::new(Mutex::new(Some(writer)));
-                let weak = Arc::downgrade(&writer);
-                std::thread::Builder::new()
-                    .name("tollgate-spool-sync".into())
-                    .spawn(move || sync_loop(&weak))
-                    .map_err(open_err)?;
-                AppendTo::Inline(writer)
-            }
-        };
+        let writer: SharedWriter = Arc::new(Mutex::new(Some(writer)));
+        let written = Arc::new(Condvar::new());
+        {
+            let (writer, written, writing) = (writer.clone(), written.clone(), writing.clone());
+            let sync = settings.sync;
+            std::thread::Builder::new()
+                .name("tollgate-spool-sync".into())
+                .spawn(move || {
+                    sync_loop(&writer, &written, sync);
+                    writing.store(false, Ordering::SeqCst);
+                })
+                .map_err(open_err)?;
+        }
         let shared = Arc::new(Shared {
-            sink,
+            writer,
+            written,
+            synced: acks_rx,
+            sync: settings.sync,
             writing,
             max_bytes: i64::try_from(settings.max_bytes).unwrap_or(i64::MAX),
             metrics: metrics.clone(),
@@ -376,6 +436,7 @@ impl Spool {
         let flusher = Flusher {
             settings,
             metrics,
+            cache,
             committed: committed_rx,
             sealed,
             first,
@@ -400,94 +461,116 @@ impl Spool {
         &self.shared.metrics
     }
 
-    /// Queues `record` for the next group commit, or (background sync) writes it now.
-    /// Synchronous, so a body dropped by a disconnected client can still append; await
-    /// the [`Ack`] to know it is written.
-    pub fn append(&self, record: &UsageRecord) -> Result<Ack, SpoolError> {
-        let mut line = serde_json::to_vec(record).map_err(SpoolError::Serialize)?;
+    /// Writes `record` to the current segment (in this task: no hand-off to another
+    /// thread). Synchronous, so a body dropped by a disconnected client can still append;
+    /// await the [`Ack`] to know it is written as `meter.spool_sync` asks.
+    pub fn append(&self, record: UsageRecord) -> Result<Ack, SpoolError> {
+        let mut line = serde_json::to_vec(&record).map_err(SpoolError::Serialize)?;
         line.push(b'\n');
         let len = i64::try_from(line.len()).unwrap_or(i64::MAX);
         let metrics = &self.shared.metrics;
         metrics.depth_bytes.add(len);
         metrics.depth_records.inc();
-        let closed = || {
-            metrics.depth_bytes.sub(len);
-            metrics.depth_records.dec();
-            SpoolError::Closed
+        let (written, wake) = {
+            let mut writer = self
+                .shared
+                .writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(writer) = writer.as_mut() else {
+                metrics.depth_bytes.sub(len);
+                metrics.depth_records.dec();
+                return Err(SpoolError::Closed);
+            };
+            let written = writer.write_line(&line, record);
+            (written, std::mem::take(&mut writer.idle))
         };
-        match &self.shared.sink {
-            AppendTo::Thread(tx) => {
-                let (ack, rx) = oneshot::channel();
-                if tx.send(Message::Append { line, ack }).is_err() {
-                    return Err(closed());
-                }
-                Ok(Ack(AckState::Pending(rx)))
+        let (segment, end) = match written {
+            Ok(at) => at,
+            Err(e) => {
+                metrics.depth_bytes.sub(len);
+                metrics.depth_records.dec();
+                return Ok(Ack(AckState::Ready(Some(Err(SpoolError::Write(
+                    Arc::new(e),
+                ))))));
             }
-            AppendTo::Inline(writer) => {
-                let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
-                let Some(writer) = writer.as_mut() else {
-                    return Err(closed());
-                };
-                let result = writer.write_group(&line, 1).map_err(SpoolError::Write);
-                Ok(Ack(AckState::Ready(Some(result))))
+        };
+        match self.shared.sync {
+            SpoolSync::Background => Ok(Ack(AckState::Ready(Some(Ok(()))))),
+            SpoolSync::Always => {
+                // Only a sleeping sync thread needs waking; a running one takes this
+                // record in its next round.
+                if wake {
+                    self.shared.written.notify_one();
+                }
+                let synced = self.shared.synced.clone();
+                Ok(Ack(AckState::Sync {
+                    wait: Box::pin(durable(synced, segment, end)),
+                }))
             }
         }
     }
 
-    /// Writes and syncs every append queued so far, then stops the writer; later appends
-    /// fail with [`SpoolError::Closed`].
+    /// Syncs every append written so far, then stops the writer; later appends fail with
+    /// [`SpoolError::Closed`].
     pub async fn close(&self) {
-        match &self.shared.sink {
-            AppendTo::Thread(tx) => {
-                let (done, rx) = oneshot::channel();
-                if tx.send(Message::Stop(done)).is_ok() {
-                    let _ = rx.await;
-                }
-            }
-            AppendTo::Inline(writer) => {
-                let writer = writer.lock().unwrap_or_else(PoisonError::into_inner).take();
-                if let Some(mut writer) = writer {
-                    // A last sync; then the files and the lock are released.
-                    writer.sync_written();
-                    self.shared.writing.store(false, Ordering::SeqCst);
-                }
-            }
+        let writer = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut writer) = writer {
+            // A last sync; then the files and the lock are released.
+            writer.sync_written();
+            writer.acks.send_modify(|s| s.closed = true);
         }
+        self.shared.written.notify_all();
+        self.shared.writing.store(false, Ordering::SeqCst);
     }
 }
 
-/// [`SpoolSync::Background`]: every [`BACKGROUND_SYNC`], syncs what was written since the
-/// last time, on a second handle of the segment so that appends go on meanwhile. Ends when
-/// the spool is closed or dropped.
-fn sync_loop(writer: &std::sync::Weak<Mutex<Option<Writer>>>) {
+/// The sync thread. Under [`SpoolSync::Always`] it syncs whenever something was written
+/// since its last sync (sleeping on `written` otherwise); under [`SpoolSync::Background`]
+/// every [`BACKGROUND_SYNC`]. The sync runs outside the lock, so appends go on meanwhile
+/// and share the next one. Ends when the spool is closed.
+fn sync_loop(writer: &SharedWriter, written: &Condvar, sync: SpoolSync) {
     loop {
-        std::thread::sleep(BACKGROUND_SYNC);
-        let Some(writer) = writer.upgrade() else {
-            return;
-        };
-        let job = {
+        let (file, segment, size) = {
             let mut guard = writer.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(w) = guard.as_mut() else { return };
-            if w.synced >= w.size {
-                continue;
-            }
-            match w.file.try_clone() {
-                Ok(file) => (file, w.segment, w.size),
-                // No second handle: sync under the lock instead.
-                Err(_) => {
-                    w.sync_written();
-                    continue;
+            loop {
+                let Some(w) = guard.as_mut() else { return };
+                if w.synced < w.size {
+                    w.idle = false;
+                    break;
                 }
+                guard = match sync {
+                    SpoolSync::Always => {
+                        w.idle = true;
+                        written
+                            .wait_timeout(guard, Duration::from_secs(1))
+                            .map_or_else(|e| e.into_inner().0, |(g, _)| g)
+                    }
+                    SpoolSync::Background => {
+                        drop(guard);
+                        std::thread::sleep(BACKGROUND_SYNC);
+                        writer.lock().unwrap_or_else(PoisonError::into_inner)
+                    }
+                };
             }
+            let Some(w) = guard.as_ref() else { return };
+            (w.file.clone(), w.segment, w.size)
         };
-        let (file, segment, size) = job;
         let result = file.sync_data();
+        drop(file);
         let mut guard = writer.lock().unwrap_or_else(PoisonError::into_inner);
+        // A rotation meanwhile synced and closed that segment itself.
         if let Some(w) = guard.as_mut().filter(|w| w.segment == segment) {
-            match result {
-                Ok(()) => w.synced = w.synced.max(size),
-                Err(e) => w.sync_failed(&e),
-            }
+            w.synced_to(size, result);
+        }
+        if sync == SpoolSync::Background {
+            drop(guard);
+            std::thread::sleep(BACKGROUND_SYNC);
         }
     }
 }
@@ -498,136 +581,145 @@ struct Writer {
     dir: PathBuf,
     segment_bytes: u64,
     segment: u64,
-    file: File,
-    /// Written length of `file` (all of it acknowledged).
+    /// Shared with the sync thread, which syncs it outside the lock.
+    file: Arc<File>,
+    /// Written length of `file`.
     size: u64,
-    /// Synced length of `file` (`size` under [`SpoolSync::Always`]).
+    /// Synced length of `file`.
     synced: u64,
+    /// Ends of the records written to `file` and not yet synced (under
+    /// [`SpoolSync::Always`]), so a failed sync knows how many it lost.
+    unsynced: VecDeque<u64>,
     sync: SpoolSync,
-    /// The last write or sync failed: start a new segment before the next one.
+    /// The last write or sync failed: start a new segment before the next write.
     broken: bool,
+    /// The sync thread sleeps on the condvar: the next append wakes it.
+    idle: bool,
+    /// How far the flusher may read: what is synced (`always`), or written (`background`).
     committed: watch::Sender<Position>,
+    /// What is synced, for the appends waiting under [`SpoolSync::Always`].
+    acks: watch::Sender<Synced>,
     /// Final lengths of segments closed by this process, for the flusher.
     sealed: Arc<Mutex<BTreeMap<u64, u64>>>,
+    /// Records recently written, in file order, for the flusher.
+    cache: Arc<Mutex<VecDeque<Cached>>>,
     metrics: SpoolMetrics,
     /// The folder's lock, held while the writer runs.
     _lock: Arc<File>,
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Message>) {
-        let mut buf = Vec::new();
-        let mut acks = Vec::new();
-        loop {
-            let mut stop = None;
-            match rx.recv() {
-                Ok(Message::Append { line, ack }) => {
-                    buf.extend_from_slice(&line);
-                    acks.push(ack);
-                }
-                Ok(Message::Stop(done)) => stop = Some(done),
-                // Every sender is gone: nothing more can arrive.
-                Err(_) => return,
-            }
-            while stop.is_none() && acks.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(Message::Append { line, ack }) => {
-                        buf.extend_from_slice(&line);
-                        acks.push(ack);
-                    }
-                    Ok(Message::Stop(done)) => stop = Some(done),
-                    Err(_) => break,
-                }
-            }
-            if !acks.is_empty() {
-                let result = self.write_group(&buf, acks.len());
-                for ack in acks.drain(..) {
-                    let _ = ack.send(result.clone().map_err(SpoolError::Write));
-                }
-                buf.clear();
-            }
-            if let Some(done) = stop {
-                // Files and the lock are released before `close` returns.
-                drop(self);
-                let _ = done.send(());
-                return;
-            }
-        }
-    }
-
-    /// Commits `buf`, the lines of `records` records; on failure takes them off the
-    /// spool's depth (they will never be flushed).
-    fn write_group(&mut self, buf: &[u8], records: usize) -> Result<(), Arc<io::Error>> {
-        let result = self.commit(buf).map_err(Arc::new);
-        if result.is_err() {
-            self.metrics
-                .depth_bytes
-                .sub(i64::try_from(buf.len()).unwrap_or(i64::MAX));
-            self.metrics
-                .depth_records
-                .sub(i64::try_from(records).unwrap_or(i64::MAX));
-        }
-        result
-    }
-
-    /// Appends `buf` to the current segment and syncs it (under [`SpoolSync::Always`]); on
-    /// failure cuts the segment back to its acknowledged length so no partial group stays
-    /// behind.
-    fn commit(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self.broken || (self.size > 0 && self.size + buf.len() as u64 > self.segment_bytes) {
+    /// Writes one record's `line` (no sync) and returns where it ends; on failure cuts the
+    /// segment back so no partial line stays behind.
+    fn write_line(&mut self, line: &[u8], record: UsageRecord) -> io::Result<(u64, u64)> {
+        let len = line.len() as u64;
+        if self.broken || (self.size > 0 && self.size + len > self.segment_bytes) {
             self.sync_written();
             self.rotate()?;
         }
-        let sync = self.sync;
-        let written = self.file.write_all(buf).and_then(|()| match sync {
-            SpoolSync::Always => self.file.sync_data(),
-            SpoolSync::Background => Ok(()),
-        });
-        match written {
-            Ok(()) => {
-                self.size += buf.len() as u64;
-                if sync == SpoolSync::Always {
-                    self.synced = self.size;
-                }
+        if let Err(e) = (&*self.file).write_all(line) {
+            tracing::error!(error = %e, segment = self.segment, "spool write failed");
+            // Best effort: no partial line behind; go on in a fresh segment.
+            let _ = self.file.set_len(self.size);
+            self.broken = true;
+            return Err(e);
+        }
+        let start = self.size;
+        self.size += len;
+        match self.sync {
+            SpoolSync::Always => self.unsynced.push_back(self.size),
+            SpoolSync::Background => {
                 self.committed.send_replace(Position {
                     segment: self.segment,
                     offset: self.size,
                 });
-                Ok(())
             }
-            Err(e) => {
-                tracing::error!(error = %e, segment = self.segment, "spool write failed");
-                // Best effort: leave no unacknowledged bytes behind, and go on in a fresh
-                // segment (after a failed fsync the file's state is unknown).
-                let _ = self
-                    .file
-                    .set_len(self.size)
-                    .and_then(|()| self.file.sync_data());
-                self.broken = true;
-                Err(e)
-            }
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() < CACHED_RECORDS {
+            cache.push_back(Cached {
+                segment: self.segment,
+                start,
+                end: self.size,
+                record,
+            });
+        }
+        Ok((self.segment, self.size))
+    }
+
+    /// Syncs, under the lock, what was written and not yet synced (before a rotation and
+    /// at close).
+    fn sync_written(&mut self) {
+        if self.synced < self.size {
+            let size = self.size;
+            let result = self.file.sync_data();
+            self.synced_to(size, result);
         }
     }
 
-    /// Syncs what was written and acknowledged but not yet synced
-    /// ([`SpoolSync::Background`]). A failure is logged: those records were already
-    /// acknowledged, and the flusher still reads them from the kernel's copy.
-    fn sync_written(&mut self) {
-        if self.synced >= self.size {
-            return;
-        }
-        match self.file.sync_data() {
-            Ok(()) => self.synced = self.size,
+    /// Takes in the outcome of a sync of the first `size` bytes of the current segment and
+    /// tells the waiting appends and the flusher.
+    fn synced_to(&mut self, size: u64, result: io::Result<()>) {
+        match result {
+            Ok(()) => {
+                self.synced = self.synced.max(size);
+                while self.unsynced.front().is_some_and(|&end| end <= self.synced) {
+                    self.unsynced.pop_front();
+                }
+            }
             Err(e) => self.sync_failed(&e),
         }
+        self.publish();
     }
 
     /// After a failed sync the file's state is unknown: go on in a fresh segment (the next
-    /// write rotates), and don't retry this one every [`BACKGROUND_SYNC`].
+    /// write rotates). Under [`SpoolSync::Always`] the unsynced records were never
+    /// acknowledged: they are cut off the file and their appends fail. Under
+    /// [`SpoolSync::Background`] they were, and stay (the flusher reads the kernel's copy).
     fn sync_failed(&mut self, e: &io::Error) {
-        tracing::error!(error = %e, segment = self.segment, "spool background sync failed");
-        self.synced = self.size;
+        tracing::error!(error = %e, segment = self.segment, "spool sync failed");
         self.broken = true;
+        if self.sync == SpoolSync::Background {
+            self.synced = self.size;
+            return;
+        }
+        let lost = self.unsynced.len();
+        self.unsynced.clear();
+        let cut = self.synced;
+        let _ = self.file.set_len(cut);
+        self.metrics
+            .depth_bytes
+            .sub(i64::try_from(self.size - cut).unwrap_or(i64::MAX));
+        self.metrics
+            .depth_records
+            .sub(i64::try_from(lost).unwrap_or(i64::MAX));
+        self.size = cut;
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        while cache
+            .back()
+            .is_some_and(|c| c.segment == self.segment && c.start >= cut)
+        {
+            cache.pop_back();
+        }
+        let segment = self.segment;
+        self.acks.send_modify(|s| s.failed.push((segment, cut)));
+    }
+
+    /// Tells the waiting appends (and, under [`SpoolSync::Always`], the flusher) how far
+    /// the writer has synced.
+    fn publish(&self) {
+        let at = Position {
+            segment: self.segment,
+            offset: self.synced,
+        };
+        if self.sync == SpoolSync::Always {
+            self.committed
+                .send_if_modified(|c| std::mem::replace(c, at) != at);
+        }
+        self.acks.send_modify(|s| {
+            s.segment = at.segment;
+            s.offset = at.offset;
+        });
     }
 
     fn rotate(&mut self) -> io::Result<()> {
@@ -638,14 +730,16 @@ impl Writer {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(self.segment, self.size);
         self.segment = next;
-        self.file = file;
+        self.file = Arc::new(file);
         self.size = 0;
         self.synced = 0;
+        self.unsynced.clear();
         self.broken = false;
         self.committed.send_replace(Position {
             segment: next,
             offset: 0,
         });
+        self.publish();
         Ok(())
     }
 }
@@ -723,6 +817,8 @@ impl Sink for Store {
 pub struct Flusher {
     settings: SpoolSettings,
     metrics: SpoolMetrics,
+    /// Records this run wrote, so most batches need no read back from the file.
+    cache: Arc<Mutex<VecDeque<Cached>>>,
     committed: watch::Receiver<Position>,
     sealed: Arc<Mutex<BTreeMap<u64, u64>>>,
     /// The writer's first segment: older ones are the backlog of an earlier run.
@@ -791,10 +887,13 @@ impl Flusher {
                 at = next_segment(&dir, at.segment, committed.segment).await;
                 continue;
             }
-            let read = {
-                let path = path.clone();
-                let max = self.settings.batch_records;
-                tokio::task::spawn_blocking(move || read_batch(&path, at, limit, max)).await
+            let read = match self.cached(at, limit) {
+                Some(batch) => Ok(Ok(batch)),
+                None => {
+                    let path = path.clone();
+                    let max = self.settings.batch_records;
+                    tokio::task::spawn_blocking(move || read_batch(&path, at, limit, max)).await
+                }
             };
             let batch = match read {
                 Ok(Ok(batch)) => batch,
@@ -860,6 +959,37 @@ impl Flusher {
                 () = stop_signal(&mut stop) => {}
             }
         }
+    }
+
+    /// The next batch from memory, when the records from `at` (up to `limit`) are still
+    /// cached; `None` sends the flusher to the file.
+    fn cached(&self, at: Position, limit: Option<u64>) -> Option<Batch> {
+        let limit = limit?;
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        // Records already read from the file.
+        while cache
+            .front()
+            .is_some_and(|c| (c.segment, c.start) < (at.segment, at.offset))
+        {
+            cache.pop_front();
+        }
+        let mut batch = Batch {
+            records: Vec::new(),
+            lines: 0,
+            end: at.offset,
+        };
+        while batch.records.len() < self.settings.batch_records
+            && let Some(next) = cache.front()
+            && next.segment == at.segment
+            && next.start == batch.end
+            && next.end <= limit
+            && let Some(next) = cache.pop_front()
+        {
+            batch.end = next.end;
+            batch.lines += 1;
+            batch.records.push(next.record);
+        }
+        (batch.lines > 0).then_some(batch)
     }
 
     /// Inserts one batch, retrying while the store fails. Returns false when a stop's
@@ -1189,7 +1319,7 @@ mod tests {
             ..settings(dir.path())
         };
         let (spool, flusher) = Spool::open(settings.clone(), SpoolMetrics::new().unwrap()).unwrap();
-        spool.append(&record("bg-1")).unwrap().await.unwrap();
+        spool.append(record("bg-1")).unwrap().await.unwrap();
         let segment = *list_segments(dir.path()).unwrap().last().unwrap();
         let text = fs::read_to_string(segment_path(dir.path(), segment)).unwrap();
         assert!(text.contains("\"bg-1\""), "{text}");
@@ -1219,7 +1349,7 @@ mod tests {
         let task = tokio::spawn(flusher.run(fake.clone(), stop_rx));
         let mut acks = Vec::new();
         for i in 0..100 {
-            acks.push(spool.append(&record(&format!("r{i:03}"))).unwrap());
+            acks.push(spool.append(record(&format!("r{i:03}"))).unwrap());
         }
         for ack in acks {
             ack.await.unwrap();
@@ -1256,7 +1386,7 @@ mod tests {
             let task = tokio::spawn(flusher.run(fake.clone(), stop_rx));
             for i in 0..50 {
                 spool
-                    .append(&record(&format!("a{i:02}")))
+                    .append(record(&format!("a{i:02}")))
                     .unwrap()
                     .await
                     .unwrap();
@@ -1288,7 +1418,7 @@ mod tests {
         let (spool, flusher) = Spool::open(settings(dir.path()), metrics.clone()).unwrap();
         let (stop, stop_rx) = FlushStop::new();
         let task = tokio::spawn(flusher.run(fake.clone(), stop_rx));
-        spool.append(&record("b00")).unwrap().await.unwrap();
+        spool.append(record("b00")).unwrap().await.unwrap();
         wait_for(&fake, 51).await;
         stop.stop_by(Instant::now() + Duration::from_secs(1));
         spool.close().await;
@@ -1311,7 +1441,7 @@ mod tests {
             let task = tokio::spawn(flusher.run(fake.clone(), stop_rx));
             for i in 0..10 {
                 spool
-                    .append(&record(&format!("c{i}")))
+                    .append(record(&format!("c{i}")))
                     .unwrap()
                     .await
                     .unwrap();
@@ -1342,7 +1472,7 @@ mod tests {
         let mut n = 0;
         while spool.has_room() {
             spool
-                .append(&record(&format!("f{n}")))
+                .append(record(&format!("f{n}")))
                 .unwrap()
                 .await
                 .unwrap();
@@ -1350,13 +1480,102 @@ mod tests {
         }
         assert!(n > 1 && n < 20, "{n}");
         // Records of requests already admitted are still written.
-        spool.append(&record("late")).unwrap().await.unwrap();
+        spool.append(record("late")).unwrap().await.unwrap();
         spool.close().await;
         // Refused at once, or (while the writer thread winds down) at the acknowledgement.
-        let after = match spool.append(&record("after")) {
+        let after = match spool.append(record("after")) {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
         assert!(matches!(after, Err(SpoolError::Closed)), "{after:?}");
+    }
+
+    /// More records than the in-memory cache holds: the flusher takes what is cached from
+    /// memory and the rest from the files, in order, each once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_beyond_the_cache_are_read_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SpoolSettings {
+            segment_bytes: 64 * 1024,
+            ..SpoolSettings::new(dir.path(), 64 << 20, Duration::from_millis(5))
+        };
+        let metrics = SpoolMetrics::new().unwrap();
+        let (spool, flusher) = Spool::open(settings, metrics.clone()).unwrap();
+        let n = CACHED_RECORDS + 500;
+        let acks: Vec<_> = (0..n)
+            .map(|i| spool.append(record(&format!("m{i:05}"))).unwrap())
+            .collect();
+        for ack in acks {
+            ack.await.unwrap();
+        }
+        let fake = Fake::default();
+        let (stop, stop_rx) = FlushStop::new();
+        let task = tokio::spawn(flusher.run(fake.clone(), stop_rx));
+        wait_for(&fake, n).await;
+        stop.stop_by(Instant::now() + Duration::from_secs(1));
+        spool.close().await;
+        task.await.unwrap();
+        let got: Vec<_> = fake
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.request_id.clone())
+            .collect();
+        let want: Vec<_> = (0..n).map(|i| format!("m{i:05}")).collect();
+        assert_eq!(got, want);
+        assert_eq!(metrics.flushed.get(), n as u64);
+        assert_eq!(metrics.depth_records.get(), 0);
+    }
+
+    /// A sync that fails fails the appends it was to cover (their responses must not end as
+    /// if metered), takes their bytes off the file and the depth, and the spool goes on in
+    /// a fresh segment.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_sync_fails_its_appends_and_cuts_them_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = SpoolMetrics::new().unwrap();
+        let (spool, flusher) = Spool::open(settings(dir.path()), metrics.clone()).unwrap();
+        spool.append(record("kept")).unwrap().await.unwrap();
+        let (segment, kept_len, end) = {
+            // Holding the lock keeps the sync thread out: the failure comes first.
+            let mut guard = spool.shared.writer.lock().unwrap();
+            let w = guard.as_mut().unwrap();
+            let kept_len = w.size;
+            let mut line = serde_json::to_vec(&record("lost")).unwrap();
+            line.push(b'\n');
+            metrics.depth_bytes.add(line.len() as i64);
+            metrics.depth_records.inc();
+            let (segment, end) = w.write_line(&line, record("lost")).unwrap();
+            let size = w.size;
+            w.synced_to(size, Err(io::Error::other("disk gone")));
+            (segment, kept_len, end)
+        };
+        let lost = durable(spool.shared.synced.clone(), segment, end).await;
+        assert!(matches!(lost, Err(SpoolError::Write(_))), "{lost:?}");
+        let on_disk = fs::metadata(segment_path(dir.path(), segment))
+            .unwrap()
+            .len();
+        assert_eq!(on_disk, kept_len, "the lost record is cut off the file");
+        assert_eq!(metrics.depth_records.get(), 1);
+        // The next append starts a new segment and is durable; a late look at the old
+        // failure still says lost.
+        spool.append(record("after")).unwrap().await.unwrap();
+        assert!(spool.shared.synced.borrow().segment > segment);
+        assert!(
+            durable(spool.shared.synced.clone(), segment, end)
+                .await
+                .is_err()
+        );
+        let fake = Fake::default();
+        let (stop, stop_rx) = FlushStop::new();
+        let task = tokio::spawn(flusher.run(fake.clone(), stop_rx));
+        wait_for(&fake, 2).await;
+        stop.stop_by(Instant::now() + Duration::from_secs(1));
+        spool.close().await;
+        task.await.unwrap();
+        assert_eq!(fake.ids(), vec!["after".to_owned(), "kept".to_owned()]);
+        assert_eq!(metrics.depth_records.get(), 0);
+        assert_eq!(metrics.depth_bytes.get(), 0);
     }
 }
