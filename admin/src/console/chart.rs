@@ -1,7 +1,8 @@
 //! Stacked bar charts as inline SVG, drawn on the server: one bar per day, one colour per
 //! series (model or key). No script and no style attribute (the CSP allows neither inline):
 //! colours come from the stylesheet's `s0`..`s7` classes, and each bar segment carries a
-//! `<title>` that browsers show on hover. Each day's group also carries `data-day` and
+//! `<title>` that browsers show on hover. Every SVG element is closed explicitly: HTML's
+//! void-element shorthand (`<line ...>`) would leave it open inside `<svg>`. Each day's group also carries `data-day` and
 //! `data-total`, which the browser tests read.
 
 use maud::{Markup, html};
@@ -18,7 +19,7 @@ pub(crate) struct Units {
     pub axis: fn(u64) -> String,
 }
 
-const WIDTH: f64 = 720.0;
+const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 220.0;
 const LEFT: f64 = 64.0;
 const RIGHT: f64 = 8.0;
@@ -79,9 +80,9 @@ pub(crate) fn stacked(
     html! {
         figure.chart {
             figcaption { (caption) }
-            svg #(id) viewBox={"0 0 " (WIDTH) " " (HEIGHT)} role="img" aria-label=(caption) preserveAspectRatio="none" {
+            svg #(id) viewBox={"0 0 " (WIDTH) " " (HEIGHT)} role="img" aria-label=(caption) {
                 @for tick in [0, top / 2, top] {
-                    line.grid x1=(px(LEFT)) x2=(px(WIDTH - RIGHT)) y1=(px(y_of(tick))) y2=(px(y_of(tick)));
+                    line.grid x1=(px(LEFT)) x2=(px(WIDTH - RIGHT)) y1=(px(y_of(tick))) y2=(px(y_of(tick))) {}
                     text.axis x=(px(LEFT - 6.0)) y=(px(y_of(tick) + 4.0)) text-anchor="end" { ((units.axis)(tick)) }
                 }
                 @for (d, (day, bar)) in days.iter().zip(&bars).enumerate() {
@@ -110,7 +111,7 @@ pub(crate) fn legend(series: &[Series], detail: &[String]) -> Markup {
         ul.legend {
             @for (i, s) in series.iter().enumerate() {
                 li {
-                    svg.swatch viewBox="0 0 10 10" aria-hidden="true" { rect class={"s" (i % 8)} width="10" height="10"; }
+                    svg.swatch viewBox="0 0 10 10" aria-hidden="true" { rect class={"s" (i % 8)} width="10" height="10" {} }
                     " " span.series-label { (s.label) }
                     @if let Some(d) = detail.get(i) { " " span.sub { (d) } }
                 }
@@ -163,5 +164,15 @@ mod tests {
         assert_eq!(svg.matches("<rect").count(), 3, "no rect for a zero value");
         assert!(svg.contains("a&lt;b&gt;"), "labels are escaped");
         assert!(!svg.contains("style="), "no inline style (CSP)");
+        assert_eq!(
+            svg.matches("<line").count(),
+            svg.matches("</line>").count(),
+            "closed"
+        );
+        assert_eq!(
+            svg.matches("<rect").count(),
+            svg.matches("</rect>").count(),
+            "closed"
+        );
     }
 }

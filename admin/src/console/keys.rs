@@ -123,8 +123,8 @@ pub(crate) fn limits_cards(limits: &TenantLimitsView) -> Markup {
             }
             div.stat {
                 span.label { "Rate limits (per tenant)" }
-                span.value.small { (layout::limit(l.rpm)) " rpm" }
-                span.sub { (layout::limit(l.tpm)) " tpm · " (layout::limit(l.max_concurrent)) " concurrent" }
+                span.value.small { (layout::limit(l.rpm)) " requests/min" }
+                span.sub { (layout::limit(l.tpm)) " tokens/min · " (layout::limit(l.max_concurrent)) " concurrent" }
             }
         }
     }

@@ -32,6 +32,7 @@ struct Kind {
     nav: Nav,
     /// The object's identifying field: `name` or `model`.
     id: &'static str,
+    id_label: &'static str,
     api: &'static str,
     page: &'static str,
     /// What `null` means in the list.
@@ -44,6 +45,7 @@ const PLANS: Kind = Kind {
     noun: "plan",
     nav: Nav::Plans,
     id: "name",
+    id_label: "Name",
     api: "/admin/v1/plans",
     page: "/console/plans",
     null_means: "unlimited",
@@ -61,6 +63,7 @@ const PRICES: Kind = Kind {
     noun: "price",
     nav: Nav::Prices,
     id: "model",
+    id_label: "Model",
     api: "/admin/v1/prices",
     page: "/console/prices",
     null_means: "—",
@@ -164,7 +167,7 @@ async fn list_page(ctx: Ctx, kind: &Kind) -> Response {
                 } @else {
                     table #(kind.noun) {
                         thead { tr {
-                            th { (kind.id) }
+                            th { (kind.id_label) }
                             @for (_, label) in &cols { th.num { (label) } }
                             th { span.sr { "Actions" } }
                         } }
@@ -219,7 +222,7 @@ fn edit_form(
                 (layout::csrf_field(ctx))
                 @match &id {
                     Some(id) => { input type="hidden" name=(kind.id) value=(id); }
-                    None => { label { (kind.id) input type="text" name=(kind.id) required value=(value(kind.id)); } }
+                    None => { label { (kind.id_label) input type="text" name=(kind.id) required value=(value(kind.id)); } }
                 }
                 @for (name, label) in cols {
                     label { (label) input type="text" name=(name) value=(value(name)) placeholder=(kind.null_means); }

@@ -11,7 +11,7 @@ use time::Duration;
 
 use super::chart::{self, Series, Units};
 use super::client::{ApiFailure, query, seg};
-use super::keys::{KeyView, TenantLimitsView, limits_cards, tenant_header};
+use super::keys::{KeyView, TenantLimitsView, tenant_header};
 use super::layout::{self, Nav};
 use super::request::Ctx;
 use crate::billing::Period;
@@ -254,15 +254,10 @@ pub(crate) async fn page(
                 a href=(link(&month, "key")) aria-current=[(split == UsageGroupBy::Key).then_some("page")] { "key" }
             }
         }
-        @if let Some(limits) = &limits {
-            @match limits {
-                Ok(limits) => (limits_cards(limits)),
-                Err(failure) => (layout::failure_box(&failure.message)),
-            }
-        }
+        @if let Some(Err(failure)) = &limits { (layout::failure_box(&failure.message)) }
         @match &rows {
             Err(failure) => (layout::failure_box(&failure.message)),
-            Ok(rows) => (month_view(rows, &days, &names, &month)),
+            Ok(rows) => (month_view(rows, &days, &names, &month, limits.as_ref().and_then(|l| l.as_ref().ok()))),
         }
     };
     layout::page(
@@ -274,11 +269,14 @@ pub(crate) async fn page(
     )
 }
 
+/// The month's totals, charts, legend and per-day table; `limits` (the current month
+/// only) adds the budget and token quota left.
 fn month_view(
     rows: &[DailyUsageRow],
     days: &[String],
     names: &HashMap<String, String>,
     month: &str,
+    limits: Option<&TenantLimitsView>,
 ) -> Markup {
     let (cost, tokens, totals) = series_of(rows, days, names);
     let mut all = Totals::default();
@@ -307,7 +305,30 @@ fn month_view(
         .collect();
     html! {
         section.cards aria-label="Month totals" {
-            div.stat { span.label { "Cost in " (month) } span.value #month-cost data-usd=(exact_usd(all.cost)) { (micros(all.cost)) } }
+            div.stat {
+                span.label { "Cost in " (month) }
+                span.value #month-cost data-usd=(exact_usd(all.cost)) { (micros(all.cost)) }
+                @if let Some(l) = limits {
+                    span.sub #budget {
+                        @match (l.limits.monthly_budget_usd, l.remaining_budget_usd) {
+                            (Some(budget), Some(left)) => { "of " (layout::usd(budget)) " budget · " b { (layout::usd(left)) } " left" }
+                            _ => "no monthly budget",
+                        }
+                    }
+                }
+            }
+            div.stat {
+                span.label { "Tokens (input + output)" }
+                span.value { (layout::grouped(all.input + all.output)) }
+                @if let Some(l) = limits {
+                    span.sub {
+                        @match (l.limits.monthly_tokens, l.remaining_tokens) {
+                            (Some(quota), Some(left)) => { "of " (layout::grouped(quota)) " · " b { (layout::grouped(left)) } " left" }
+                            _ => "no monthly token quota",
+                        }
+                    }
+                }
+            }
             div.stat { span.label { "Requests" } span.value { (layout::grouped(all.requests)) } }
             div.stat { span.label { "Input tokens" } span.value { (layout::grouped(all.input)) } span.sub { (layout::grouped(all.cached)) " cached" } }
             div.stat { span.label { "Output tokens" } span.value { (layout::grouped(all.output)) } }
