@@ -123,8 +123,14 @@ pub(crate) fn limits_cards(limits: &TenantLimitsView) -> Markup {
             }
             div.stat {
                 span.label { "Rate limits (per tenant)" }
-                span.value.small { (layout::limit(l.rpm)) " requests/min" }
-                span.sub { (layout::limit(l.tpm)) " tokens/min · " (layout::limit(l.max_concurrent)) " concurrent" }
+                span.value.small {
+                    @match l.rpm { Some(rpm) => { (layout::grouped(rpm.into())) " requests/min" }, None => "no request limit" }
+                }
+                span.sub {
+                    @match l.tpm { Some(tpm) => { (layout::grouped(tpm.into())) " tokens/min" }, None => "no token limit" }
+                    " · "
+                    @match l.max_concurrent { Some(n) => { (n) " at once" }, None => "no concurrency limit" }
+                }
             }
         }
     }
@@ -188,7 +194,7 @@ pub(crate) async fn tenant_page(
                 }
                 (layout::submit("Change plan", "", why_global.as_deref()))
             }
-            @if why_global.is_none() { (disable_form(&ctx, &tenant, &here, None)) }
+            (disable_form(&ctx, &tenant, &here, why_global.as_deref()))
         }
         section {
             h2 { "Keys" }

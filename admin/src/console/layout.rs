@@ -247,11 +247,6 @@ pub(crate) fn when(rfc3339: &str) -> String {
     }
 }
 
-/// An optional limit: the number, or "unlimited".
-pub(crate) fn limit<T: std::fmt::Display>(value: Option<T>) -> String {
-    value.map_or_else(|| "unlimited".to_owned(), |v| v.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,7 +268,5 @@ mod tests {
         assert_eq!(usd_short(1_234_000_000), "$1,234.00");
         assert_eq!(when("2026-12-06T14:03:09Z"), "2026-12-06 14:03 UTC");
         assert_eq!(when("soon"), "soon");
-        assert_eq!(limit(Some(5)), "5");
-        assert_eq!(limit::<u32>(None), "unlimited");
     }
 }

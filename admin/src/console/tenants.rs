@@ -103,7 +103,7 @@ pub(crate) async fn list(ctx: Ctx, Query(params): Query<ListQuery>) -> Response 
         h1 { "Tenants" }
         section.card {
             h2 { "New tenant" }
-            form.inline method="post" action="/console/tenants" {
+            form.inline #new-tenant method="post" action="/console/tenants" {
                 (layout::csrf_field(&ctx))
                 label { "Name " input type="text" name="name" required maxlength="200" value=(name_value); }
                 label { "Plan "
