@@ -188,9 +188,18 @@ pub(crate) fn failure_box(message: &str) -> Markup {
     html! { p.flash.error role="alert" { (message) } }
 }
 
-/// `$12.345678`.
+/// `$1,234.50`, `$0.001350`: exact (every micro-dollar shown), trailing zeros beyond
+/// the cents left out.
 pub(crate) fn usd(amount: MicroUsd) -> String {
-    format!("${amount}")
+    let micros = u64::try_from(amount.micros()).unwrap_or(0);
+    let fraction = format!("{:06}", micros % 1_000_000);
+    let fraction = fraction.trim_end_matches('0');
+    let cents = if fraction.len() < 2 {
+        format!("{fraction:0<2}")
+    } else {
+        fraction.to_owned()
+    };
+    format!("${}.{cents}", grouped(micros / 1_000_000))
 }
 
 /// `$12.35` for chart labels: whole cents, or the full amount under a cent.
@@ -262,6 +271,12 @@ mod tests {
         assert_eq!(compact(1_250), "1.3k");
         assert_eq!(compact(35_000), "35k");
         assert_eq!(compact(2_500_000), "2.5M");
+        let usd_of = |m: i64| usd(MicroUsd::from_micros(m).unwrap_or(MicroUsd::ZERO));
+        assert_eq!(usd_of(0), "$0.00");
+        assert_eq!(usd_of(250_000_000), "$250.00");
+        assert_eq!(usd_of(1_234_500_000), "$1,234.50");
+        assert_eq!(usd_of(212_954_973), "$212.954973");
+        assert_eq!(usd_of(17_100), "$0.0171");
         assert_eq!(usd_short(0), "$0");
         assert_eq!(usd_short(1_350), "$0.001350");
         assert_eq!(usd_short(12_345_678), "$12.35");
