@@ -42,10 +42,11 @@ async fn find(
     if let Some(own) = &ctx.operator.tenant {
         // A tenant-scoped operator has one tenant to list.
         let tenant = ctx.tenant(own).await?;
-        let q = q.map(str::to_ascii_lowercase);
+        // The store's search rule: name contains `q` (ASCII case ignored), or id is `q`.
         let shown = after.is_none()
-            && q.as_ref().is_none_or(|q| {
-                tenant.name.to_ascii_lowercase().contains(q.as_str()) || tenant.id == *q
+            && q.is_none_or(|q| {
+                let name = tenant.name.to_ascii_lowercase();
+                name.contains(&q.to_ascii_lowercase()) || tenant.id == q
             });
         return Ok(ListOf {
             data: if shown { vec![tenant] } else { Vec::new() },
