@@ -6,6 +6,8 @@
 //! anything the API would refuse this operator, validates input with the API's own rules,
 //! shows the API's own error messages (naming the field), and leaves the same audit log
 //! lines. No socket is involved: a call costs the JSON round trip and the store query.
+//! What the host adds around the admin router (the gateway's cache-purge hook) is not on
+//! this path; the console does not call those routes.
 
 use axum::Router;
 use axum::body::{Body, Bytes};
