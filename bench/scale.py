@@ -382,7 +382,7 @@ def queries_phase(args: argparse.Namespace, db: Psql, gw: Gateway, fill: dict[st
         return k, t
 
     n = args.queries
-    cases: list[tuple[str, Any, int]] = [
+    cases: list[tuple[Any, ...]] = [
         ("tenant, current month, by day (defaults)", lambda: q("/admin/v1/usage", tenant=tenant()), n),
         ("tenant, last month, by day", lambda: q("/admin/v1/usage", tenant=tenant(), **{"from": frm, "to": to}, group_by="day"), n),
         ("tenant, last month, by model", lambda: q("/admin/v1/usage", tenant=tenant(), **{"from": frm, "to": to}, group_by="model"), n),
@@ -396,10 +396,32 @@ def queries_phase(args: argparse.Namespace, db: Psql, gw: Gateway, fill: dict[st
         ("platform, last month, by day", lambda: q("/admin/v1/usage", **{"from": frm, "to": to}, group_by="day"), n),
         ("platform, last month, by key (export)", lambda: q("/admin/v1/usage", **{"from": frm, "to": to}, group_by="key"), max(5, n // 20)),
     ]
-    out: dict[str, Any] = {}
+    # The operator console's pages (HTML, whole request through the in-process admin API),
+    # signed in once with the admin token like a browser.
     conn = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=120)
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    for name, make, count in cases:
+    conn.request("POST", "/console/login", body=urllib.parse.urlencode({"token": ADMIN_TOKEN}),
+                 headers={"Content-Type": "application/x-www-form-urlencoded",
+                          "Origin": f"http://127.0.0.1:{gw.admin_port}"})
+    resp = conn.getresponse()
+    resp.read()
+    cookie = (resp.getheader("set-cookie") or "").split(";")[0]
+    if resp.status != 303 or not cookie:
+        raise SystemExit(f"bench: console sign-in answered {resp.status}")
+    names = db.run("SELECT name FROM tenants")[0].split()
+    page = {"Cookie": cookie}
+    cases += [
+        ("console: tenants list", lambda: "/console/tenants", n, page),
+        ("console: tenant search", lambda: q("/console/tenants", q=rng.choice(names)[:8]), n, page),
+        ("console: tenant page (keys, limits)", lambda: f"/console/tenants/{tenant()}", n, page),
+        ("console: spend, current month, by model", lambda: f"/console/tenants/{tenant()}/spend", n, page),
+        ("console: spend, last month, by model", lambda: q(f"/console/tenants/{tenant()}/spend", month=last), n, page),
+        ("console: spend, last month, by key", lambda: q(f"/console/tenants/{tenant()}/spend", month=last, split="key"), n, page),
+        ("console: invoices, last month", lambda: q(f"/console/tenants/{tenant()}/invoices", period=last), n, page),
+    ]
+    out: dict[str, Any] = {}
+    api = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for name, make, count, *extra in cases:
+        headers = extra[0] if extra else api
         times: list[float] = []
         rows: list[int] = []
         # Two unmeasured requests first (connection, plan cache).
@@ -415,7 +437,9 @@ def queries_phase(args: argparse.Namespace, db: Psql, gw: Gateway, fill: dict[st
             if i < 2:
                 continue
             times.append(took)
-            if body.startswith(b"{"):
+            if resp.getheader("content-type", "").startswith("text/html"):
+                rows.append(0)
+            elif body.startswith(b"{"):
                 doc = json.loads(body)
                 rows.append(len(doc.get("data", doc.get("lines", []))))
             else:

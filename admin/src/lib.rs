@@ -5,12 +5,14 @@
 //! - [`store`]: one API over SQLite and Postgres (sqlx `Any`), migrations included.
 //! - [`billing`]: usage reports and invoices from the usage ledger.
 //! - [`api`]: the admin router (`/healthz`, `/readyz`, `/admin/v1/*`).
+//! - [`console`]: the operator console's web pages (`/console/`), merged into that router.
 //! - [`operator`]: who may call the admin API.
 //! - [`error`]: the OpenAI error shape both planes answer with.
 
 pub mod api;
 pub mod billing;
 pub mod cli;
+pub mod console;
 pub mod error;
 pub mod keys;
 pub mod operator;

@@ -327,6 +327,11 @@ fn banner(data: &Plane<'_>, admin: &Plane<'_>, startup: &Startup, token: Option<
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "tollgate: data plane listening on {data}");
     let _ = writeln!(out, "tollgate: admin plane listening on {admin}");
+    let _ = writeln!(
+        out,
+        "tollgate: console at {admin}{}",
+        tollgate_admin::console::PATH
+    );
     if startup.generated_token
         && let Some(token) = token
     {

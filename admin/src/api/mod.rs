@@ -97,15 +97,20 @@ pub enum CircuitState {
 /// The admin plane: [`routes`] behind operator auth. Every path but
 /// [`crate::operator::OPEN_PATHS`] requires an operator token; unknown paths and methods
 /// answer 404 / 405 in the OpenAI error shape.
+///
+/// The operator console ([`crate::console`], `/console/...`) is merged in beside it: it
+/// signs operators in with a session cookie instead of a bearer token, and calls these
+/// same routes in process as the signed-in operator.
 pub fn router(state: AdminState) -> Router {
-    routes()
+    let api = routes()
         // Outermost, so it also guards the fallbacks: without the token, unknown admin
         // paths answer 401 and reveal nothing about which paths exist.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::operator::authenticate,
         ))
-        .with_state(state)
+        .with_state(state.clone());
+    crate::console::router(state).merge(api)
 }
 
 /// Every admin route with its fallbacks, without the auth layer. Handlers read the

@@ -39,7 +39,7 @@ pub use money::{AmountError, MicroUsd, exact_json};
 pub use plans::{Plan, PlanLimits};
 pub use prices::{NewPrice, Price};
 pub use tenants::{DEFAULT_PLAN, Tenant, TenantUpdate};
-pub use usage::{Usage, UsageFilter, UsageGroupBy, UsageRecord, UsageRow};
+pub use usage::{DailyUsageRow, Usage, UsageFilter, UsageGroupBy, UsageRecord, UsageRow};
 
 /// How long a query waits for a connection before the store counts as unavailable: short,
 /// so a dead database turns into a quick 503 instead of requests piling up.

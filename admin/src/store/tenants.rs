@@ -116,6 +116,34 @@ impl Store {
         Ok(super::into_page(tenants, limit))
     }
 
+    /// Up to `limit` tenants whose name contains `text` (ASCII case ignored) or whose id is
+    /// `text`, with ids after `after`, in id order: the console's tenant search. `%` and
+    /// `_` in `text` match themselves.
+    pub async fn search_tenants(
+        &self,
+        text: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Page<Tenant>, StoreError> {
+        let fetch = super::fetch_limit("limit", limit)?;
+        let pattern = format!("%{}%", like_escape(&text.to_ascii_lowercase()));
+        let rows = sqlx::query(
+            "SELECT id, name, plan, disabled, created_at FROM tenants \
+             WHERE id > $1 AND (LOWER(name) LIKE $2 ESCAPE '\\' OR id = $3) ORDER BY id LIMIT $4",
+        )
+        .bind(super::cursor(after))
+        .bind(pattern)
+        .bind(text)
+        .bind(fetch)
+        .fetch_all(self.pool())
+        .await?;
+        let tenants = rows
+            .iter()
+            .map(Tenant::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(super::into_page(tenants, limit))
+    }
+
     pub async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
         sqlx::query("SELECT id, name, plan, disabled, created_at FROM tenants WHERE id = $1")
             .bind(id)
@@ -231,6 +259,18 @@ async fn select_tenant(
         .as_ref()
         .map(Tenant::from_row)
         .transpose()
+}
+
+/// `text` with LIKE's wildcards (and the escape character itself) escaped by `\`.
+fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn not_found(id: &str) -> StoreError {

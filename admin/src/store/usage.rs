@@ -179,6 +179,15 @@ pub struct UsageRow {
     pub cost_usd: MicroUsd,
 }
 
+/// One day of one model's (or key's) usage: [`Store::usage_by_day_split`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DailyUsageRow {
+    /// The UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// `group` is the model name or the key's public id.
+    pub usage: UsageRow,
+}
+
 /// A stored sum as a count; a negative one means the table was changed by hand.
 fn non_negative(column: &'static str, value: i64) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::corrupt(format!("negative {column} sum: {value}")))
@@ -250,6 +259,63 @@ impl Store {
                     cached_tokens: non_negative("cached_tokens", row.try_get("cached_tokens")?)?,
                     cost_usd: MicroUsd::from_micros(cost)
                         .ok_or_else(|| StoreError::corrupt(format!("negative cost sum: {cost}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// A tenant's usage per day and per model or key over `[from, to)`, in day then group
+    /// order: what the console's spend chart stacks. One pass over the tenant's rollup rows
+    /// of the range (the same rows [`Store::usage_summary`] reads for `group_by=day`).
+    /// `split` must be [`UsageGroupBy::Model`] or [`UsageGroupBy::Key`]; `Day` is refused.
+    pub async fn usage_by_day_split(
+        &self,
+        tenant_id: &str,
+        from: Date,
+        to: Date,
+        split: UsageGroupBy,
+    ) -> Result<Vec<DailyUsageRow>, StoreError> {
+        if split == UsageGroupBy::Day {
+            return Err(StoreError::invalid("split", "split must be model or key"));
+        }
+        let column = split.column();
+        // A fixed column name (from `UsageGroupBy`) and placeholders only.
+        let sql = format!(
+            "SELECT day, {column} AS grp, CAST(SUM(requests) AS BIGINT) AS requests, \
+             CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
+             CAST(SUM(output_tokens) AS BIGINT) AS output_tokens, \
+             CAST(SUM(cached_tokens) AS BIGINT) AS cached_tokens, \
+             CAST(SUM(cost_micro_usd) AS BIGINT) AS cost_micro_usd \
+             FROM usage_daily WHERE tenant_id = $1 AND day >= $2 AND day < $3 \
+             GROUP BY day, {column} ORDER BY day, {column}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .bind(unix_day(from))
+            .bind(unix_day(to))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let cost: i64 = row.try_get("cost_micro_usd")?;
+                Ok(DailyUsageRow {
+                    day: day_text(row.try_get("day")?)?,
+                    usage: UsageRow {
+                        group: row.try_get("grp")?,
+                        requests: non_negative("requests", row.try_get("requests")?)?,
+                        input_tokens: non_negative("input_tokens", row.try_get("input_tokens")?)?,
+                        output_tokens: non_negative(
+                            "output_tokens",
+                            row.try_get("output_tokens")?,
+                        )?,
+                        cached_tokens: non_negative(
+                            "cached_tokens",
+                            row.try_get("cached_tokens")?,
+                        )?,
+                        cost_usd: MicroUsd::from_micros(cost).ok_or_else(|| {
+                            StoreError::corrupt(format!("negative cost sum: {cost}"))
+                        })?,
+                    },
                 })
             })
             .collect()

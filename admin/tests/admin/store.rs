@@ -25,6 +25,7 @@ on_both_backends!(
     tenant_duplicate_name_conflicts,
     tenant_invalid_input,
     tenant_paging,
+    tenant_search,
     key_create_and_lookup,
     key_defaults,
     key_stores_hash_not_plaintext,
@@ -178,6 +179,62 @@ async fn tenant_paging(db: Db) {
         db.store.list_tenants(0, None).await,
         Err(StoreError::Invalid { field: "limit", .. })
     ));
+}
+
+/// The console's search: name substring (ASCII case ignored) or exact id; `%` and `_`
+/// are literal; paged by id like the list.
+async fn tenant_search(db: Db) {
+    let s = &db.store;
+    let mut made = Vec::new();
+    for name in [
+        "Acme Corp",
+        "acme-labs",
+        "Globex",
+        "100% real",
+        "under_score",
+        "underXscore",
+    ] {
+        made.push(s.create_tenant(name, None).await.unwrap());
+    }
+    let names = |page: tollgate_admin::store::Page<tollgate_admin::store::Tenant>| {
+        let mut n: Vec<String> = page.data.into_iter().map(|t| t.name).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(s.search_tenants("ACME", 10, None).await.unwrap()),
+        ["Acme Corp", "acme-labs"]
+    );
+    assert_eq!(
+        names(s.search_tenants("%", 10, None).await.unwrap()),
+        ["100% real"]
+    );
+    assert_eq!(
+        names(s.search_tenants("r_s", 10, None).await.unwrap()),
+        ["under_score"]
+    );
+    assert!(
+        s.search_tenants("nothing", 10, None)
+            .await
+            .unwrap()
+            .data
+            .is_empty()
+    );
+    let by_id = s.search_tenants(&made[2].id, 10, None).await.unwrap();
+    assert_eq!(names(by_id), ["Globex"]);
+    // Paged in id order, like the list.
+    let first = s.search_tenants("a", 1, None).await.unwrap();
+    assert!(first.has_more);
+    let rest = s
+        .search_tenants("a", 10, Some(&first.data[0].id))
+        .await
+        .unwrap();
+    assert!(rest.data.iter().all(|t| t.id > first.data[0].id));
+    assert_eq!(
+        first.data.len() + rest.data.len(),
+        3,
+        "Acme Corp, acme-labs, 100% real"
+    );
 }
 
 async fn key_create_and_lookup(db: Db) {

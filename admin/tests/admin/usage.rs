@@ -24,6 +24,7 @@ on_both_backends!(
     dropped_partition_is_recreated,
     summary_filters_and_groups,
     spend_since_reads_the_rollup,
+    daily_split_by_model_and_key,
     prune_removes_raw_rows_and_keeps_rollups,
     prunes_race_each_other_and_inserts,
 );
@@ -473,6 +474,68 @@ async fn summary_filters_and_groups(db: Db) {
     assert_eq!(rows[0].input_tokens, 1 + 3 + 4 + 5);
     assert_eq!(rows[0].output_tokens, 4 * 50);
     assert_eq!(rows[0].cached_tokens, 4 * 10);
+}
+
+/// The console's spend chart: one tenant's range, per day and model (or key), exact.
+async fn daily_split_by_model_and_key(db: Db) {
+    let mut batch = vec![
+        record("d1", "ten_a", "ka1", "m1", ms("2026-02-01T00:00:00Z")),
+        record("d2", "ten_a", "ka1", "m1", ms("2026-02-01T23:59:59Z")),
+        record("d3", "ten_a", "ka2", "m2", ms("2026-02-01T12:00:00Z")),
+        record("d4", "ten_a", "ka2", "m1", ms("2026-02-28T12:00:00Z")),
+        record("d5", "ten_a", "ka1", "m1", ms("2026-03-01T00:00:00Z")),
+        record("d6", "ten_b", "kb1", "m1", ms("2026-02-01T12:00:00Z")),
+    ];
+    for (i, r) in batch.iter_mut().enumerate() {
+        r.cost_micro_usd = 10_i64.pow(u32::try_from(i).unwrap());
+    }
+    db.store.insert_usage(&batch).await.unwrap();
+    let split = |by: UsageGroupBy| {
+        let s = &db.store;
+        async move {
+            s.usage_by_day_split("ten_a", date!(2026 - 02 - 01), date!(2026 - 03 - 01), by)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.day,
+                        r.usage.group,
+                        r.usage.requests,
+                        r.usage.cost_usd.micros(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let g = |d: &str, x: &str, n: u64, c: i64| (d.to_owned(), x.to_owned(), n, c);
+    assert_eq!(
+        split(UsageGroupBy::Model).await,
+        [
+            g("2026-02-01", "m1", 2, 11),
+            g("2026-02-01", "m2", 1, 100),
+            g("2026-02-28", "m1", 1, 1000)
+        ]
+    );
+    assert_eq!(
+        split(UsageGroupBy::Key).await,
+        [
+            g("2026-02-01", "ka1", 2, 11),
+            g("2026-02-01", "ka2", 1, 100),
+            g("2026-02-28", "ka2", 1, 1000)
+        ]
+    );
+    assert!(
+        db.store
+            .usage_by_day_split(
+                "ten_a",
+                date!(2026 - 02 - 01),
+                date!(2026 - 03 - 01),
+                UsageGroupBy::Day
+            )
+            .await
+            .is_err()
+    );
 }
 
 async fn spend_since_reads_the_rollup(db: Db) {
