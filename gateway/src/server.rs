@@ -105,6 +105,9 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     }
 
     let registry = prometheus::Registry::new();
+    #[cfg(feature = "local")]
+    crate::local::register_metrics(&registry)
+        .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;
     let (ledger, meter_tasks) = Ledger::start(store.clone(), &config, &registry).await?;
     crate::router::metrics::CircuitMetrics::register(models.clone(), &registry)
         .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;
