@@ -45,6 +45,8 @@ pub struct LlamaModel {
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     eos: Vec<u32>,
+    /// Put first in completion prompts when the tokenizer does not add it itself
+    /// (`add_bos_token` in tokenizer_config.json).
     bos: Option<u32>,
     /// The bytes each token adds to the text (`None`: special tokens).
     token_bytes: Vec<Option<Vec<u8>>>,
@@ -120,8 +122,12 @@ impl LlamaModel {
             (Some(p), Some(s), Some(m)) => Some([p, s, m]),
             _ => None,
         };
+        let add_bos = tok_config
+            .get("add_bos_token")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         Ok(Self {
-            bos: decoder.config.bos,
+            bos: decoder.config.bos.filter(|_| add_bos),
             decoder,
             tokenizer,
             template,
@@ -221,10 +227,20 @@ impl LlamaModel {
         self.tokenizer.decode(ids, true).unwrap_or_default()
     }
 
-    /// A token's text and bytes as `logprobs` shows them.
+    /// A token's text and bytes as `logprobs` shows them; a token that is part of a
+    /// character reads `bytes:\xe2\x80`, as OpenAI writes those.
     pub fn token_text(&self, id: u32) -> (String, Vec<u8>) {
         match self.token_bytes.get(id as usize).and_then(Option::as_ref) {
-            Some(b) => (String::from_utf8_lossy(b).into_owned(), b.clone()),
+            Some(b) => {
+                let text = match std::str::from_utf8(b) {
+                    Ok(t) => t.to_owned(),
+                    Err(_) => {
+                        let hex: String = b.iter().map(|x| format!("\\x{x:02x}")).collect();
+                        format!("bytes:{hex}")
+                    }
+                };
+                (text, b.clone())
+            }
             None => {
                 let t = self.tokenizer.id_to_token(id).unwrap_or_default();
                 let b = t.as_bytes().to_vec();

@@ -768,7 +768,10 @@ fn params(g: &Generator, request: &Request) -> Result<Params, ApiError> {
         }
     };
     // The grammar must fit the budget: refuse what cannot be answered in full.
-    if let Some(c) = &constraint {
+    if let Some(c) = constraint
+        .as_ref()
+        .filter(|_| !matches!(tool_mode, Some(ToolMode::Auto(_))))
+    {
         let needed = c.grammar.remaining(&c.grammar.start());
         let room = max_tokens.min(context.saturating_sub(longest));
         if needed > room {

@@ -19,6 +19,7 @@
 //! [`serve`] turns a parsed OpenAI request into the OpenAI answer (JSON or SSE); the
 //! gateway's [`Local`] provider and the standalone worker ([`worker`]) both use it.
 
+pub mod bert;
 pub mod decoder;
 pub mod embed;
 pub mod generate;

@@ -876,3 +876,354 @@ fn logprobs_are_the_models_distribution() {
         .0;
     assert_eq!(top.top[0].0 as usize, best);
 }
+
+/// The packed CPU encoder and candle's padded `BertModel` agree on the same inputs.
+#[test]
+fn packed_encoder_equals_padded_bert() {
+    let Some(dir) = minilm_dir() else { return };
+    let (_, config) = super::model_kind(&dir).unwrap();
+    let model = BertEmbedder::load(&dir, &config).unwrap();
+    let texts = [
+        "a",
+        "A longer sentence, with punctuation; and more words than the others.",
+        "short one",
+        "émoji 🙂 and accents",
+    ];
+    let packed = model.embed(&texts).unwrap();
+    let padded = model.embed_padded(&texts).unwrap();
+    for (a, b) in packed.vectors.iter().zip(&padded) {
+        let c = cosine(a, b);
+        assert!(c > 0.99999, "cosine {c}");
+    }
+}
+
+// ---- the HTTP surface (the worker's router; the gateway's `local` provider shares it) ----
+
+fn app(dir: &Path) -> axum::Router {
+    let engine = std::sync::Arc::new(super::load(dir, 8).unwrap());
+    super::worker::router(engine, "tiny")
+}
+
+fn post(app: &axum::Router, path: &str, body: serde_json::Value) -> (u16, String) {
+    use tower::ServiceExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let request = http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    })
+}
+
+fn post_json(app: &axum::Router, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let (status, text) = post(app, path, body);
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}
+
+/// The `data:` payloads of an SSE body.
+fn sse(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn tools_json() -> serde_json::Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string", "maxLength": 16}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "add", "parameters": {
+            "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}
+    ])
+}
+
+#[test]
+fn api_tool_calls_plain_and_streamed() {
+    let Some(dir) = tiny_qwen_dir() else { return };
+    let app = app(&dir);
+    let messages = json!([{"role": "user", "content": "Weather in Paris?"}]);
+    let (status, v) = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"model": "tiny", "messages": messages, "tools": tools_json(), "tool_choice": "required",
+               "max_tokens": 120, "temperature": 0.8, "seed": 3}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+    assert!(choice["message"]["content"].is_null(), "{v}");
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert!(!calls.is_empty());
+    for call in calls {
+        assert!(call["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(call["type"], "function");
+        let args: serde_json::Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(args.is_object());
+        assert!(["get_weather", "add"].contains(&call["function"]["name"].as_str().unwrap()));
+    }
+    // A named function, streamed: the call comes as tool_calls deltas.
+    let (status, text) = post(
+        &app,
+        "/v1/chat/completions",
+        json!({"model": "tiny", "messages": messages, "tools": tools_json(), "stream": true,
+               "tool_choice": {"type": "function", "function": {"name": "add"}}, "max_tokens": 120}),
+    );
+    assert_eq!(status, 200, "{text}");
+    let events = sse(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let deltas: Vec<&serde_json::Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(deltas.len(), 1, "{text}");
+    assert_eq!(deltas[0]["index"], 0);
+    assert_eq!(deltas[0]["function"]["name"], "add");
+    let args: serde_json::Value =
+        serde_json::from_str(deltas[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["a"].is_i64() && args["b"].is_i64(), "{args}");
+    let finishes: Vec<&serde_json::Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finishes, vec!["tool_calls"]);
+    // `auto` on a random model: either text or calls, never a half-made call.
+    let (status, v) = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"model": "tiny", "messages": messages, "tools": tools_json(), "max_tokens": 60, "seed": 5, "n": 4}),
+    );
+    assert_eq!(status, 200, "{v}");
+    for c in v["choices"].as_array().unwrap() {
+        match c["message"]["tool_calls"].as_array() {
+            Some(calls) => {
+                for call in calls {
+                    serde_json::from_str::<serde_json::Value>(
+                        call["function"]["arguments"].as_str().unwrap(),
+                    )
+                    .unwrap();
+                }
+            }
+            None => assert!(c["message"]["content"].is_string(), "{c}"),
+        }
+    }
+}
+
+#[test]
+fn api_json_schema_and_logprobs() {
+    let Some(dir) = tiny_llama3_dir() else { return };
+    let app = app(&dir);
+    let schema = json!({"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 10}, "ok": {"type": "boolean"}, "n": {"type": "number"}
+    }, "required": ["name", "ok", "n"], "additionalProperties": false});
+    let (status, v) = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "JSON please"}],
+               "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": schema, "strict": true}},
+               "max_tokens": 80, "logprobs": true, "top_logprobs": 3, "n": 2, "seed": 9}),
+    );
+    assert_eq!(status, 200, "{v}");
+    for c in v["choices"].as_array().unwrap() {
+        let content = c["message"]["content"].as_str().unwrap();
+        let parsed: serde_json::Value =
+            serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content:?}"));
+        assert!(parsed["name"].is_string() && parsed["ok"].is_boolean() && parsed["n"].is_number());
+        let lp = c["logprobs"]["content"].as_array().unwrap();
+        assert!(!lp.is_empty());
+        for t in lp {
+            assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+            assert_eq!(t["top_logprobs"].as_array().unwrap().len(), 3);
+            assert!(t["bytes"].is_array());
+        }
+    }
+    let tokens: u64 = v["usage"]["completion_tokens"].as_u64().unwrap();
+    let counted: usize = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["logprobs"]["content"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(counted as u64, tokens);
+    // json_object, streamed: the concatenated deltas parse.
+    let (status, text) = post(
+        &app,
+        "/v1/chat/completions",
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "JSON"}], "stream": true,
+               "response_format": {"type": "json_object"}, "max_tokens": 60}),
+    );
+    assert_eq!(status, 200);
+    let content: String = sse(&text)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&content)
+            .unwrap()
+            .is_object(),
+        "{content}"
+    );
+}
+
+#[test]
+fn api_completions_echo_suffix_and_logprobs() {
+    let Some(dir) = tiny_qwen_dir() else { return };
+    let app = app(&dir);
+    let (status, v) = post_json(
+        &app,
+        "/v1/completions",
+        json!({"model": "tiny", "prompt": "Hello", "echo": true, "logprobs": 2, "max_tokens": 5, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let c = &v["choices"][0];
+    assert!(c["text"].as_str().unwrap().starts_with("Hello"));
+    let lp = &c["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    assert_eq!(
+        tokens.len(),
+        5 + v["usage"]["completion_tokens"].as_u64().unwrap() as usize
+    );
+    assert!(
+        lp["token_logprobs"][0].is_null(),
+        "the first prompt token has none"
+    );
+    assert!(lp["token_logprobs"][1].is_f64());
+    assert_eq!(lp["top_logprobs"][1].as_object().unwrap().len(), 2);
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    // Fill-in-the-middle: Qwen's vocabulary has the tokens.
+    let (status, v) = post_json(
+        &app,
+        "/v1/completions",
+        json!({"model": "tiny", "prompt": "def f(", "suffix": "\n    return x", "max_tokens": 5}),
+    );
+    assert_eq!(status, 200, "{v}");
+    // Streamed echo: the prompt first.
+    let (_, text) = post(
+        &app,
+        "/v1/completions",
+        json!({"model": "tiny", "prompt": "Hey", "echo": true, "stream": true, "max_tokens": 3}),
+    );
+    let first: serde_json::Value = serde_json::from_str(&sse(&text)[0]).unwrap();
+    assert_eq!(first["choices"][0]["text"], "Hey");
+}
+
+#[test]
+fn api_refuses_what_a_model_cannot_do_naming_the_parameter() {
+    let Some(dir) = tiny_llama_dir() else { return };
+    let app = app(&dir);
+    let msgs = json!([{"role": "user", "content": "x"}]);
+    for (body, param) in [
+        (
+            json!({"model": "t", "messages": msgs, "frobnicate": 1}),
+            "frobnicate",
+        ),
+        (
+            json!({"model": "t", "messages": msgs, "audio": {"voice": "x"}}),
+            "audio",
+        ),
+        (
+            json!({"model": "t", "messages": msgs, "modalities": ["text", "audio"]}),
+            "modalities",
+        ),
+        (
+            json!({"model": "t", "messages": msgs, "reasoning_effort": "low"}),
+            "reasoning_effort",
+        ),
+        (
+            json!({"model": "t", "messages": msgs, "tools": tools_json()}),
+            "tools",
+        ),
+        (
+            json!({"model": "t", "messages": msgs, "tool_choice": "required"}),
+            "tool_choice",
+        ),
+        (
+            json!({"model": "t", "messages": msgs, "top_logprobs": 2}),
+            "top_logprobs",
+        ),
+        (
+            json!({"model": "t", "messages": msgs, "logit_bias": {"99999": 1}}),
+            "logit_bias",
+        ),
+        (
+            json!({"model": "t", "messages": msgs, "presence_penalty": 3}),
+            "presence_penalty",
+        ),
+        (
+            json!({"model": "t", "messages": msgs, "response_format": {"type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a+"}}}}),
+            "response_format.json_schema.schema",
+        ),
+        (
+            json!({"model": "t", "messages": msgs, "max_tokens": 3, "response_format": {"type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"long_key_name": {"type": "string"}},
+            "required": ["long_key_name"]}}}}),
+            "max_tokens",
+        ),
+        (
+            json!({"model": "t", "messages": [{"role": "function", "content": "x"}]}),
+            "messages[0].role",
+        ),
+    ] {
+        let (status, v) = post_json(&app, "/v1/chat/completions", body.clone());
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+    }
+    for (body, param) in [
+        (
+            json!({"model": "t", "prompt": "x", "suffix": "y"}),
+            "suffix",
+        ),
+        (
+            json!({"model": "t", "prompt": "x", "best_of": 3}),
+            "best_of",
+        ),
+        (
+            json!({"model": "t", "prompt": "x", "logprobs": 9}),
+            "logprobs",
+        ),
+        (json!({"model": "t", "prompt": "x", "tools": []}), "tools"),
+    ] {
+        let (status, v) = post_json(&app, "/v1/completions", body.clone());
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+    }
+    // Accepted, and cannot change the answer: user, metadata, store, service_tier.
+    let (status, v) = post_json(
+        &app,
+        "/v1/chat/completions",
+        json!({"model": "t", "messages": msgs, "user": "u", "metadata": {"a": "b"}, "store": false,
+               "service_tier": "auto", "max_tokens": 2, "frequency_penalty": 0.5, "logit_bias": {"5": -100}}),
+    );
+    assert_eq!(status, 200, "{v}");
+}
