@@ -1055,7 +1055,7 @@ impl<'a> Scheduler<'a> {
             let visible = floor_char(content, content.len() - hold);
             stop.update(content[..visible].to_owned())
         };
-        if seq.tool_start.is_some() && !end {
+        if seq.tool_start.is_some() {
             // Content before a call goes out without its trailing blank space.
             delta = delta.trim_end().to_owned();
             stop.sent = seq.sent_content + delta.len();
