@@ -93,24 +93,25 @@ fn product(x: Vec<f32>, rows: usize, w: &Tensor) -> Result<Tensor> {
 }
 
 /// Eigen's single-precision erf: a rational function of x² on [-4, 4], 7e-8 from exact,
-/// and only multiplies, adds and one divide, so the loop vectorises.
+/// and only multiplies, adds and one divide, so the loop vectorises. (Not `mul_add`:
+/// without FMA in the build's target features it is a slow library call.)
 #[inline]
 fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = -2.726_142_3e-10_f32;
-    p = p.mul_add(x2, 2.770_681_4e-8);
-    p = p.mul_add(x2, -2.101_024e-6);
-    p = p.mul_add(x2, -5.692_506_4e-5);
-    p = p.mul_add(x2, -7.349_906e-4);
-    p = p.mul_add(x2, -2.954_6e-3);
-    p = p.mul_add(x2, -1.609_603_3e-2);
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 - 2.101_024e-6;
+    p = p * x2 - 5.692_506_4e-5;
+    p = p * x2 - 7.349_906e-4;
+    p = p * x2 - 2.954_6e-3;
+    p = p * x2 - 1.609_603_3e-2;
     p *= x;
     let mut q = -1.456_607_2e-5_f32;
-    q = q.mul_add(x2, -2.133_740_5e-4);
-    q = q.mul_add(x2, -1.682_827e-3);
-    q = q.mul_add(x2, -7.373_329e-3);
-    q = q.mul_add(x2, -1.426_474e-2);
+    q = q * x2 - 2.133_740_5e-4;
+    q = q * x2 - 1.682_827e-3;
+    q = q * x2 - 7.373_329e-3;
+    q = q * x2 - 1.426_474e-2;
     p / q
 }
 
@@ -125,12 +126,37 @@ fn gelu(kind: Gelu, x: f32) -> f32 {
     }
 }
 
+/// Sums in eight independent lanes: a plain `.sum()` of floats is one serial chain (the
+/// compiler may not reorder float additions), eight lanes become SIMD.
+#[inline]
+fn lanes(a: &[f32], f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let whole = a.len() / 8 * 8;
+    for i in (0..whole).step_by(8) {
+        for (l, slot) in acc.iter_mut().enumerate() {
+            *slot += f(i + l);
+        }
+    }
+    let mut total =
+        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for i in whole..a.len() {
+        total += f(i);
+    }
+    total
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let b = &b[..a.len()];
+    lanes(a, |i| a[i] * b[i])
+}
+
 /// LayerNorm of `row` into `out` (which has one more slot, set to 1).
 #[inline]
 fn layer_norm(row: &[f32], (g, b): &(Vec<f32>, Vec<f32>), eps: f32, out: &mut [f32]) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lanes(row, |i| row[i]) / n;
+    let var = lanes(row, |i| (row[i] - mean) * (row[i] - mean)) / n;
     let inv = 1.0 / (var + eps).sqrt();
     for (((o, v), g), b) in out.iter_mut().zip(row).zip(g).zip(b) {
         *o = (v - mean) * inv * g + b;
@@ -303,8 +329,7 @@ impl PackedBert {
                             let mut max = f32::NEG_INFINITY;
                             for j in 0..len {
                                 let krow = &qkv[(start + j) * 3 * h + h + head * d..][..d];
-                                let s =
-                                    qrow.iter().zip(krow).map(|(a, b)| a * b).sum::<f32>() * scale;
+                                let s = dot(qrow, krow) * scale;
                                 max = max.max(s);
                                 scores.push(s);
                             }
