@@ -65,6 +65,9 @@ struct RawConfig {
     bos_token_id: Option<u32>,
     #[serde(default)]
     eos_token_id: Option<Value>,
+    /// Qwen2's sliding-window attention (off in the released Qwen 2.5 models).
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
 }
 
 fn default_eps() -> f64 {
@@ -200,6 +203,11 @@ impl Decoder {
             return Err(LoadError::new(format!(
                 "config.json: hidden_act '{act}' is not supported (silu only)"
             )));
+        }
+        if raw.use_sliding_window == Some(true) {
+            return Err(LoadError::new(
+                "config.json: use_sliding_window is not supported (full attention only)",
+            ));
         }
         if raw.mlp_bias == Some(true) {
             return Err(LoadError::new("config.json: mlp_bias is not supported"));

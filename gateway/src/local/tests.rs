@@ -796,6 +796,24 @@ fn tool_calls_parse_from_free_text() {
     assert_eq!(calls[0].name, "add");
     assert!(ToolFormat::Hermes.parse("no call here").is_none());
     assert!(ToolFormat::Llama3.parse("{not json").is_none());
+    // The grammar takes calls with or without Qwen's newline after the marker, and only
+    // the offered functions with their argument schemas.
+    let g = ToolFormat::Hermes.grammar(&weather_tools(), true).unwrap();
+    for text in [
+        "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n</tool_call>",
+        "<tool_call>{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n</tool_call>",
+    ] {
+        let end = g
+            .advance(&g.start(), text.as_bytes())
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(g.accepting(&end), "{text}");
+    }
+    for bad in [
+        "<tool_call>{\"name\": \"rm_rf\"",
+        "<tool_call>{\"name\": \"add\", \"arguments\": {\"a\": \"1\"",
+    ] {
+        assert!(g.advance(&g.start(), bad.as_bytes()).is_none(), "{bad}");
+    }
     // Held back while streaming: what may still become the marker.
     assert_eq!(ToolFormat::Hermes.may_trigger("text <tool_"), 6);
     assert_eq!(ToolFormat::Hermes.may_trigger("text"), 0);

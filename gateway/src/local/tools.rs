@@ -110,7 +110,11 @@ impl ToolFormat {
         };
         let root = match self {
             Self::Hermes => {
-                let open = b.literal(b"<tool_call>\n");
+                // The marker, then a newline as Qwen writes it (optional: a call a model
+                // starts without one in `auto` mode is still constrained from there).
+                let with_newline = b.literal(b"<tool_call>\n");
+                let bare = b.literal(b"<tool_call>");
+                let open = b.add(Node::Union(vec![with_newline, bare]));
                 let close = b.literal(b"\n</tool_call>");
                 let block = b.add(Node::Seq(vec![open, call, close]));
                 let sep = b.literal(b"\n");
