@@ -1378,26 +1378,51 @@ impl Matcher {
     }
 
     fn compute(&self, state: &State) -> Vec<(u32, u32)> {
+        // Inside a free string (the state most of a JSON answer is generated in) a plain
+        // ASCII byte leaves the state as it is: such bytes are walked without stepping
+        // the matcher (`None` below = "the state we started from").
+        let free_string = state.stacks.iter().all(|s| match s.last() {
+            Some(Frame::Str {
+                node,
+                esc: Esc::None,
+                cont: 0,
+                ..
+            }) => !matches!(
+                self.grammar.nodes[*node as usize],
+                Node::String { min, max } if min > 0 || max.is_some()
+            ),
+            _ => false,
+        });
+        let same_rest = self.grammar.remaining(state).min(u32::MAX as usize) as u32;
         let mut out = Vec::new();
-        let mut todo: Vec<(usize, Vec<Stack>)> = vec![(0, state.stacks.clone())];
+        let mut todo: Vec<(usize, Option<Vec<Stack>>)> = vec![(0, None)];
         while let Some((at, stacks)) = todo.pop() {
             for &(byte, child) in &self.trie.nodes[at].children {
-                let mut next = Vec::new();
-                for s in &stacks {
-                    self.grammar.step(s.clone(), byte, &mut next, 0);
-                }
-                if next.is_empty() {
-                    continue;
-                }
-                dedup(&mut next);
+                let plain = (0x20..0x7F).contains(&byte) && byte != b'"' && byte != b'\\';
+                let next = if free_string && stacks.is_none() && plain {
+                    None
+                } else {
+                    let mut next = Vec::new();
+                    for s in stacks.as_ref().unwrap_or(&state.stacks) {
+                        self.grammar.step(s.clone(), byte, &mut next, 0);
+                    }
+                    if next.is_empty() {
+                        continue;
+                    }
+                    dedup(&mut next);
+                    Some(next)
+                };
                 let node = &self.trie.nodes[child as usize];
                 if !node.tokens.is_empty() {
-                    let rest = next
-                        .iter()
-                        .map(|s| self.grammar.stack_remaining(s))
-                        .min()
-                        .unwrap_or(INF)
-                        .min(u32::MAX as usize) as u32;
+                    let rest = match &next {
+                        None => same_rest,
+                        Some(next) => next
+                            .iter()
+                            .map(|s| self.grammar.stack_remaining(s))
+                            .min()
+                            .unwrap_or(INF)
+                            .min(u32::MAX as usize) as u32,
+                    };
                     out.extend(node.tokens.iter().map(|t| (*t, rest)));
                 }
                 if !node.children.is_empty() {
