@@ -26,8 +26,9 @@ use super::{LoadError, read_json, safetensors_files};
 pub const MAX_BATCH: usize = 256;
 /// Inputs of one padded forward pass (the GPU path).
 const PADDED_BATCH: usize = 32;
-/// Tokens of one packed forward pass (bounds the activations' memory: ~40 MB for MiniLM).
-const PACKED_TOKENS: usize = 8192;
+/// Tokens of one packed forward pass: activations of a few MB (MiniLM), which stay in the
+/// caches; big batches run as several passes.
+const PACKED_TOKENS: usize = 1024;
 
 /// How token states become one vector (from `1_Pooling/config.json`; mean by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
