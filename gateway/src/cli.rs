@@ -96,6 +96,10 @@ pub struct WorkerArgs {
     /// Requests that may wait for the model; beyond it the worker answers 429 at once.
     #[arg(long, default_value_t = 64)]
     pub queue_size: usize,
+    /// Events one request may have waiting for its client; a client that far behind is
+    /// cut, so the model never waits on it.
+    #[arg(long, default_value_t = 1024)]
+    pub stream_buffer: usize,
 }
 
 #[derive(Debug, Args)]

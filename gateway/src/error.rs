@@ -196,6 +196,17 @@ pub fn model_failed() -> ApiError {
     .with_code("local_inference_failed")
 }
 
+/// 503 when a local model's stream was cut because its client fell `stream_buffer`
+/// events behind (the model never waits on one client).
+pub fn stream_buffer_exceeded() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "The stream was stopped: the client fell too far behind reading it.",
+    )
+    .with_code("stream_buffer_exceeded")
+}
+
 /// 422 / 409 for `Idempotency-Key` misuse: the same key with another body, or while the
 /// first request is still running.
 pub fn idempotency_mismatch() -> ApiError {

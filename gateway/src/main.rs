@@ -144,7 +144,15 @@ fn exit(result: Result<(), ServeError>) -> ExitCode {
 #[cfg(feature = "local")]
 async fn run_worker(args: tollgate_gateway::cli::WorkerArgs) -> ExitCode {
     use tollgate_gateway::local::worker;
-    match worker::run(&args.model, &args.listen, args.name, args.queue_size).await {
+    match worker::run(
+        &args.model,
+        &args.listen,
+        args.name,
+        args.queue_size,
+        args.stream_buffer,
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tollgate: {e}");

@@ -116,6 +116,7 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
             model,
             path: d.path.as_deref(),
             queue_size: d.queue_size,
+            stream_buffer: d.stream_buffer,
         }))?;
     }
     let models = Arc::new(
@@ -130,6 +131,9 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     }
 
     let registry = prometheus::Registry::new();
+    #[cfg(feature = "local")]
+    crate::local::register_metrics(&registry)
+        .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;
     let (ledger, meter_tasks) =
         Ledger::start(store.clone(), &config.spool_dir, &config.meter, &registry).await?;
     crate::router::metrics::CircuitMetrics::register(models.clone(), &registry)

@@ -5,6 +5,9 @@ the same engine as a standalone `tollgate worker`.
   checked against sentence-transformers' vectors (tests/models/minilm_reference.json).
 - tiny-llama: a random-weight Llama written by tests/models/make_tiny_llama.py, so the
   text is gibberish but deterministic: greedy and seeded runs repeat exactly.
+- tiny-qwen: the same kind of model in Qwen 2.5's style (its chat template and
+  `<tool_call>` format), with a small `stream_buffer`: tools, JSON schema and a client that
+  never reads its stream.
 - A full queue answers 429 when the model has nowhere else to go, and spills over to the
   next deployment (the mock upstream) when it has.
 """
@@ -15,9 +18,12 @@ import base64
 import json
 import math
 import re
+import socket
 import struct
 import subprocess
 import sys
+import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -71,9 +77,19 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
+def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("tiny-qwen")
+    subprocess.run(
+        [sys.executable, str(MODELS_DIR / "make_tiny_llama.py"), str(out), "--style", "qwen2"], check=True
+    )
+    return str(out)
+
+
+@pytest.fixture(scope="module")
 def local_gateway(
     minilm_dir: str,
     tiny_llama_dir: str,
+    tiny_qwen_dir: str,
     mock_upstream: MockUpstream,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
@@ -94,6 +110,9 @@ def local_gateway(
                 "  - name: tiny-llama\n",
                 "    deployments:\n",
                 local(tiny_llama_dir, "local-llama"),
+                "  - name: tiny-qwen\n",
+                "    deployments:\n",
+                f"      - {{ provider: local, path: {_q(tiny_qwen_dir)}, name: local-qwen, stream_buffer: 16 }}\n",
                 # Local first by far (weight), the mock upstream only when the queue is full.
                 "  - name: minilm-spill\n",
                 "    deployments:\n",
@@ -276,6 +295,156 @@ def test_full_queue_is_429_and_spills_over(lclient: openai.OpenAI, mock_upstream
     by = [r.headers["x-tollgate-deployment"] for r in results]
     assert by.count("local-minilm") >= 1, by
     assert by.count("hosted") >= 2, by
+
+
+# ---- a slow client, tools, JSON ------------------------------------------------------
+
+WEATHER_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Current weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                         "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["city"]}}},
+]
+
+
+def _metric(gw: Gateway, name: str) -> float:
+    text = gw.admin("GET", "/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_an_unread_stream_does_not_stall_the_model(
+    local_gateway: Gateway, lclient: openai.OpenAI
+) -> None:
+    """A client that opens a big stream and never reads it: the model goes on serving the
+    others, the stream is cut at its buffer (counted in /metrics) with an error event, and
+    what was generated is billed."""
+    gw = local_gateway
+    cut_before = _metric(gw, "tollgate_local_streams_cut_total")
+    url = urllib.parse.urlparse(gw.url)
+    body = json.dumps({
+        "model": "tiny-qwen", "stream": True, "n": 16, "max_tokens": 3000, "temperature": 1.0,
+        "logprobs": True, "top_logprobs": 20,
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+    }).encode()
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A tiny receive window, and nothing read: the server's socket fills, then its buffer.
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    held.connect((url.hostname, url.port))
+    held.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {lclient.api_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    try:
+        # The same model keeps answering everyone else.
+        for i in range(3):
+            r = lclient.chat.completions.create(
+                model="tiny-qwen", messages=[{"role": "user", "content": f"quick {i}"}], max_tokens=16
+            )
+            assert r.choices[0].finish_reason in ("stop", "length")
+            assert r.usage.completion_tokens >= 1
+        # The held request is cut once its buffer is full (no timing asserted: we wait).
+        deadline = time.monotonic() + 120
+        while _metric(gw, "tollgate_local_streams_cut_total") <= cut_before:
+            assert time.monotonic() < deadline, "the unread stream was never cut"
+            time.sleep(0.2)
+        held.settimeout(60)
+        raw = b""
+        while chunk := held.recv(1 << 16):
+            raw += chunk
+    finally:
+        held.close()
+    assert b" 200 " in raw.split(b"\r\n", 1)[0]
+    assert b"stream_buffer_exceeded" in raw
+    assert b"[DONE]" not in raw
+    # Billed for the tokens it generated before the cut.
+    deadline = time.monotonic() + 60
+    while True:
+        rows = gw.admin("GET", "/admin/v1/usage?group_by=model").json()["data"]
+        out = sum(r["output_tokens"] for r in rows if r["group"] == "tiny-qwen")
+        if out >= 16 + 3:
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.5)
+
+
+def test_tool_calls_through_the_sdk(lclient: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    r = lclient.chat.completions.create(
+        model="tiny-qwen", messages=messages, tools=WEATHER_TOOLS, tool_choice="required", max_tokens=120
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    calls = choice.message.tool_calls
+    assert calls and all(c.type == "function" and c.id.startswith("call_") for c in calls)
+    for c in calls:
+        assert c.function.name == "get_weather"
+        args = json.loads(c.function.arguments)
+        assert isinstance(args["city"], str)
+        assert set(args) <= {"city", "unit"}
+    # The answer goes back in the conversation: the template renders calls and results.
+    follow = lclient.chat.completions.create(
+        model="tiny-qwen",
+        messages=messages + [
+            {"role": "assistant", "content": None, "tool_calls": [c.model_dump() for c in calls]},
+            {"role": "tool", "tool_call_id": calls[0].id, "content": '{"temp": 21}'},
+        ],
+        tools=WEATHER_TOOLS,
+        tool_choice="none",
+        max_tokens=8,
+    )
+    assert follow.choices[0].message.tool_calls is None
+    # Streamed: the SDK assembles the deltas. Greedy, because a sampled city name can run
+    # past max_tokens, and a call cut by the length limit is never sent.
+    stream = lclient.chat.completions.create(
+        model="tiny-qwen", messages=messages, tools=WEATHER_TOOLS, stream=True, max_tokens=120, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    deltas = [tc for chunk in stream if chunk.choices for tc in (chunk.choices[0].delta.tool_calls or [])]
+    assert deltas and deltas[0].function.name == "get_weather"
+    assert isinstance(json.loads("".join(d.function.arguments or "" for d in deltas))["city"], str)
+    # A model whose template knows no tools refuses them, naming the parameter.
+    with pytest.raises(openai.BadRequestError) as e:
+        lclient.chat.completions.create(model="tiny-llama", messages=messages, tools=WEATHER_TOOLS)
+    assert e.value.body["param"] == "tools"
+
+
+def test_json_schema_through_the_sdk(lclient: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 24}, "days": {"type": "integer"},
+        "sunny": {"type": "boolean"}}, "required": ["city", "days", "sunny"], "additionalProperties": False}
+    r = lclient.chat.completions.create(
+        model="tiny-qwen", messages=[{"role": "user", "content": "Forecast as JSON"}], max_tokens=100, n=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "forecast", "schema": schema, "strict": True}},
+    )
+    for c in r.choices:
+        v = json.loads(c.message.content)
+        assert set(v) == {"city", "days", "sunny"}
+        assert isinstance(v["city"], str) and isinstance(v["days"], int) and isinstance(v["sunny"], bool)
+    with pytest.raises(openai.BadRequestError) as e:
+        lclient.chat.completions.create(
+            model="tiny-qwen", messages=[{"role": "user", "content": "x"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "^a"}}},
+        )
+    assert e.value.body["param"] == "response_format.json_schema.schema"
+
+
+def test_logprobs_and_multi_token_stop(lclient: openai.OpenAI) -> None:
+    r = lclient.chat.completions.create(
+        model="tiny-qwen", messages=[{"role": "user", "content": "hi"}], max_tokens=6, logprobs=True, top_logprobs=2,
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+    # A stop sequence of several tokens (each byte is a token here) cuts across them.
+    args = dict(model="tiny-qwen", prompt="The gateway", max_tokens=30, temperature=0)
+    text = lclient.completions.create(**args).choices[0].text
+    assert len(text) >= 4, text
+    stop = text[1:4]  # three one-byte tokens
+    cut = lclient.completions.create(**args, stop=[stop])
+    assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
 
 
 # ---- tollgate worker ----------------------------------------------------------------

@@ -2,10 +2,13 @@
 //! hidden states, mean-pooled over the attention mask (padding never counts), then L2
 //! normalised.
 //!
+//! On the CPU the encoder is [`PackedBert`]: a batch's inputs are packed end to end with
+//! no padding, products use every core, and element-wise work is fused. (On a GPU,
+//! candle's `BertModel` runs batches of similar length, padded to the longest.)
+//!
 //! Dynamic batching: the model's thread takes every request waiting in its queue (up to
-//! [`MAX_BATCH`] inputs), sorts all their inputs by length and runs them in batches of
-//! similar length, so concurrent small requests share forward passes and little compute
-//! goes to padding. Results go back to each request in its own order.
+//! [`MAX_BATCH`] inputs) and runs them together, so concurrent small requests share
+//! forward passes. Results go back to each request in its own order.
 
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -16,10 +19,16 @@ use serde_json::Value;
 use tokenizers::{Tokenizer, TruncationParams};
 use tokio::sync::oneshot;
 
+use super::bert::PackedBert;
 use super::{LoadError, read_json, safetensors_files};
 
-/// Inputs run in one forward pass at most (and taken from the queue at once).
-pub const MAX_BATCH: usize = 32;
+/// Inputs taken from the queue at once.
+pub const MAX_BATCH: usize = 256;
+/// Inputs of one padded forward pass (the GPU path).
+const PADDED_BATCH: usize = 32;
+/// Tokens of one packed forward pass: activations of a few MB (MiniLM), which stay in the
+/// caches; big batches run as several passes.
+const PACKED_TOKENS: usize = 1024;
 
 /// How token states become one vector (from `1_Pooling/config.json`; mean by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +40,8 @@ pub enum Pooling {
 /// A loaded BERT model and its tokenizer; used from the model's thread only.
 pub struct BertEmbedder {
     model: BertModel,
+    /// The packed CPU encoder (`None` on a GPU).
+    packed: Option<PackedBert>,
     tokenizer: Tokenizer,
     pooling: Pooling,
     device: Device,
@@ -73,10 +84,17 @@ impl BertEmbedder {
         let device = super::device();
         let files = safetensors_files(dir)?;
         let vb = super::weights(&files, &device)?;
+        let packed = if device.is_cpu() {
+            let act = config.get("hidden_act").and_then(Value::as_str);
+            Some(PackedBert::load(&vb, &cfg, act)?)
+        } else {
+            None
+        };
         let model =
             BertModel::load(vb, &cfg).map_err(|e| LoadError::new(format!("weights: {e}")))?;
         Ok(Self {
             model,
+            packed,
             tokenizer,
             pooling,
             device,
@@ -84,10 +102,11 @@ impl BertEmbedder {
         })
     }
 
-    /// Tokenizes `texts` (special tokens added, truncated, unpadded).
+    /// Tokenizes `texts` (special tokens added, truncated, unpadded), on every core.
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, String> {
+        use rayon::prelude::*;
         texts
-            .iter()
+            .par_iter()
             .map(|t| {
                 self.tokenizer
                     .encode(*t, true)
@@ -95,6 +114,39 @@ impl BertEmbedder {
                     .map_err(|e| format!("tokenize: {e}"))
             })
             .collect()
+    }
+
+    /// Embeds inputs packed (no padding): pooled per input over its own rows, normalised.
+    fn forward_packed(
+        &self,
+        packed: &PackedBert,
+        batch: &[&[u32]],
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let h = self.dimensions;
+        let hidden = packed.forward(batch)?;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut row = 0;
+        for seq in batch {
+            let rows = &hidden[row * h..(row + seq.len()) * h];
+            row += seq.len();
+            let mut v = vec![0f32; h];
+            match self.pooling {
+                Pooling::Cls => v.copy_from_slice(&rows[..h]),
+                Pooling::Mean => {
+                    for r in rows.chunks(h) {
+                        for (a, b) in v.iter_mut().zip(r) {
+                            *a += b;
+                        }
+                    }
+                    let n = seq.len().max(1) as f32;
+                    v.iter_mut().for_each(|a| *a /= n);
+                }
+            }
+            let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+            v.iter_mut().for_each(|a| *a /= norm);
+            out.push(v);
+        }
+        Ok(out)
     }
 
     /// Embeds one batch of token sequences: padded to the longest, masked, pooled,
@@ -131,7 +183,7 @@ impl BertEmbedder {
         pooled.broadcast_div(&norms)?.to_vec2::<f32>()
     }
 
-    /// Embeds `texts` in batches of similar length, in input order.
+    /// Embeds `texts`, in input order.
     pub fn embed(&self, texts: &[&str]) -> Result<Embedded, String> {
         let (vectors, lengths) = self.embed_counted(texts)?;
         Ok(Embedded {
@@ -140,14 +192,44 @@ impl BertEmbedder {
         })
     }
 
+    /// The same through candle's padded `BertModel` (the tests compare both paths).
+    #[cfg(test)]
+    pub(crate) fn embed_padded(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+        let encoded = self.encode(texts)?;
+        let batch: Vec<&[u32]> = encoded.iter().map(Vec::as_slice).collect();
+        self.forward(&batch).map_err(|e| e.to_string())
+    }
+
     /// The vectors and each input's token count.
     fn embed_counted(&self, texts: &[&str]) -> Result<(Vec<Vec<f32>>, Vec<usize>), String> {
         let encoded = self.encode(texts)?;
-        let lengths = encoded.iter().map(Vec::len).collect();
+        let lengths: Vec<usize> = encoded.iter().map(Vec::len).collect();
+        if let Some(packed) = &self.packed {
+            // Packed in input order, in passes of at most PACKED_TOKENS tokens.
+            let mut vectors = Vec::with_capacity(encoded.len());
+            let mut start = 0;
+            while start < encoded.len() {
+                let mut end = start;
+                let mut tokens = 0;
+                while end < encoded.len()
+                    && (end == start || tokens + lengths[end] <= PACKED_TOKENS)
+                {
+                    tokens += lengths[end];
+                    end += 1;
+                }
+                let batch: Vec<&[u32]> = encoded[start..end].iter().map(Vec::as_slice).collect();
+                vectors.extend(
+                    self.forward_packed(packed, &batch)
+                        .map_err(|e| format!("embedding forward pass: {e}"))?,
+                );
+                start = end;
+            }
+            return Ok((vectors, lengths));
+        }
         let mut order: Vec<usize> = (0..encoded.len()).collect();
         order.sort_by_key(|&i| encoded[i].len());
         let mut vectors = vec![Vec::new(); encoded.len()];
-        for chunk in order.chunks(MAX_BATCH) {
+        for chunk in order.chunks(PADDED_BATCH) {
             let batch: Vec<&[u32]> = chunk.iter().map(|&i| encoded[i].as_slice()).collect();
             let out = self
                 .forward(&batch)

@@ -4,21 +4,30 @@
 //! `*.safetensors`) is loaded once, at start, into an [`Engine`]:
 //! - BERT-family models ([`embed`]) serve `/v1/embeddings` (mean pooling over the
 //!   attention mask, then L2 normalisation, as sentence-transformers does);
-//! - Llama-family models ([`generate`]) serve `/v1/chat/completions` and `/v1/completions`.
+//! - Llama-family models (Llama 2/3, Qwen 2/2.5; [`decoder`], [`generate`]) serve
+//!   `/v1/chat/completions` and `/v1/completions`, with tools ([`tools`]) and JSON output
+//!   ([`grammar`]) through constrained decoding.
 //!
 //! Inference runs on a dedicated thread per model, never on the async runtime: a forward
 //! pass holds a core for milliseconds to seconds, which would stall every other request
 //! sharing that runtime worker. Requests reach the thread through a bounded queue; when it
 //! is full the deployment answers 429 at once instead of queueing without bound, so the
-//! router moves the request to the model's next deployment (e.g. a hosted provider).
+//! router moves the request to the model's next deployment (e.g. a hosted provider). The
+//! generation thread batches the decode steps of all running requests, and never waits on
+//! a client: each request's output waits in its own bounded buffer.
 //!
 //! [`serve`] turns a parsed OpenAI request into the OpenAI answer (JSON or SSE); the
 //! gateway's [`Local`] provider and the standalone worker ([`worker`]) both use it.
 
+pub mod bert;
+pub mod decoder;
 pub mod embed;
 pub mod generate;
+pub mod grammar;
 mod http;
+pub mod sampling;
 pub mod template;
+pub mod tools;
 pub mod worker;
 
 #[cfg(test)]
@@ -40,6 +49,43 @@ pub use http::serve;
 /// Requests waiting for a model's thread when `queue_size` is not configured.
 pub const DEFAULT_QUEUE_SIZE: usize = 64;
 
+pub use generate::DEFAULT_STREAM_BUFFER;
+
+/// Streams stopped because their client fell `stream_buffer` events behind: one counter
+/// per process, like the engines' registry (`None` only if the name were invalid).
+fn streams_cut_counter() -> Option<&'static prometheus::IntCounter> {
+    static COUNTER: OnceLock<Option<prometheus::IntCounter>> = OnceLock::new();
+    COUNTER
+        .get_or_init(|| {
+            prometheus::IntCounter::new(
+                "tollgate_local_streams_cut_total",
+                "Local-model requests stopped because their client fell stream_buffer events behind",
+            )
+            .ok()
+        })
+        .as_ref()
+}
+
+/// Counts one stream cut for a slow client.
+pub(crate) fn count_stream_cut() {
+    if let Some(c) = streams_cut_counter() {
+        c.inc();
+    }
+}
+
+/// Streams cut so far in this process.
+pub fn streams_cut() -> u64 {
+    streams_cut_counter().map_or(0, prometheus::IntCounter::get)
+}
+
+/// Adds the local-engine metrics to `registry` (`/metrics`).
+pub fn register_metrics(registry: &prometheus::Registry) -> prometheus::Result<()> {
+    match streams_cut_counter() {
+        Some(c) => registry.register(Box::new(c.clone())),
+        None => Ok(()),
+    }
+}
+
 /// A loaded model with its inference thread.
 pub enum Engine {
     Embed(embed::Embedder),
@@ -60,6 +106,7 @@ impl std::fmt::Debug for Engine {
 pub enum ModelKind {
     Bert,
     Llama,
+    Qwen2,
 }
 
 /// Why a model folder cannot be served. The message is for the operator (config errors,
@@ -107,15 +154,22 @@ pub fn model_kind(dir: &Path) -> Result<(ModelKind, Value), LoadError> {
         Ok((ModelKind::Bert, config))
     } else if is("llama") {
         Ok((ModelKind::Llama, config))
+    } else if is("qwen2") && !is("qwen2_moe") && !is("qwen2moe") {
+        Ok((ModelKind::Qwen2, config))
     } else {
         Err(LoadError::new(format!(
-            "config.json: unsupported model_type '{model_type}' (supported: bert for embeddings, llama for chat and completions)"
+            "config.json: unsupported model_type '{model_type}' (supported: bert for embeddings, llama and qwen2 for chat and completions)"
         )))
     }
 }
 
 /// Loads the model in `dir` and starts its inference thread.
 pub fn load(dir: &Path, queue_size: usize) -> Result<Engine, LoadError> {
+    load_with(dir, queue_size, DEFAULT_STREAM_BUFFER)
+}
+
+/// [`load`] with a per-request output buffer of `stream_buffer` events.
+pub fn load_with(dir: &Path, queue_size: usize, stream_buffer: usize) -> Result<Engine, LoadError> {
     if !dir.is_dir() {
         return Err(LoadError::new(format!(
             "'{}' is not a folder",
@@ -129,9 +183,10 @@ pub fn load(dir: &Path, queue_size: usize) -> Result<Engine, LoadError> {
             embed::BertEmbedder::load(dir, &config)?,
             queue_size,
         )?),
-        ModelKind::Llama => Engine::Generate(generate::Generator::start(
+        ModelKind::Llama | ModelKind::Qwen2 => Engine::Generate(generate::Generator::start(
             generate::LlamaModel::load(dir, &config)?,
             queue_size,
+            stream_buffer,
         )?),
     })
 }
@@ -211,6 +266,7 @@ pub fn preload<'a>(
             model,
             path,
             queue_size,
+            stream_buffer,
         } in deployments
         {
             let field = format!("{at}.path");
@@ -223,9 +279,10 @@ pub fn preload<'a>(
                 continue;
             }
             let queue = queue_size.map_or(DEFAULT_QUEUE_SIZE, |q| q as usize);
+            let buffer = stream_buffer.map_or(DEFAULT_STREAM_BUFFER, |b| b as usize);
             let started = std::time::Instant::now();
-            let engine =
-                load(&key, queue).map_err(|e| ConfigError::new(field.clone(), e.to_string()))?;
+            let engine = load_with(&key, queue, buffer)
+                .map_err(|e| ConfigError::new(field.clone(), e.to_string()))?;
             tracing::info!(
                 model = %model,
                 path = %key.display(),
@@ -250,6 +307,8 @@ pub struct LocalModel<'a> {
     pub path: Option<&'a str>,
     /// `queue_size`.
     pub queue_size: Option<u32>,
+    /// `stream_buffer`.
+    pub stream_buffer: Option<u32>,
 }
 
 /// `provider: local`: answers from an engine in this process.

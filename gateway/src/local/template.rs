@@ -1,17 +1,20 @@
 //! Chat prompts: the model folder's Jinja chat template (`tokenizer_config.json`'s
 //! `chat_template`), rendered with minijinja the way transformers'
-//! `apply_chat_template(..., add_generation_prompt=True)` does.
+//! `apply_chat_template(..., tools=..., add_generation_prompt=True)` does.
 //!
 //! Python's string and dict methods that templates call (`.strip()`, `.startswith()`,
-//! `.items()`) come from minijinja-contrib's pycompat. A template that still fails to
-//! render is a 400 naming `messages`; a folder without a template uses a plain
-//! `role: content` layout.
+//! `.items()`) come from minijinja-contrib's pycompat; `tojson` writes JSON as Python's
+//! `json.dumps` does (`", "` and `": "` separators, `indent=`), since the model was trained
+//! on exactly those bytes; `strftime_now` (Llama 3.2's date line) is provided. A template
+//! that still fails to render is a 400 naming `messages`; a folder without a template
+//! uses a plain `role: content` layout.
 
+use minijinja::value::{Kwargs, Value as JValue};
 use minijinja::{Environment, ErrorKind, context};
 use serde::Serialize;
 use serde_json::Value;
 
-/// One chat message as the template sees it: text content only.
+/// One chat message of plain text (tests and simple callers).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Message {
     pub role: String,
@@ -21,6 +24,7 @@ pub struct Message {
 /// A compiled chat template with the special tokens it may refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -38,12 +42,117 @@ fn token_text(config: &Value, key: &str) -> String {
     }
 }
 
+/// Python's `json.dumps(value, ensure_ascii=False, indent=indent)`.
+pub fn python_json(value: &Value, indent: Option<usize>) -> String {
+    let mut out = String::new();
+    write_python_json(value, indent, 0, &mut out);
+    out
+}
+
+fn write_python_json(value: &Value, indent: Option<usize>, depth: usize, out: &mut String) {
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.extend(std::iter::repeat_n(' ', n * depth));
+        }
+    };
+    let item_sep = if indent.is_some() { "," } else { ", " };
+    match value {
+        Value::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, depth + 1);
+                write_python_json(v, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        Value::Object(map) if !map.is_empty() => {
+            out.push('{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, depth + 1);
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push_str(": ");
+                write_python_json(v, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        // Python writes floats with a fraction (`1.0`); serde_json agrees.
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Today's date as `strftime` would write it, for the few directives templates use.
+fn strftime_now(format: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let name = MONTHS[(month - 1) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year % 100)),
+            Some('b') => out.push_str(&name[..3]),
+            Some('B') => out.push_str(name),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
 impl ChatTemplate {
     /// From `tokenizer_config.json`; `Ok(None)` when it has no template.
     pub fn from_tokenizer_config(config: &Value) -> Result<Option<Self>, String> {
         let source = match config.get("chat_template") {
             Some(Value::String(s)) => s.clone(),
-            // A list of named templates: the one called "default".
+            // A list of named templates: the one called "default" ("tool_use" is the same
+            // model's template for tools; "default" renders `tools` too where it can).
             Some(Value::Array(list)) => list
                 .iter()
                 .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
@@ -60,21 +169,44 @@ impl ChatTemplate {
         env.add_function("raise_exception", |message: String| -> Result<String, _> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
         });
-        env.add_template_owned("chat", source)
+        env.add_function("strftime_now", |format: String| strftime_now(&format));
+        env.add_filter(
+            "tojson",
+            |value: JValue, kwargs: Kwargs| -> Result<String, minijinja::Error> {
+                let indent: Option<usize> = kwargs.get("indent")?;
+                let _: Option<bool> = kwargs.get("ensure_ascii")?;
+                let _: Option<bool> = kwargs.get("sort_keys")?;
+                let _: Option<JValue> = kwargs.get("separators")?;
+                kwargs.assert_all_used()?;
+                let json = serde_json::to_value(&value).map_err(|e| {
+                    minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string())
+                })?;
+                Ok(python_json(&json, indent))
+            },
+        );
+        env.add_template_owned("chat", source.clone())
             .map_err(|e| format!("chat_template: {e}"))?;
         Ok(Some(Self {
             env,
+            source,
             bos_token: token_text(config, "bos_token"),
             eos_token: token_text(config, "eos_token"),
         }))
     }
 
-    /// The prompt for `messages`, ending where the assistant's answer begins.
-    pub fn render(&self, messages: &[Message]) -> Result<String, String> {
+    /// The template's Jinja source (to recognise its tool-call format).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The prompt for `messages` (OpenAI message objects, content as text), ending where
+    /// the assistant's answer begins. `tools`: the request's tool list, as sent.
+    pub fn render(&self, messages: &[Value], tools: Option<&Value>) -> Result<String, String> {
         let template = self.env.get_template("chat").map_err(|e| e.to_string())?;
         template
             .render(context! {
                 messages => messages,
+                tools => tools,
                 add_generation_prompt => true,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
@@ -87,12 +219,12 @@ impl ChatTemplate {
 }
 
 /// The layout for models without a template: one `role: content` line per message.
-pub fn plain_prompt(messages: &[Message]) -> String {
+pub fn plain_prompt(messages: &[Value]) -> String {
     let mut out = String::new();
     for m in messages {
-        out.push_str(&m.role);
+        out.push_str(m.get("role").and_then(Value::as_str).unwrap_or_default());
         out.push_str(": ");
-        out.push_str(&m.content);
+        out.push_str(m.get("content").and_then(Value::as_str).unwrap_or_default());
         out.push('\n');
     }
     out.push_str("assistant:");

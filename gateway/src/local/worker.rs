@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::{Engine, LoadError, load, serve};
+use super::{Engine, LoadError, serve};
 use crate::openai::{Endpoint, Request};
 
 /// Request bodies above this are refused (413), as the gateway's default `max_body_mb`.
@@ -60,6 +60,7 @@ pub fn router(engine: Arc<Engine>, name: &str) -> axum::Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/metrics", get(metrics))
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -75,6 +76,7 @@ pub async fn run(
     listen: &str,
     name: Option<String>,
     queue_size: usize,
+    stream_buffer: usize,
 ) -> Result<(), WorkerError> {
     let addr: SocketAddr = listen
         .parse()
@@ -87,9 +89,10 @@ pub async fn run(
             .unwrap_or_else(|| "local".to_owned())
     });
     let dir = model_dir.to_owned();
-    let engine = tokio::task::spawn_blocking(move || load(&dir, queue_size))
-        .await
-        .map_err(|e| LoadError::new(format!("loading failed: {e}")))??;
+    let engine =
+        tokio::task::spawn_blocking(move || super::load_with(&dir, queue_size, stream_buffer))
+            .await
+            .map_err(|e| LoadError::new(format!("loading failed: {e}")))??;
     let kind = match engine {
         Engine::Embed(_) => "embeddings",
         Engine::Generate(_) => "chat and completions",
@@ -111,6 +114,25 @@ pub async fn run(
     crate::listener::serve(listener, app, None, stop_rx)
         .await
         .map_err(WorkerError::Serve)
+}
+
+/// The worker's own counters (Prometheus text): no tenant data, like `/healthz`.
+async fn metrics() -> Response {
+    use prometheus::Encoder;
+    let registry = prometheus::Registry::new();
+    if let Err(e) = super::register_metrics(&registry) {
+        tracing::warn!(error = %e, "worker metrics");
+    }
+    let mut out = Vec::new();
+    let encoder = prometheus::TextEncoder::new();
+    match encoder.encode(&registry.gather(), &mut out) {
+        Ok(()) => (
+            [(http::header::CONTENT_TYPE, encoder.format_type().to_owned())],
+            out,
+        )
+            .into_response(),
+        Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 async fn models(State(w): State<Worker>) -> Response {

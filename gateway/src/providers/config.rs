@@ -83,6 +83,10 @@ pub struct DeploymentConfig {
     /// Beyond it the deployment answers 429 at once, so routing spills over.
     #[serde(default)]
     pub queue_size: Option<u32>,
+    /// Events a local model's request may have waiting for its client (`provider: local`;
+    /// default 1024). A client that far behind is cut, so the model never waits on it.
+    #[serde(default)]
+    pub stream_buffer: Option<u32>,
 }
 
 /// `timeouts:` of a deployment. Each is optional; absent ones keep `timeout_s`'s meaning.
@@ -167,6 +171,11 @@ pub fn validate_deployment(at: &str, d: &DeploymentConfig) -> Result<(), ConfigE
         ),
         ("path", d.path.is_some(), ProviderKind::Local),
         ("queue_size", d.queue_size.is_some(), ProviderKind::Local),
+        (
+            "stream_buffer",
+            d.stream_buffer.is_some(),
+            ProviderKind::Local,
+        ),
     ];
     for (name, set, provider) in only_for {
         if set && d.provider != provider {
@@ -175,6 +184,12 @@ pub fn validate_deployment(at: &str, d: &DeploymentConfig) -> Result<(), ConfigE
                 format!("only used by provider: {}", provider.as_str()),
             ));
         }
+    }
+    if d.stream_buffer == Some(0) {
+        return Err(ConfigError::new(
+            field("stream_buffer"),
+            "must be at least 1",
+        ));
     }
     if d.max_tokens_default == Some(0) {
         return Err(ConfigError::new(
