@@ -2,7 +2,9 @@
 //!
 //! Once both sockets are bound, `serve` prints one line per plane to stdout
 //! (`tollgate: data plane listening on http://ADDR`, `https://` with `tls:`), so scripts
-//! and tests that ask for port 0 learn the real address. On SIGINT/SIGTERM it stops
+//! and tests that ask for port 0 learn the real address. On SIGINT/SIGTERM `/readyz`
+//! answers 503 at once while both planes keep serving for `shutdown_delay_s` (load
+//! balancers' health checks take the replica out before it stops accepting), then it stops
 //! accepting, lets requests in flight finish for up to `shutdown_drain_s` (default
 //! [`DRAIN`]), then exits; what is still running then is cut by the meter's shutdown,
 //! which records what each cut request delivered.
@@ -14,7 +16,10 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
 
 use tokio::net::TcpListener;
 use tollgate_admin::api::AdminState;
@@ -25,7 +30,7 @@ use crate::config::{Config, ConfigError, DEFAULT_DATABASE_URL};
 use crate::meter::{Ledger, MeterError};
 use crate::metrics;
 use crate::providers::ProviderSet;
-use crate::redis::Redis;
+use crate::redis::{Redis, Target};
 use crate::router::Models;
 use crate::stack;
 
@@ -81,6 +86,7 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
         .map(|t| t.acceptor("admin.tls"))
         .transpose()?;
     let drain = Duration::from_secs_f64(config.shutdown_drain_s.clamp(0.0, 3600.0));
+    let delay = Duration::from_secs_f64(config.shutdown_delay_s.clamp(0.0, 3600.0));
     let store = open_store(&config).await?;
     if !config.prices.is_empty() {
         let prices: Vec<_> = config
@@ -115,10 +121,16 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     }
     let keys = Keys::new(store.clone(), &config.auth);
     tokio::spawn(keys.clone().run_background());
-    let redis = match config.redis_url.as_ref() {
-        Some(url) => Some(Redis::start(url.expose(), &registry).map_err(ServeError::Other)?),
-        None => None,
-    };
+    let cluster_nodes: Option<Vec<&str>> = config
+        .redis_cluster_nodes
+        .as_ref()
+        .map(|nodes| nodes.iter().map(|n| n.expose()).collect());
+    let redis = Target::from_config(
+        config.redis_url.as_ref().map(|u| u.expose()),
+        cluster_nodes.as_deref(),
+    )
+    .and_then(|target| target.map(|t| Redis::start_on(t, &registry)).transpose())
+    .map_err(ServeError::Other)?;
     let cache = crate::cache::Cache::new(&config, redis.clone(), &registry)
         .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;
     let purge_hook = tollgate_admin::api::CachePurgeHook(Arc::new(cache.clone()));
@@ -169,6 +181,11 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     .merge(metrics::router(registry))
     // `DELETE /admin/v1/tenants/{id}/cache` reaches the data plane's cache through this.
     .layer(axum::Extension(purge_hook));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let admin = admin.layer(axum::middleware::from_fn_with_state(
+        stopping.clone(),
+        unready_when_stopping,
+    ));
 
     let data_listener = bind(data_addr).await?;
     let admin_listener = bind(admin_addr).await?;
@@ -189,6 +206,18 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     let result = tokio::select! {
         result = &mut servers => finish(result),
         () = shutdown_signal() => {
+            stopping.store(true, Ordering::Relaxed);
+            if !delay.is_zero() {
+                tracing::info!(
+                    seconds = delay.as_secs_f64(),
+                    "shutting down: /readyz answers 503; still serving until load balancers stop sending"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    // A second signal skips the wait.
+                    () = shutdown_signal() => {}
+                }
+            }
             tracing::info!("shutting down: draining requests in flight");
             let _ = stop_tx.send(true);
             // A stream cut at the drain deadline is counted by the tokenizer: load its
@@ -214,6 +243,23 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     };
     meter_tasks.shutdown(FLUSH_GRACE).await;
     result
+}
+
+/// `/readyz` is 503 from the shutdown signal on, whatever the store says: the listeners
+/// still serve during `shutdown_delay_s`, but a load balancer must stop sending.
+async fn unready_when_stopping(
+    axum::extract::State(stopping): axum::extract::State<Arc<AtomicBool>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if stopping.load(Ordering::Relaxed) && request.uri().path() == "/readyz" {
+        return (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "unavailable", "reason": "shutting down"})),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 fn finish(

@@ -9,5 +9,6 @@
 
 pub mod db;
 pub mod harness;
+pub mod redis_cluster;
 pub mod tcp_proxy;
 pub mod upstream;

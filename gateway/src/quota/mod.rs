@@ -62,6 +62,7 @@ use crate::config::{LimitsConfig, RedisFailure};
 use crate::error::ApiError;
 use crate::meter::prices::Prices;
 use crate::meter::{ChargeReport, Charged};
+use crate::redis::Backoff;
 use engine::{Ask, Counts, Decision, Limit, Month, Scope, ScopeLimits, Taken, WINDOW_MS};
 use local::LocalEngine;
 use plans::Plans;
@@ -89,11 +90,11 @@ struct Inner {
     plans: Arc<Plans>,
     prices: Arc<Prices>,
     local: LocalEngine,
-    redis: Option<RedisEngine>,
+    /// With the Unix ms until which Redis is skipped after a failure, per tenant's slot on
+    /// a Cluster (a dead master costs its tenants only).
+    redis: Option<(RedisEngine, Backoff)>,
     policy: RedisFailure,
     default_max_tokens: u64,
-    /// Unix ms until which Redis is skipped after a failure.
-    redis_down_until: AtomicI64,
     /// Unix ms until which the month's spend is not asked of the store after it failed
     /// to answer (monthly limits are not applied meanwhile).
     spend_down_until: AtomicI64,
@@ -149,10 +150,9 @@ impl Quota {
                 plans,
                 prices,
                 local: LocalEngine::new(),
-                redis: redis.map(RedisEngine::new),
+                redis: redis.map(|r| (RedisEngine::new(r.clone()), Backoff::new(&r))),
                 policy: config.redis_failure,
                 default_max_tokens: config.default_max_tokens,
-                redis_down_until: AtomicI64::new(0),
                 spend_down_until: AtomicI64::new(0),
                 rejections,
             }),
@@ -176,14 +176,12 @@ impl Quota {
     /// Checks and reserves with the engine in charge; see the module docs.
     async fn admit(&self, ask: &mut Ask) -> Result<(EngineKind, Counts), Refusal> {
         let inner = &self.inner;
-        if let Some(redis) = &inner.redis {
-            if ask.now_ms >= inner.redis_down_until.load(Ordering::Relaxed) {
+        if let Some((redis, backoff)) = &inner.redis {
+            if !backoff.is_down(&ask.tenant, ask.now_ms) {
                 match self.reserve_redis(redis, ask).await {
                     Ok(decision) => return decided(decision, EngineKind::Redis),
                     Err(e) => {
-                        inner
-                            .redis_down_until
-                            .store(engine::now_ms() + REDIS_BACKOFF_MS, Ordering::Relaxed);
+                        backoff.mark_down(&ask.tenant, engine::now_ms() + REDIS_BACKOFF_MS);
                         tracing::warn!(error = %e, policy = ?inner.policy, "limits: redis unavailable");
                     }
                 }
@@ -247,7 +245,7 @@ impl Quota {
     /// Gives back a reservation and counts what was used.
     async fn settle(&self, engine: EngineKind, taken: &Taken, charged: Charged) {
         let cost = charged.cost.micros();
-        match (engine, &self.inner.redis) {
+        match (engine, self.inner.redis.as_ref().map(|(r, _)| r)) {
             (EngineKind::Redis, Some(redis)) => {
                 let mut pause = Duration::from_millis(250);
                 for attempt in 1..=SETTLE_TRIES {
@@ -825,7 +823,7 @@ impl Quota {
         limits: &[ScopeLimits; 2],
         cost: i64,
     ) -> bool {
-        match (engine, &self.inner.redis) {
+        match (engine, self.inner.redis.as_ref().map(|(r, _)| r)) {
             (EngineKind::Redis, Some(redis)) => {
                 match redis.extend(taken, limits, STEP, cost).await {
                     Ok(granted) => granted,
