@@ -10,5 +10,6 @@
 pub mod db;
 pub mod harness;
 pub mod redis_cluster;
+pub mod scaleout;
 pub mod tcp_proxy;
 pub mod upstream;

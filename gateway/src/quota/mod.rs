@@ -24,9 +24,10 @@
 //! A month's spend is seeded from the ledger (`Store::spend_since`) the first time an
 //! engine needs it, then kept by settlements. While Redis is unreachable,
 //! `limits.redis_failure` applies: `fail_open` serves with the in-process engine as a
-//! per-replica guard, `fail_closed` answers 503 `service_unavailable` with `retry-after: 1`
-//! at once (a failed Redis call makes the next second skip Redis, so an outage costs one
-//! timeout, not one per request).
+//! per-replica guard (what those requests spend is added to Redis's month when it is back),
+//! `fail_closed` answers 503 `service_unavailable` with `retry-after: 1` at once (a failed
+//! Redis call makes the next second skip Redis, so an outage costs one timeout, not one
+//! per request; on a Redis Cluster only for the tenants whose slot failed).
 //!
 //! Budgets admit while spend + reservations are below the limit, so concurrent requests
 //! overshoot by at most one reservation. A stream the client did not bound (no
@@ -247,17 +248,24 @@ impl Quota {
         let cost = charged.cost.micros();
         match (engine, self.inner.redis.as_ref().map(|(r, _)| r)) {
             (EngineKind::Redis, Some(redis)) => {
-                let mut pause = Duration::from_millis(250);
-                for attempt in 1..=SETTLE_TRIES {
-                    match redis.settle(taken, charged.tokens, cost).await {
-                        Ok(()) => return,
-                        Err(e) if attempt == SETTLE_TRIES => {
-                            tracing::error!(error = %e, tenant = %taken.tenant, "limits: could not settle a reservation in redis; it expires by itself");
-                        }
-                        Err(_) => {
-                            tokio::time::sleep(pause).await;
-                            pause *= 2;
-                        }
+                if let Err(e) = settle_redis(redis, taken, charged.tokens, cost).await {
+                    tracing::error!(error = %e, tenant = %taken.tenant, "limits: could not settle a reservation in redis; it expires by itself");
+                }
+            }
+            (EngineKind::Local, Some(redis)) => {
+                self.inner.local.settle(taken, charged.tokens, cost);
+                // Admitted in process while Redis was unreachable (fail_open): what it
+                // spent still goes into Redis's month, so budgets are exact again once
+                // Redis is back (a failover takes seconds; the retries span about 8 s).
+                if taken.touched.iter().any(|t| t.monthly) {
+                    let spent = Taken {
+                        tokens: 0,
+                        cost: 0,
+                        touched: Default::default(),
+                        ..taken.clone()
+                    };
+                    if let Err(e) = settle_redis(redis, &spent, charged.tokens, cost).await {
+                        tracing::warn!(error = %e, tenant = %taken.tenant, "limits: a request served while redis was unreachable is missing from its monthly spend there");
                     }
                 }
             }
@@ -341,6 +349,27 @@ impl Quota {
         let mut response = error.with_retry_after(retry_after).into_response();
         rate_headers(response.headers_mut(), ask, &counts, Some((scope, limit)));
         response
+    }
+}
+
+/// [`RedisEngine::settle`], tried [`SETTLE_TRIES`] times with doubling pauses from 250 ms.
+async fn settle_redis(
+    redis: &RedisEngine,
+    taken: &Taken,
+    tokens: u64,
+    cost: i64,
+) -> Result<(), crate::redis::RedisError> {
+    let mut pause = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match redis.settle(taken, tokens, cost).await {
+            Err(_) if attempt < SETTLE_TRIES => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            result => return result,
+        }
     }
 }
 
