@@ -633,6 +633,8 @@ pub struct Report {
     pub unanswered_records: Vec<String>,
     /// Scenario-specific measurements, printed in the notes column.
     pub notes: BTreeMap<String, String>,
+    /// The load's key whose 429s are expected (it has a small rpm on purpose).
+    pub limited_key: Option<usize>,
 }
 
 impl Report {
@@ -640,12 +642,43 @@ impl Report {
         self.outcomes.len()
     }
 
+    /// Requests that did not get their whole 2xx answer (a 429 of the limited key is
+    /// what it should get, not a failure).
     pub fn failures(&self) -> Vec<&Outcome> {
-        self.outcomes.iter().filter(|o| !o.ok()).collect()
+        self.outcomes
+            .iter()
+            .filter(|o| !o.ok())
+            .filter(|o| !(o.status == Some(429) && Some(o.key) == self.limited_key))
+            .collect()
     }
 
+    /// The limited key's 2xx answers beyond its rpm, summed over the clock minutes
+    /// (the limiter's windows) the run touched.
+    pub fn over_admitted(&self, rpm: u32) -> (u64, u64) {
+        let Some(key) = self.limited_key else {
+            return (0, 0);
+        };
+        let mut per_minute: BTreeMap<i64, u64> = BTreeMap::new();
+        for o in &self.outcomes {
+            if o.key == key && o.ok() {
+                *per_minute.entry(o.sent_unix_ms / 60_000).or_default() += 1;
+            }
+        }
+        let over = per_minute
+            .values()
+            .map(|n| n.saturating_sub(u64::from(rpm)))
+            .sum();
+        (over, per_minute.values().sum())
+    }
+
+    /// Streams answered 2xx, and how many of them ended with `[DONE]` (a refused stream,
+    /// 429 or 503, never started).
     pub fn streams(&self) -> (usize, usize) {
-        let streams: Vec<&Outcome> = self.outcomes.iter().filter(|o| o.stream).collect();
+        let streams: Vec<&Outcome> = self
+            .outcomes
+            .iter()
+            .filter(|o| o.stream && o.status.is_some_and(|s| (200..300).contains(&s)))
+            .collect();
         (streams.len(), streams.iter().filter(|o| o.ok()).count())
     }
 
@@ -709,6 +742,22 @@ impl Report {
         (p99(all), p99(plain))
     }
 
+    /// p99 latency (ms) of the plain requests sent before the event: the baseline.
+    pub fn p99_before_ms(&self) -> f64 {
+        let mut v: Vec<f64> = self
+            .outcomes
+            .iter()
+            .filter(|o| !o.stream && o.sent < self.event.0)
+            .map(|o| o.latency.as_secs_f64() * 1000.0)
+            .collect();
+        if v.is_empty() {
+            return 0.0;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let i = ((v.len() as f64) * 0.99).ceil() as usize;
+        v[i.clamp(1, v.len()) - 1]
+    }
+
     /// A compact account of what failed, for an assertion message.
     pub fn describe_failures(&self) -> String {
         let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
@@ -749,6 +798,9 @@ pub struct Size {
     pub outage_s: f64,
     /// Seconds a stopping replica keeps serving with `/readyz` at 503.
     pub shutdown_delay_s: f64,
+    /// In [`redis_failover`], also load a key of the killed master's tenant with this rpm
+    /// (above it: 429), to measure how much the replicas admit past it during the gap.
+    pub limited_rpm: Option<u32>,
 }
 
 impl Size {
@@ -758,6 +810,7 @@ impl Size {
         settle_s: 1.5,
         outage_s: 2.0,
         shutdown_delay_s: 1.0,
+        limited_rpm: None,
     };
     /// `bench/scale-out`'s default.
     pub const BENCH: Size = Size {
@@ -765,6 +818,7 @@ impl Size {
         settle_s: 5.0,
         outage_s: 5.0,
         shutdown_delay_s: 2.0,
+        limited_rpm: Some(60),
     };
 }
 
@@ -885,12 +939,19 @@ async fn sleep_s(s: f64) {
 }
 
 /// Collects the load and the ledger into the report.
-async fn report(stage: &Stage, scenario: &str, load: Load, event: (Duration, Duration)) -> Report {
+async fn report(
+    stage: &Stage,
+    scenario: &str,
+    load: Load,
+    event: (Duration, Duration),
+    limited_key: Option<usize>,
+) -> Report {
     let outcomes = load.finish().await;
     let mut report = Report {
         scenario: scenario.to_owned(),
         outcomes,
         event,
+        limited_key,
         ..Report::default()
     };
     let answered = report.answered();
@@ -922,7 +983,14 @@ pub async fn rolling_restart(database_url: &str, size: Size) -> Report {
     }
     let to = load.now();
     sleep_s(size.settle_s).await;
-    let mut report = report(&stage, "rolling restart (3 replicas)", load, (from, to)).await;
+    let mut report = report(
+        &stage,
+        "rolling restart (3 replicas)",
+        load,
+        (from, to),
+        None,
+    )
+    .await;
     report.notes.insert(
         "replica out for".to_owned(),
         downtime
@@ -952,7 +1020,16 @@ pub async fn redis_failover(database_url: &str, policy: &str, size: Size) -> Fai
     let hit = tenant_on(&stage, "hit", Some(victim)).await;
     let spared_master = stage.cluster.masters()[1];
     let spared = tenant_on(&stage, "spared", Some(spared_master)).await;
-    let load = Load::start(spec(&stage, vec![hit.1.clone(), spared.1.clone()], size));
+    let mut keys = vec![hit.1.clone(), spared.1.clone()];
+    if let Some(rpm) = size.limited_rpm {
+        let limited = stage
+            .replicas
+            .any()
+            .create_key(&hit.0, json!({"name": "limited", "rpm": rpm}))
+            .await;
+        keys.push(limited["key"].as_str().expect("key").to_owned());
+    }
+    let load = Load::start(spec(&stage, keys, size));
     sleep_s(size.settle_s).await;
     let from = load.now();
     let slot = stage.cluster.slot(&format!("{{{}}}", hit.0));
@@ -962,14 +1039,25 @@ pub async fn redis_failover(database_url: &str, policy: &str, size: Size) -> Fai
         tokio::task::block_in_place(|| cluster.wait_failover(slot, victim))
     };
     let to = load.now();
-    sleep_s(size.settle_s).await;
+    // Twice as long after: the replicas must be seen serving the tenant again (its slot
+    // is skipped for a second after each failed call).
+    sleep_s(size.settle_s * 2.0).await;
+    let limited_key = size.limited_rpm.map(|_| 2);
     let mut report = report(
         &stage,
         &format!("redis master failover ({policy})"),
         load,
         (from, to),
+        limited_key,
     )
     .await;
+    if let Some(rpm) = size.limited_rpm {
+        let (over, admitted) = report.over_admitted(rpm);
+        report.notes.insert(
+            "over-admitted".to_owned(),
+            format!("{over} of {admitted} admitted (key rpm {rpm}, 3 replicas)"),
+        );
+    }
     report.notes.insert(
         "failover took".to_owned(),
         format!("{:.1}s", (to - from).as_secs_f64()),
@@ -982,7 +1070,9 @@ pub async fn redis_failover(database_url: &str, policy: &str, size: Size) -> Fai
     report
         .notes
         .insert("503s".to_owned(), refused.len().to_string());
-    let _ = promoted;
+    report
+        .notes
+        .insert("promoted".to_owned(), format!("127.0.0.1:{promoted}"));
     Failover {
         report,
         hit,
@@ -1117,7 +1207,7 @@ pub async fn postgres_restart(size: Size) -> Report {
         }
     }
     sleep_s(size.settle_s).await;
-    let mut report = report(&stage, "postgres restart", load, (from, to)).await;
+    let mut report = report(&stage, "postgres restart", load, (from, to), None).await;
     report.notes.insert(
         "store down".to_owned(),
         format!("{:.1}s", (to - from).as_secs_f64()),
