@@ -135,6 +135,7 @@ async fn redis_master_failover_fail_open_serves_everything_and_counts_exactly() 
     }
     let run = scaleout::redis_failover(&url, "fail_open", Size::SHORT).await;
     assert_clean(&run.report);
+    assert_gap(&run.gap, &[200]);
     assert_counters_exact(&run).await;
 }
 
@@ -191,8 +192,30 @@ async fn redis_master_failover_fail_closed_refuses_only_the_gap() {
         );
     }
     eprintln!("fail_closed: {refused} requests refused during the failover");
+    assert_gap(&run.gap, &[200, 503]);
     assert_ledger(report);
     assert_counters_exact(&run).await;
+}
+
+/// While the master was gone: the surviving tenant's cache answered a hit and its
+/// idempotency key a replay; the failed master's tenant got one of `hit_statuses`.
+fn assert_gap(gap: &scaleout::GapProbes, hit_statuses: &[u16]) {
+    assert!(
+        gap.within_gap,
+        "the probes ran after the promotion: they show nothing about the gap"
+    );
+    assert_eq!(
+        gap.spared_cache, "hit",
+        "cache on a surviving slot: {gap:?}"
+    );
+    assert!(
+        gap.spared_replayed,
+        "idempotency on a surviving slot: {gap:?}"
+    );
+    assert!(
+        gap.hit_statuses.iter().all(|s| hit_statuses.contains(s)),
+        "the failed master's tenant: {gap:?}"
+    );
 }
 
 /// After the load: both tenants' counters hold nothing in flight and nothing reserved,

@@ -281,6 +281,12 @@ impl RedisCluster {
         cli(port, &["CLUSTER", "MYID"]).trim().to_owned()
     }
 
+    /// The live master serving `slot` as a live node sees it now; `None` while it has none
+    /// (its master failed and no replica was promoted yet).
+    pub fn owner(&self, slot: u16) -> Option<u16> {
+        owner_seen_by(self.any_port(), slot)
+    }
+
     /// SIGKILL the node on `port` (no goodbye to the cluster: a crash).
     pub fn kill(&mut self, port: u16) {
         if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {

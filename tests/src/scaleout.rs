@@ -823,8 +823,9 @@ impl Size {
 }
 
 /// The replicas' config: the mock upstream, a Redis Cluster, limits that touch every
-/// counter (rpm, tpm, concurrency, monthly budget: none binds the load), the cache off so
-/// every request reaches the upstream.
+/// counter (rpm, tpm, concurrency, monthly budget: none binds the load), the cache on (the
+/// load's requests are not deterministic, so they all reach the upstream; the failover's
+/// probes are).
 fn config(upstream: &MockUpstream, cluster: &RedisCluster, policy: &str, size: Size) -> String {
     let nodes = cluster
         .urls()
@@ -838,6 +839,7 @@ limits: {{ redis_failure: {policy} }}
 shutdown_delay_s: {delay}
 shutdown_drain_s: 30
 auth: {{ cache_ttl_s: 600 }}
+cache: {{ enabled: true, ttl_s: 600 }}
 meter: {{ flush_interval_ms: 200 }}
 prices:
   gpt-4o-mini: {{ input: 0.15, output: 0.60 }}
@@ -1005,10 +1007,69 @@ pub async fn rolling_restart(database_url: &str, size: Size) -> Report {
 /// What a Redis failover scenario found besides the report.
 pub struct Failover {
     pub report: Report,
+    /// What the tenants got from the cache and idempotency keys while the master was
+    /// gone (sent right after the kill, before the promotion).
+    pub gap: GapProbes,
     /// (tenant, key) on the killed master and on a surviving one.
     pub hit: (String, String),
     pub spared: (String, String),
     pub stage: Stage,
+}
+
+/// Requests sent while a master is down, for a tenant on it and one on a survivor.
+#[derive(Clone, Debug, Default)]
+pub struct GapProbes {
+    /// The surviving tenant: `x-tollgate-cache` of the second identical deterministic
+    /// request, and whether the second request with the same `Idempotency-Key` was a
+    /// replay.
+    pub spared_cache: String,
+    pub spared_replayed: bool,
+    /// The statuses the failed master's tenant got for the same four requests.
+    pub hit_statuses: Vec<u16>,
+    /// Whether the slot still had no promoted master when the surviving tenant's probes
+    /// were done.
+    pub within_gap: bool,
+}
+
+/// Two identical deterministic requests, then two with one `Idempotency-Key`: (statuses,
+/// second `x-tollgate-cache`, second replayed, request ids).
+async fn cache_and_idempotency(url: &str, key: &str) -> (Vec<u16>, String, bool, Vec<String>) {
+    let http = client();
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let body = json!({
+        "model": "gpt-4o-mini", "temperature": 0, "max_tokens": 8,
+        "messages": [{"role": "user", "content": format!("probe {tag}")}],
+    });
+    let (mut statuses, mut cache, mut replayed, mut ids) =
+        (Vec::new(), String::new(), false, Vec::new());
+    for i in 0..4 {
+        let mut request = http
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body);
+        if i >= 2 {
+            request = request.header("idempotency-key", format!("idem-{tag}"));
+        }
+        let response = request.send().await.expect("probe");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        ids.push(header("x-request-id"));
+        if i == 1 {
+            cache = header("x-tollgate-cache");
+        }
+        if i == 3 {
+            replayed = header("idempotent-replayed") == "true";
+        }
+        statuses.push(response.status().as_u16());
+        let _ = response.bytes().await;
+    }
+    (statuses, cache, replayed, ids)
 }
 
 /// Redis master failover: tenant A's slot is on the master that is killed (SIGKILL) mid
@@ -1034,6 +1095,22 @@ pub async fn redis_failover(database_url: &str, policy: &str, size: Size) -> Fai
     let from = load.now();
     let slot = stage.cluster.slot(&format!("{{{}}}", hit.0));
     stage.cluster.kill(victim);
+    // Right away, while the slot has no master: cache and idempotency on both tenants.
+    let url = stage.haproxy.url.clone();
+    let (_, spared_cache, spared_replayed, spared_ids) =
+        cache_and_idempotency(&url, &spared.1).await;
+    let within_gap = {
+        let cluster = &stage.cluster;
+        tokio::task::block_in_place(|| cluster.owner(slot).is_none_or(|o| o == victim))
+    };
+    let (hit_statuses, _, _, hit_ids) = cache_and_idempotency(&url, &hit.1).await;
+    let gap = GapProbes {
+        spared_cache,
+        spared_replayed,
+        hit_statuses,
+        within_gap,
+    };
+    let probe_ids: HashSet<String> = spared_ids.into_iter().chain(hit_ids).collect();
     let promoted = {
         let cluster = &stage.cluster;
         tokio::task::block_in_place(|| cluster.wait_failover(slot, victim))
@@ -1051,6 +1128,19 @@ pub async fn redis_failover(database_url: &str, policy: &str, size: Size) -> Fai
         limited_key,
     )
     .await;
+    // The probes' own records (cache hits are metered, replays are not) are not the load's.
+    report
+        .unanswered_records
+        .retain(|id| !probe_ids.contains(id));
+    report.notes.insert(
+        "during the gap".to_owned(),
+        format!(
+            "surviving tenant: cache {}, idempotent replay {}; failed master's tenant: {:?}",
+            gap.spared_cache,
+            if gap.spared_replayed { "yes" } else { "NO" },
+            gap.hit_statuses
+        ),
+    );
     if let Some(rpm) = size.limited_rpm {
         let (over, admitted) = report.over_admitted(rpm);
         report.notes.insert(
@@ -1075,6 +1165,7 @@ pub async fn redis_failover(database_url: &str, policy: &str, size: Size) -> Fai
         .insert("promoted".to_owned(), format!("127.0.0.1:{promoted}"));
     Failover {
         report,
+        gap,
         hit,
         spared,
         stage,

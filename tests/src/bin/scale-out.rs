@@ -84,6 +84,12 @@ async fn main() -> std::process::ExitCode {
                 let pg = PrivatePostgres::start().await;
                 let mut run = scaleout::redis_failover(&pg.url, policy, size).await;
                 let mut problems = clean(&run.report, policy == "fail_closed");
+                let gap = &run.gap;
+                if !(gap.within_gap && gap.spared_cache == "hit" && gap.spared_replayed) {
+                    problems.push(format!(
+                        "cache or idempotency on a surviving slot during the gap: {gap:?}"
+                    ));
+                }
                 let mut exact = Vec::new();
                 for (tenant, _) in [&run.hit, &run.spared] {
                     let (in_flight, rcost, rtok, cost) =
