@@ -38,6 +38,12 @@ pub use crate::exchange::Principal;
 /// After the store failed a lookup, how long known keys skip it (see `store_down_until_ms`).
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
+/// How long the lookup of a key already in the cache may take before its cached entry
+/// answers instead (the store then counts as down for [`STORE_RETRY`]): while Postgres
+/// restarts, a connection attempt waits for the pool's whole acquire timeout (seconds),
+/// and known keys must not wait with it.
+const KNOWN_KEY_LOOKUP: Duration = Duration::from_millis(500);
+
 /// How often `last_used_at` is written for the keys used since the last write.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -213,7 +219,30 @@ impl Keys {
                 return Ok(entry.clone());
             }
         }
-        match self.inner.store.lookup_key(public_id).await {
+        let lookup = self.inner.store.lookup_key(public_id);
+        let found = match &cached {
+            None => lookup.await,
+            Some(entry) => match tokio::time::timeout(KNOWN_KEY_LOOKUP, lookup).await {
+                Ok(found) => found,
+                Err(_) => {
+                    self.inner
+                        .store_down_until_ms
+                        .store(now + STORE_RETRY.as_millis() as u64, Ordering::Relaxed);
+                    let age = Duration::from_millis(now.saturating_sub(entry.fetched_ms));
+                    if age < self.inner.stale_for {
+                        tracing::warn!(
+                            age_s = age.as_secs(),
+                            "store slow to answer: serving a known key from the auth cache"
+                        );
+                        return Ok(entry.clone());
+                    }
+                    return Err(ApiError::unavailable(
+                        "The service is temporarily unable to verify API keys. Retry shortly.",
+                    ));
+                }
+            },
+        };
+        match found {
             Ok(Some(record)) => {
                 let entry = Arc::new(Entry {
                     principal: Arc::new(Principal {

@@ -43,6 +43,11 @@ pub struct Config {
     /// before they are cut (a cut stream ends in error; what it delivered is recorded).
     #[serde(default = "default_shutdown_drain_s")]
     pub shutdown_drain_s: f64,
+    /// At SIGTERM, seconds `/readyz` answers 503 while both listeners still serve, before
+    /// they close and the drain starts: time for a load balancer's health checks to take
+    /// the replica out first (0: close at once, e.g. behind a Kubernetes preStop sleep).
+    #[serde(default)]
+    pub shutdown_delay_s: f64,
     /// `sqlite://FILE` (relative to the working directory) or `postgres://...`.
     #[serde(default = "default_database_url")]
     pub database_url: Secret,
@@ -50,6 +55,10 @@ pub struct Config {
     /// in-process.
     #[serde(default)]
     pub redis_url: Option<Secret>,
+    /// Seed nodes of a Redis Cluster (`[redis://h1:p1, ...]`) instead of `redis_url`; the
+    /// rest of the cluster is learnt from them.
+    #[serde(default)]
+    pub redis_cluster_nodes: Option<Vec<Secret>>,
     /// Operator authentication.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -159,8 +168,10 @@ impl Default for Config {
             admin_listen: default_admin_listen(),
             tls: None,
             shutdown_drain_s: default_shutdown_drain_s(),
+            shutdown_delay_s: 0.0,
             database_url: default_database_url(),
             redis_url: None,
+            redis_cluster_nodes: None,
             admin: AdminConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
@@ -232,6 +243,15 @@ impl Config {
                 "must be between 0 and 3600 seconds",
             ));
         }
+        if !(self.shutdown_delay_s.is_finite()
+            && self.shutdown_delay_s >= 0.0
+            && self.shutdown_delay_s <= 3600.0)
+        {
+            return Err(ConfigError::new(
+                "shutdown_delay_s",
+                "must be between 0 and 3600 seconds",
+            ));
+        }
         let db = self.database_url.expose();
         if !(db.starts_with("sqlite:")
             || db.starts_with("postgres://")
@@ -241,6 +261,30 @@ impl Config {
                 "database_url",
                 "must start with sqlite: or postgres:// (the value is not shown: it may hold a password)",
             ));
+        }
+        if let Some(nodes) = &self.redis_cluster_nodes {
+            if self.redis_url.is_some() {
+                return Err(ConfigError::new(
+                    "redis_cluster_nodes",
+                    "set either redis_url (one server) or redis_cluster_nodes (a Redis Cluster), not both",
+                ));
+            }
+            if nodes.is_empty() {
+                return Err(ConfigError::new(
+                    "redis_cluster_nodes",
+                    "must list at least one node (redis://host:port)",
+                ));
+            }
+            for (i, node) in nodes.iter().enumerate() {
+                if !node.expose().starts_with("redis://")
+                    || redis::Client::open(node.expose()).is_err()
+                {
+                    return Err(ConfigError::new(
+                        format!("redis_cluster_nodes[{i}]"),
+                        "must be a redis://host:port URL (the value is not shown: it may hold a password)",
+                    ));
+                }
+            }
         }
         if self.max_upstream_body_mb == 0 || self.max_upstream_body_mb > 4096 {
             return Err(ConfigError::new(
@@ -531,6 +575,31 @@ models:
             ),
             "models[0].deployments[0].wieght: unknown field"
         );
+    }
+
+    #[test]
+    fn redis_cluster_nodes_are_checked() {
+        assert_eq!(
+            parse_err("redis_cluster_nodes: [redis://10.0.0.1:7000, 'redis://:pw@10.0.0.2:7000']"),
+            "ok"
+        );
+        assert_eq!(
+            parse_err("redis_cluster_nodes: []"),
+            "redis_cluster_nodes: must list at least one node (redis://host:port)"
+        );
+        let e = parse_err("redis_cluster_nodes: [redis://a:1, 'http://:hunter2@b:2']");
+        assert!(
+            e.starts_with("redis_cluster_nodes[1]: must be a redis://"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = parse_err("redis_url: redis://a:1\nredis_cluster_nodes: [redis://b:2]");
+        assert!(
+            e.starts_with("redis_cluster_nodes: set either redis_url"),
+            "{e}"
+        );
+        let e = parse_err("redis_cluster_nodes: redis://a:1");
+        assert!(e.starts_with("redis_cluster_nodes: invalid type"), "{e}");
     }
 
     #[test]

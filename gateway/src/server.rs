@@ -2,7 +2,10 @@
 //!
 //! Once both sockets are bound, `serve` prints one line per plane to stdout
 //! (`tollgate: data plane listening on http://ADDR`, `https://` with `tls:`), so scripts
-//! and tests that ask for port 0 learn the real address. On SIGINT/SIGTERM it stops
+//! and tests that ask for port 0 learn the real address. `/readyz` stays 200 ("degraded")
+//! through a store outage for as long as known keys are served without it ([`readyz`]). On SIGINT/SIGTERM
+//! `/readyz` answers 503 at once while both planes keep serving for `shutdown_delay_s`
+//! (load balancers' health checks take the replica out before it stops accepting), then it stops
 //! accepting, lets requests in flight finish for up to `shutdown_drain_s` (default
 //! [`DRAIN`]), then exits; what is still running then is cut by the meter's shutdown,
 //! which records what each cut request delivered.
@@ -14,7 +17,10 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
 
 use tokio::net::TcpListener;
 use tollgate_admin::api::AdminState;
@@ -25,7 +31,7 @@ use crate::config::{Config, ConfigError, DEFAULT_DATABASE_URL};
 use crate::meter::{Ledger, MeterError};
 use crate::metrics;
 use crate::providers::ProviderSet;
-use crate::redis::Redis;
+use crate::redis::{Redis, Target};
 use crate::router::Models;
 use crate::stack;
 
@@ -81,6 +87,7 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
         .map(|t| t.acceptor("admin.tls"))
         .transpose()?;
     let drain = Duration::from_secs_f64(config.shutdown_drain_s.clamp(0.0, 3600.0));
+    let delay = Duration::from_secs_f64(config.shutdown_delay_s.clamp(0.0, 3600.0));
     let store = open_store(&config).await?;
     if !config.prices.is_empty() {
         let prices: Vec<_> = config
@@ -145,10 +152,16 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     }
     let keys = Keys::new(store.clone(), &config.auth);
     tokio::spawn(keys.clone().run_background());
-    let redis = match config.redis_url.as_ref() {
-        Some(url) => Some(Redis::start(url.expose(), &registry).map_err(ServeError::Other)?),
-        None => None,
-    };
+    let cluster_nodes: Option<Vec<&str>> = config
+        .redis_cluster_nodes
+        .as_ref()
+        .map(|nodes| nodes.iter().map(|n| n.expose()).collect());
+    let redis = Target::from_config(
+        config.redis_url.as_ref().map(|u| u.expose()),
+        cluster_nodes.as_deref(),
+    )
+    .and_then(|target| target.map(|t| Redis::start_on(t, &registry)).transpose())
+    .map_err(ServeError::Other)?;
     let cache_policies = config
         .models
         .iter()
@@ -220,6 +233,17 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     .merge(metrics::router(registry))
     // `DELETE /admin/v1/tenants/{id}/cache` reaches the data plane's cache through this.
     .layer(axum::Extension(purge_hook));
+    let readiness = Arc::new(Readiness {
+        stopping: AtomicBool::new(false),
+        // The store answered at start (migrations); the window counts from there.
+        store_ok_ms: AtomicU64::new(1),
+        since: std::time::Instant::now(),
+        stale_for: Duration::from_secs_f64(config.auth.stale_if_store_down_s),
+    });
+    let admin = admin.layer(axum::middleware::from_fn_with_state(
+        readiness.clone(),
+        readyz,
+    ));
 
     let data_listener = bind(data_addr).await?;
     let admin_listener = bind(admin_addr).await?;
@@ -240,6 +264,18 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     let result = tokio::select! {
         result = &mut servers => finish(result),
         () = shutdown_signal() => {
+            readiness.stopping.store(true, Ordering::Relaxed);
+            if !delay.is_zero() {
+                tracing::info!(
+                    seconds = delay.as_secs_f64(),
+                    "shutting down: /readyz answers 503; still serving until load balancers stop sending"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    // A second signal skips the wait.
+                    () = shutdown_signal() => {}
+                }
+            }
             tracing::info!("shutting down: draining requests in flight");
             let _ = stop_tx.send(true);
             // A stream cut at the drain deadline is counted by the tokenizer: load its
@@ -265,6 +301,61 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     };
     meter_tasks.shutdown(FLUSH_GRACE).await;
     result
+}
+
+/// What `/readyz` answers besides the admin plane's store check.
+struct Readiness {
+    /// From the shutdown signal on: 503, whatever the store says.
+    stopping: AtomicBool,
+    /// When the store last answered (a readiness check, or the start), in ms since `since`.
+    store_ok_ms: AtomicU64,
+    since: std::time::Instant,
+    /// `auth.stale_if_store_down_s`: how long known keys are served without the store.
+    stale_for: Duration,
+}
+
+/// `/readyz`: 503 from the shutdown signal on (the listeners still serve during
+/// `shutdown_delay_s`, but a load balancer must stop sending). Otherwise the admin plane's
+/// answer (ready when the store answers), except that a store outage does not make a
+/// replica that reached the store within `auth.stale_if_store_down_s` unready: it keeps
+/// serving known keys from its caches, and every replica shares the one store, so all of
+/// them would turn unready together and the load balancer would drop all traffic (as
+/// with open circuits, see the admin plane's `readyz`). It answers 200 with
+/// `"status": "degraded"` then; past that window (its cached keys are gone) 503 again.
+async fn readyz(
+    axum::extract::State(readiness): axum::extract::State<Arc<Readiness>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path() != "/readyz" {
+        return next.run(request).await;
+    }
+    if readiness.stopping.load(Ordering::Relaxed) {
+        return (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "unavailable", "reason": "shutting down"})),
+        )
+            .into_response();
+    }
+    let response = next.run(request).await;
+    let now_ms = u64::try_from(readiness.since.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    if response.status().is_success() {
+        readiness.store_ok_ms.store(now_ms, Ordering::Relaxed);
+        return response;
+    }
+    let last_ok = readiness.store_ok_ms.load(Ordering::Relaxed);
+    let recent = Duration::from_millis(now_ms.saturating_sub(last_ok)) < readiness.stale_for;
+    if response.status() != http::StatusCode::SERVICE_UNAVAILABLE || !recent {
+        return response;
+    }
+    let Ok(body) = axum::body::to_bytes(response.into_body(), 1 << 20).await else {
+        return http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let mut body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    body["status"] = serde_json::json!("degraded");
+    (http::StatusCode::OK, axum::Json(body)).into_response()
 }
 
 fn finish(

@@ -1,6 +1,9 @@
 # shellcheck shell=bash
-# Throwaway Postgres and Redis for Tollgate's tests. Sourced by scripts/test and
-# scripts/services.sh; not meant to be run on its own.
+# Throwaway Postgres and Redis for Tollgate's tests. Sourced by scripts/test,
+# scripts/services.sh and bench/*; not meant to be run on its own. Also makes sure
+# redis-cli and haproxy are installed: the scale-out scenarios (tests/src/scaleout.rs) start
+# their own Redis Cluster nodes and load balancer, and restart a Postgres of their own with
+# svc_pg_stop / svc_pg_start_again.
 #
 # Each server lives in one state directory (made with mktemp under /tmp), listens only on
 # 127.0.0.1 on a free port, and keeps nothing anywhere else. The machine's own services
@@ -65,7 +68,10 @@ svc_find_pg_bindir() {
     return 1
 }
 
-svc_have_redis() { command -v redis-server >/dev/null 2>&1; }
+svc_have_redis() { command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; }
+
+# HAProxy: the load balancer in front of the replicas in the scale-out scenarios.
+svc_have_haproxy() { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; }
 
 # Makes sure the server binaries are there, installing Debian's packages when not.
 # Extra package names given as arguments are installed in the same apt-get call when
@@ -73,11 +79,13 @@ svc_have_redis() { command -v redis-server >/dev/null 2>&1; }
 svc_ensure_installed() {
     local pkgs=()
     svc_find_pg_bindir >/dev/null || pkgs+=(postgresql)
-    svc_have_redis || pkgs+=(redis-server)
+    svc_have_redis || pkgs+=(redis-server redis-tools)
+    svc_have_haproxy || pkgs+=(haproxy)
     [ "${#pkgs[@]}" -eq 0 ] && return 0
     svc_apt_install "${pkgs[@]}" "$@" || return 1
     svc_find_pg_bindir >/dev/null || { svc_log "no initdb/pg_ctl found after installing postgresql"; return 1; }
     svc_have_redis || { svc_log "no redis-server found after installing redis-server"; return 1; }
+    svc_have_haproxy || { svc_log "no haproxy found after installing haproxy"; return 1; }
 }
 
 # Prints a TCP port that is free on 127.0.0.1 right now.
@@ -182,6 +190,20 @@ EOF
     fi
     printf '%s\n' "$port" >"$dir/pg/port"
     svc_log "Postgres ($("$bindir/postgres" --version 2>/dev/null | sed -n 's/.*PostgreSQL) \([^ ]*\).*/\1/p')) on 127.0.0.1:$port, data in $dir/pg/data"
+}
+
+# Stops the Postgres in "$1" the way an operator's restart does (`pg_ctl -m fast`: open
+# connections are cut); svc_pg_start_again starts it again on the same port and data.
+svc_pg_stop() {
+    local dir=$1 bindir
+    bindir=$(cat "$dir/pg/bindir")
+    svc_pg_run "$dir" "$bindir/pg_ctl" -D "$dir/pg/data" -m fast -w -t 60 stop >/dev/null
+}
+
+svc_pg_start_again() {
+    local dir=$1 bindir
+    bindir=$(cat "$dir/pg/bindir")
+    svc_pg_run "$dir" "$bindir/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/server.log" -w -t 60 start >/dev/null
 }
 
 # True while process "$1" runs (a zombie, killed but not yet reaped, counts as gone).

@@ -27,6 +27,7 @@ mod providers;
 mod proxy;
 mod replicas;
 mod routing;
+mod scaleout;
 mod secrets;
 mod tracing;
 mod upstream_hostile;

@@ -9,5 +9,7 @@
 
 pub mod db;
 pub mod harness;
+pub mod redis_cluster;
+pub mod scaleout;
 pub mod tcp_proxy;
 pub mod upstream;

@@ -120,6 +120,13 @@ impl Store {
     }
 }
 
+/// Longest pause between reconnection attempts of the listener. Short, so invalidations
+/// (revocations) flow again within a second of the store's return after a restart; an
+/// attempt against a store that is down costs one refused connection.
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// Bound on one connection attempt of the listener.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Relays Postgres notifications into `sender` until every subscriber is gone, reconnecting
 /// with a short backoff.
 async fn listen(url: std::sync::Arc<str>, sender: broadcast::Sender<Invalidation>) {
@@ -128,15 +135,27 @@ async fn listen(url: std::sync::Arc<str>, sender: broadcast::Sender<Invalidation
         if sender.receiver_count() == 0 {
             return;
         }
-        let mut listener = match PgListener::connect(&url).await {
-            Ok(l) => l,
-            Err(e) => {
+        // Bounded: sqlx's own connect keeps retrying a refused connection for its pool's
+        // acquire timeout with growing pauses, which would notice the store's return late.
+        let mut listener = match tokio::time::timeout(CONNECT_TIMEOUT, PgListener::connect(&url))
+            .await
+        {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "auth invalidation listener: cannot connect; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("auth invalidation listener: connecting timed out; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
+        // A lost connection ends the inner loop below; reconnecting is this loop's job.
+        listener.eager_reconnect(false);
         if let Err(e) = listener.listen(CHANNEL).await {
             tracing::warn!(error = %e, "auth invalidation listener: LISTEN failed; retrying");
             tokio::time::sleep(backoff).await;
@@ -151,9 +170,11 @@ async fn listen(url: std::sync::Arc<str>, sender: broadcast::Sender<Invalidation
                     let _ = sender.send(Invalidation::decode(n.payload()));
                 }
                 Ok(None) => {
-                    // The connection dropped; try_recv reconnects on the next call.
+                    // What is published until we listen again is covered by the `All`
+                    // sent then; sending it now would only send every replica's requests
+                    // to a store that is most likely down (a restart) for their keys.
                     tracing::warn!("auth invalidation listener: connection lost; reconnecting");
-                    let _ = sender.send(Invalidation::All);
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "auth invalidation listener failed; reconnecting");

@@ -9,7 +9,8 @@
 //! - `tg:{TENANT}:idem:HASH`: an idempotency record (see `idempotency.rs`).
 //!
 //! The lookup reads the generation and the entry in one round trip (a Lua script; the
-//! entry key it builds carries the same hash tag, so it is on the same Cluster slot).
+//! entry key it builds carries the same hash tag, so it is on the same Cluster slot; see
+//! [`LOOKUP`] for a slot that is being moved).
 //! In process the generation is a per-tenant counter in the same way.
 
 use std::collections::HashMap;
@@ -24,10 +25,15 @@ use crate::redis::{Redis, RedisError};
 /// Component label of the shared Redis handle's error counter.
 const COMPONENT: &str = "cache";
 
-/// Reads the generation and the entry of that generation in one round trip.
+/// Reads the generation and the entry of that generation in one round trip. KEYS: the
+/// generation key only; ARGV: the entry key's prefix and hash. The entry key is built here
+/// and carries the same hash tag, so it is on the generation key's slot. One declared key
+/// also keeps a lookup cheap while a Cluster migrates the tenant's slot: a single key is
+/// redirected (ASK), where two keys split across the move get TRYAGAIN until it ends (the
+/// entry may then be read on the side it is not on yet: a miss, never a wrong answer).
 const LOOKUP: &str = r"
 local g = redis.call('GET', KEYS[1]) or '0'
-return {g, redis.call('GET', KEYS[2] .. g .. ':' .. ARGV[1])}
+return {g, redis.call('GET', ARGV[1] .. g .. ':' .. ARGV[2])}
 ";
 
 /// Claims an idempotency key: sets it when absent; otherwise returns what is there.
@@ -157,7 +163,7 @@ impl Store {
                 let mut invocation = lookup.prepare_invoke();
                 invocation
                     .key(generation_key(tenant))
-                    .key(format!("tg:{{{tenant}}}:cache:"))
+                    .arg(format!("tg:{{{tenant}}}:cache:"))
                     .arg(hash);
                 let (generation, entry): (String, Option<Vec<u8>>) = redis
                     .call(COMPONENT, |mut conn| async move {

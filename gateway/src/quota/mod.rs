@@ -24,9 +24,10 @@
 //! A month's spend is seeded from the ledger (`Store::spend_since`) the first time an
 //! engine needs it, then kept by settlements. While Redis is unreachable,
 //! `limits.redis_failure` applies: `fail_open` serves with the in-process engine as a
-//! per-replica guard, `fail_closed` answers 503 `service_unavailable` with `retry-after: 1`
-//! at once (a failed Redis call makes the next second skip Redis, so an outage costs one
-//! timeout, not one per request).
+//! per-replica guard (what those requests spend is added to Redis's month when it is back),
+//! `fail_closed` answers 503 `service_unavailable` with `retry-after: 1` at once (a failed
+//! Redis call makes the next second skip Redis, so an outage costs one timeout, not one
+//! per request; on a Redis Cluster only for the tenants whose slot failed).
 //!
 //! Budgets admit while spend + reservations are below the limit, so concurrent requests
 //! overshoot by at most one reservation. A stream the client did not bound (no
@@ -57,6 +58,7 @@ use crate::exchange::{
     Answer, Call, Charged, End, Event, Flow, Hold, Observer, RateLimits, RateLine, Reply,
 };
 use crate::prices::Prices;
+use crate::redis::Backoff;
 pub use config::{LimitsConfig, RedisFailure};
 use engine::{Ask, Counts, Decision, Limit, Month, Scope, ScopeLimits, Taken, WINDOW_MS};
 use local::LocalEngine;
@@ -85,11 +87,11 @@ struct Inner {
     plans: Arc<Plans>,
     prices: Arc<Prices>,
     local: LocalEngine,
-    redis: Option<RedisEngine>,
+    /// With the Unix ms until which Redis is skipped after a failure, per tenant's slot on
+    /// a Cluster (a dead master costs its tenants only).
+    redis: Option<(RedisEngine, Backoff)>,
     policy: RedisFailure,
     default_max_tokens: u64,
-    /// Unix ms until which Redis is skipped after a failure.
-    redis_down_until: AtomicI64,
     /// Unix ms until which the month's spend is not asked of the store after it failed
     /// to answer (monthly limits are not applied meanwhile).
     spend_down_until: AtomicI64,
@@ -145,10 +147,9 @@ impl Quota {
                 plans,
                 prices,
                 local: LocalEngine::new(),
-                redis: redis.map(RedisEngine::new),
+                redis: redis.map(|r| (RedisEngine::new(r.clone()), Backoff::new(&r))),
                 policy: config.redis_failure,
                 default_max_tokens: config.default_max_tokens,
-                redis_down_until: AtomicI64::new(0),
                 spend_down_until: AtomicI64::new(0),
                 rejections,
             }),
@@ -172,14 +173,12 @@ impl Quota {
     /// Checks and reserves with the engine in charge; see the module docs.
     async fn admit(&self, ask: &mut Ask) -> Result<(EngineKind, Counts), Refusal> {
         let inner = &self.inner;
-        if let Some(redis) = &inner.redis {
-            if ask.now_ms >= inner.redis_down_until.load(Ordering::Relaxed) {
+        if let Some((redis, backoff)) = &inner.redis {
+            if !backoff.is_down(&ask.tenant, ask.now_ms) {
                 match self.reserve_redis(redis, ask).await {
                     Ok(decision) => return decided(decision, EngineKind::Redis),
                     Err(e) => {
-                        inner
-                            .redis_down_until
-                            .store(engine::now_ms() + REDIS_BACKOFF_MS, Ordering::Relaxed);
+                        backoff.mark_down(&ask.tenant, engine::now_ms() + REDIS_BACKOFF_MS);
                         tracing::warn!(error = %e, policy = ?inner.policy, "limits: redis unavailable");
                     }
                 }
@@ -243,19 +242,26 @@ impl Quota {
     /// Gives back a reservation and counts what was used.
     async fn settle(&self, engine: EngineKind, taken: &Taken, charged: Charged) {
         let cost = charged.cost.micros();
-        match (engine, &self.inner.redis) {
+        match (engine, self.inner.redis.as_ref().map(|(r, _)| r)) {
             (EngineKind::Redis, Some(redis)) => {
-                let mut pause = Duration::from_millis(250);
-                for attempt in 1..=SETTLE_TRIES {
-                    match redis.settle(taken, charged.tokens, cost).await {
-                        Ok(()) => return,
-                        Err(e) if attempt == SETTLE_TRIES => {
-                            tracing::error!(error = %e, tenant = %taken.tenant, "limits: could not settle a reservation in redis; it expires by itself");
-                        }
-                        Err(_) => {
-                            tokio::time::sleep(pause).await;
-                            pause *= 2;
-                        }
+                if let Err(e) = settle_redis(redis, taken, charged.tokens, cost).await {
+                    tracing::error!(error = %e, tenant = %taken.tenant, "limits: could not settle a reservation in redis; it expires by itself");
+                }
+            }
+            (EngineKind::Local, Some(redis)) => {
+                self.inner.local.settle(taken, charged.tokens, cost);
+                // Admitted in process while Redis was unreachable (fail_open): what it
+                // spent still goes into Redis's month, so budgets are exact again once
+                // Redis is back (a failover takes seconds; the retries span about 8 s).
+                if taken.touched.iter().any(|t| t.monthly) {
+                    let spent = Taken {
+                        tokens: 0,
+                        cost: 0,
+                        touched: Default::default(),
+                        ..taken.clone()
+                    };
+                    if let Err(e) = settle_redis(redis, &spent, charged.tokens, cost).await {
+                        tracing::warn!(error = %e, tenant = %taken.tenant, "limits: a request served while redis was unreachable is missing from its monthly spend there");
                     }
                 }
             }
@@ -334,6 +340,27 @@ impl Quota {
         let mut reply = Reply::error(error);
         reply.facts.rate = Some(rate_limits(ask, &counts, Some((scope, limit))));
         reply
+    }
+}
+
+/// [`RedisEngine::settle`], tried [`SETTLE_TRIES`] times with doubling pauses from 250 ms.
+async fn settle_redis(
+    redis: &RedisEngine,
+    taken: &Taken,
+    tokens: u64,
+    cost: i64,
+) -> Result<(), crate::redis::RedisError> {
+    let mut pause = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match redis.settle(taken, tokens, cost).await {
+            Err(_) if attempt < SETTLE_TRIES => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            result => return result,
+        }
     }
 }
 
@@ -427,7 +454,12 @@ impl Drop for Held {
             Some(Ok(charged)) => Some(charged),
             Some(Err(oneshot::error::TryRecvError::Empty)) => None,
         };
+        // With Redis configured, a request admitted in process (fail_open) also owes its
+        // spend to Redis's month: that takes the async path below.
+        let owes_redis =
+            self.quota.inner.redis.is_some() && taken.touched.iter().any(|t| t.monthly);
         if engine == EngineKind::Local
+            && !owes_redis
             && let Some(charged) = known
         {
             self.quota
@@ -689,7 +721,7 @@ impl Quota {
         limits: &[ScopeLimits; 2],
         cost: i64,
     ) -> bool {
-        match (engine, &self.inner.redis) {
+        match (engine, self.inner.redis.as_ref().map(|(r, _)| r)) {
             (EngineKind::Redis, Some(redis)) => {
                 match redis.extend(taken, limits, STEP, cost).await {
                     Ok(granted) => granted,

@@ -8,13 +8,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use tollgate_admin::store::{PlanLimits, Store};
+use tollgate_admin::store::{PlanLimits, Store, StoreError};
 
 use super::engine::ScopeLimits;
 
 /// How long a plan read is used without asking the store again (the invalidation feed
 /// makes changes quicker; this is the backstop).
 pub const FRESH: Duration = Duration::from_secs(5);
+/// How long re-reading a known plan may take before its last limits are used.
+const KNOWN_PLAN_READ: Duration = Duration::from_millis(500);
 
 pub struct Plans {
     store: Store,
@@ -42,7 +44,14 @@ impl Plans {
         {
             return limits;
         }
-        match self.store.get_plan(name).await {
+        let read = self.store.get_plan(name);
+        // A plan already known does not wait on a store that is slow to answer (a
+        // restarting Postgres holds a connection attempt for the pool's acquire timeout).
+        let read = match cached {
+            None => Some(read.await),
+            Some(_) => tokio::time::timeout(KNOWN_PLAN_READ, read).await.ok(),
+        };
+        match read.unwrap_or_else(|| Err(StoreError::Other("plan read timed out".into()))) {
             Ok(plan) => {
                 let limits = plan.map(|p| of_plan(&p.limits)).unwrap_or_default();
                 self.known
