@@ -5,7 +5,7 @@ Run from the repository root: `python3 fuzz/seeds.py`. The seeds are committed; 
 script says where each comes from and remakes them when the fixtures change. Sources:
 request bodies of gateway/src/openai.rs and tests/e2e/errors.rs (raw strings) and the
 shapes the SDK tests send; the Anthropic stream of providers/anthropic/stream.rs and the
-SSE spec cases of providers/anthropic/sse.rs; the mock upstream's OpenAI stream framing
+SSE spec's corner cases; the mock upstream's OpenAI stream framing
 and its hostile cases (tests/src/upstream*.rs); deploy/*.yaml without comments.
 """
 import json
@@ -39,16 +39,6 @@ def rust_concat(path, const):
     parts = re.findall(r'"((?:[^"\\]|\\.)*)"', body)
     text = "".join(parts)
     return text.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\").encode()
-
-
-def rust_bytes_const(path, const):
-    """`const NAME: &[u8] = "...".as_bytes();` with \\ line continuations."""
-    src = read(path)
-    body = src[src.index(f"const {const}: &[u8] = ") :]
-    body = body[body.index('"') + 1 : body.index('"\n        .as_bytes()')]
-    body = re.sub(r"\\\n\s*", "", body)
-    body = body.replace("\\u{feff}", "\ufeff").replace("\\r", "\r").replace("\\n", "\n")
-    return body.replace('\\"', '"').encode()
 
 
 def write(target, name, data):
@@ -108,7 +98,13 @@ def main():
 
     # sse: cut list (2 cuts) + stream.
     anthropic_stream = rust_concat("gateway/src/providers/anthropic/stream.rs", "STREAM")
-    spec = rust_bytes_const("gateway/src/providers/anthropic/sse.rs", "STREAM")
+    # The SSE spec's corner cases: a BOM, CRLF, CR and LF line ends, comments, `id` and
+    # `retry`, a field without a colon, a space kept after the first, UTF-8, and an
+    # unfinished last event.
+    spec = ("\ufeffevent: message_start\r\ndata: {\"a\":1}\r\n\r\n: ping comment\n\n"
+            "event:ping\rdata:{\"type\": \"ping\"}\r\rid: 7\nretry: 10\ndata: line one\n"
+            "data:  two spaces\nfoo: bar\n\ndata\n\ndata: h\u00e9llo \u2192 \u2713\n\n"
+            "event: unfinished\ndata: lost").encode()
     chunk = lambda content, extra=None: json.dumps({
         "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
         "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
@@ -185,6 +181,89 @@ def main():
           + b"\x00" + json.dumps(claims).encode())
     write("jwt", "pem", b"\x02-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n"
           b"-----END PUBLIC KEY-----\n")
+
+    cloud_seeds()
+
+
+def cloud_seeds():
+    """Gemini, Bedrock and audio-upload seeds, in the shapes the mock upstream sends
+    (tests/src/upstream/google.rs, bedrock.rs, audio.rs) and the SDK tests ask."""
+    chat = {"model": "m", "messages": [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": [{"type": "text", "text": "what is here?"},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "look", "arguments": "{\"at\":1}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "{\"seen\":\"cat\"}"}],
+        "tools": [{"type": "function", "function": {"name": "look", "parameters": {"type": "object"}}}],
+        "tool_choice": "required", "max_tokens": 9, "stop": ["x"], "temperature": 0.5}
+    write("gemini", "request", b"\x00" + json.dumps(chat).encode())
+    write("bedrock", "request", b"\x00" + json.dumps(chat).encode())
+    gemini_answer = {
+        "candidates": [{"content": {"role": "model", "parts": [
+            {"text": "Let me think.", "thought": True}, {"text": "Hello"},
+            {"functionCall": {"name": "f", "args": {"a": 1}}}]}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 5, "thoughtsTokenCount": 2,
+                          "cachedContentTokenCount": 3, "totalTokenCount": 12},
+        "modelVersion": "gemini-2.5-flash-001", "responseId": "r1"}
+    write("gemini", "answer", b"\x01" + json.dumps(gemini_answer).encode())
+    write("gemini", "error-429", b"\x02\x00\x1d" + json.dumps(
+        {"error": {"code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}}).encode())
+    events = [
+        {"candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}]}, "index": 0}]},
+        {"candidates": [{"content": {"role": "model", "parts": [{"text": "lo"}, {"functionCall": {"name": "f", "args": {}}}]},
+                         "finishReason": "STOP", "index": 0}],
+         "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5}},
+    ]
+    sse = b"".join(b"data: " + json.dumps(e).encode() + b"\r\n\r\n" for e in events)
+    write("gemini", "stream", b"\x83\x02\x30\x90" + sse)
+    write("gemini", "stream-error", b"\x03\x00" + sse[:80] + b"data: " + json.dumps(
+        {"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}).encode() + b"\n\n")
+    write("gemini", "embeddings", b"\x04" + json.dumps(
+        {"predictions": [{"embeddings": {"values": [0.25, 0.5], "statistics": {"token_count": 3}}}]}).encode())
+    converse = {"output": {"message": {"role": "assistant", "content": [
+        {"text": "Hi"}, {"toolUse": {"toolUseId": "t", "name": "f", "input": {"q": 1}}}]}},
+        "stopReason": "tool_use", "usage": {"inputTokens": 5, "outputTokens": 2, "totalTokens": 7,
+                                            "cacheReadInputTokens": 10}, "metrics": {"latencyMs": 12}}
+    write("bedrock", "answer", b"\x01" + json.dumps(converse).encode())
+    write("bedrock", "error-throttling", b"\x02\x00\x1d\x01" + json.dumps({"message": "Too many requests"}).encode())
+
+    def frame(kind, payload):
+        data = json.dumps(payload).encode()
+        assert len(data) < 256
+        return bytes([kind, len(data)]) + data
+
+    frames = (frame(0, {"role": "assistant"})
+              + frame(2, {"contentBlockIndex": 0, "delta": {"text": "Hello"}})
+              + frame(3, {"contentBlockIndex": 0})
+              + frame(1, {"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t1", "name": "f"}}})
+              + frame(2, {"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"a\":"}}})
+              + frame(2, {"contentBlockIndex": 1, "delta": {"toolUse": {"input": "1}"}}})
+              + frame(4, {"stopReason": "tool_use"})
+              + frame(5, {"usage": {"inputTokens": 3, "outputTokens": 2, "totalTokens": 5}}))
+    write("bedrock", "frames", b"\x83" + frames)
+    write("bedrock", "frames-exception", b"\x03" + frames[:60] + frame(7, {"message": "slow down"}))
+    write("bedrock", "raw", b"\x04\x02\x10\x40\x00\x00\x00\x10\x00\x00\x00\x00" + b"\x00" * 8)
+
+    def form(fields, boundary=b"b"):
+        out = b""
+        for name, filename, content in fields:
+            disposition = b'form-data; name="' + name + b'"'
+            if filename:
+                disposition += b'; filename="' + filename + b'"'
+            out += b"--" + boundary + b"\r\nContent-Disposition: " + disposition + b"\r\n"
+            if filename:
+                out += b"Content-Type: audio/wav\r\n"
+            out += b"\r\n" + content + b"\r\n"
+        return out + b"--" + boundary + b"--\r\n"
+
+    write("multipart", "transcription", b"\x00" + form([
+        (b"file", b"a.wav", b"RIFF\x00\x01\r\n--c"), (b"model", None, b"whisper"),
+        (b"response_format", None, b"json"), (b"language", None, b"en")]))
+    write("multipart", "webkit", b"\x01" + form(
+        [(b"model", None, b"gpt-4o-transcribe"), (b"stream", None, b"true"), (b"file", b"x.mp3", b"ID3")],
+        b"----WebKitFormBoundary7MA4YWxkTrZu0gW"))
+    write("multipart", "no-model", b"\x02" + form([(b"file", b"a.wav", b"x")], b"x-y_z"))
 
 
 if __name__ == "__main__":

@@ -413,6 +413,9 @@ async fn prices(
                     .map(|v| amount("cached_input", v))
                     .transpose()?,
                 image: image.as_deref().map(|v| amount("image", v)).transpose()?,
+                // Audio prices are set through the admin API (`PUT /admin/v1/prices`).
+                per_audio_minute: None,
+                per_1m_characters: None,
             };
             let price = store.put_price(&model, new).await?;
             p.one(price, Printer::prices)

@@ -120,7 +120,7 @@ fn stream(data: &[u8], include_usage: bool) {
 
 /// The client's stream as its events (`created` removed: it is the clock), checking its
 /// shape on the way.
-fn events(body: &[bytes::Bytes]) -> Vec<Value> {
+pub(crate) fn events(body: &[bytes::Bytes]) -> Vec<Value> {
     let text = body.concat();
     let Ok(text) = std::str::from_utf8(&text) else {
         panic!("the client's stream is not UTF-8");

@@ -16,9 +16,12 @@
 )]
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod config;
+pub mod gemini;
 pub mod jwt;
 pub mod keys;
+pub mod multipart;
 pub mod request;
 pub mod sse;
 
@@ -33,6 +36,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config", config::run),
     ("keys", keys::run),
     ("jwt", jwt::run),
+    ("gemini", gemini::run),
+    ("bedrock", bedrock::run),
+    ("multipart", multipart::run),
 ];
 
 /// Splits `data` into a cut list and a payload: the first byte says how many of the next

@@ -88,6 +88,7 @@ fn main() {
             directives: Default::default(),
             ask_usage: false,
             upload: None,
+            by_pattern: false,
         };
         let inner = tower::service_fn(|_call: Call| async {
             Ok::<_, Infallible>(Reply::json(http::StatusCode::OK, "{}".into(), None))

@@ -87,6 +87,7 @@ fn call(model: &str) -> Call {
         directives: Default::default(),
         ask_usage: false,
         upload: None,
+        by_pattern: false,
     }
 }
 

@@ -41,6 +41,9 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/images/generations", post(images_generations))
         .route("/v1/moderations", post(moderations))
+        .route("/v1/audio/transcriptions", post(audio_transcriptions))
+        .route("/v1/audio/translations", post(audio_translations))
+        .route("/v1/audio/speech", post(audio_speech))
         .fallback(unknown_path)
         // `max_body_mb` is enforced by the stack's RequestBodyLimitLayer; axum's own 2 MiB
         // default would otherwise cut in first.
@@ -52,6 +55,8 @@ fn model_object(id: &str) -> Value {
     json!({"id": id, "object": "model", "created": 0, "owned_by": "tollgate"})
 }
 
+/// Every configured name and alias the key may use (a pattern as configured, when the
+/// key may use the pattern itself or all models).
 async fn list_models(
     State(state): State<AppState>,
     Extension(principal): Extension<Arc<Principal>>,
@@ -59,8 +64,13 @@ async fn list_models(
     let data: Vec<Value> = state
         .models
         .iter()
-        .filter(|m| principal.may_use(&m.name))
-        .map(|m| model_object(&m.name))
+        .flat_map(|m| {
+            std::iter::once(&m.name)
+                .chain(&m.aliases)
+                .map(|n| (n, &m.name))
+        })
+        .filter(|(name, configured)| may_call(&principal, name, configured))
+        .map(|(name, _)| model_object(name))
         .collect();
     Json(json!({"object": "list", "data": data}))
 }
@@ -70,10 +80,18 @@ async fn get_model(
     Extension(principal): Extension<Arc<Principal>>,
     Path(id): Path<String>,
 ) -> Response {
-    match state.models.get(&id) {
-        Some(m) if principal.may_use(&m.name) => Json(model_object(&m.name)).into_response(),
+    match state.models.resolve(&id) {
+        Some(r) if may_call(&principal, &id, &r.route.name) => {
+            Json(model_object(&id)).into_response()
+        }
         _ => error::model_not_found(&id).into_response(),
     }
+}
+
+/// A key may call `requested` (a name, alias or a name a pattern matches) when its
+/// allow-list names (or matches) either that name or the configured model it resolves to.
+fn may_call(principal: &Principal, requested: &str, configured: &str) -> bool {
+    principal.may_use(requested) || principal.may_use(configured)
 }
 
 async fn unknown_path() -> ApiError {
@@ -154,6 +172,84 @@ endpoint_handler!(completions, Endpoint::Completions);
 endpoint_handler!(embeddings, Endpoint::Embeddings);
 endpoint_handler!(images_generations, Endpoint::ImagesGenerations);
 endpoint_handler!(moderations, Endpoint::Moderations);
+endpoint_handler!(audio_speech, Endpoint::AudioSpeech);
+
+/// Transcriptions and translations: a multipart upload ([`crate::audio`]) instead of JSON.
+macro_rules! upload_handler {
+    ($name:ident, $endpoint:expr) => {
+        async fn $name(
+            State(state): State<AppState>,
+            Extension(principal): Extension<Arc<Principal>>,
+            made: Option<Extension<RequestId>>,
+            client: Option<Extension<ClientRequestId>>,
+            headers: http::HeaderMap,
+            body: Result<Bytes, BytesRejection>,
+        ) -> Response {
+            let request_id = ledger_id(made.as_deref(), client.as_deref());
+            let shown = shown_id(made.as_deref());
+            let call =
+                match prepare_upload($endpoint, &state, principal, request_id, &headers, body) {
+                    Ok(call) => call,
+                    Err(e) => return e.into_response(),
+                };
+            serve(state, call, &shown).await
+        }
+    };
+}
+
+upload_handler!(audio_transcriptions, Endpoint::AudioTranscriptions);
+upload_handler!(audio_translations, Endpoint::AudioTranslations);
+
+/// An audio upload as a call: the form checked once, the model resolved and allowed, the
+/// body kept (within `max_body_mb`) for every attempt to send.
+fn prepare_upload(
+    endpoint: Endpoint,
+    state: &AppState,
+    principal: Arc<Principal>,
+    request_id: String,
+    headers: &http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Call, ApiError> {
+    let bytes = read_body(body)?;
+    let content_type = headers.get(header::CONTENT_TYPE);
+    let parsed = crate::audio::parse(endpoint, content_type.and_then(|v| v.to_str().ok()), &bytes)?;
+    let resolved = state
+        .models
+        .resolve(&parsed.model)
+        .ok_or_else(|| error::model_not_found(&parsed.model))?;
+    if !may_call(&principal, &parsed.model, &resolved.route.name) {
+        return Err(error::model_not_allowed(&parsed.model));
+    }
+    let content_type = content_type.cloned().ok_or_else(|| {
+        ApiError::invalid_request("The request must be multipart/form-data.", None)
+    })?;
+    Ok(Call {
+        request_id: Arc::from(request_id),
+        principal,
+        endpoint,
+        model: resolved.model,
+        params: parsed.params,
+        payload: Arc::new(parsed.payload),
+        directives: Directives::from_headers(headers),
+        ask_usage: false,
+        upload: Some(Arc::new(crate::exchange::Upload::form(
+            endpoint.path(),
+            content_type,
+            bytes,
+        ))),
+        by_pattern: resolved.by_pattern,
+    })
+}
+
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            error::body_too_large()
+        } else {
+            ApiError::invalid_request("The request body could not be read.", None)
+        }
+    })
+}
 
 async fn handle(
     endpoint: Endpoint,
@@ -168,13 +264,24 @@ async fn handle(
         Ok(call) => call,
         Err(e) => return e.into_response(),
     };
+    serve(state, call, &shown_id).await
+}
+
+/// Hands a call to the inner stack and makes its reply the client's response.
+async fn serve(state: AppState, call: Call, shown_id: &str) -> Response {
+    // Metrics are labelled by the configured name (a pattern as written): a client
+    // cannot mint series by naming models a pattern matches.
+    let label = state
+        .models
+        .resolve(&call.model)
+        .map_or_else(|| call.model.clone(), |r| r.route.label.clone());
     let outcome = Outcome {
-        model: Some(call.model.clone()),
+        model: Some(label),
         principal: Some(call.principal.clone()),
         ..Outcome::default()
     };
     let reply = crate::service::call(state.calls, call).await;
-    respond(reply, outcome, &shown_id)
+    respond(reply, outcome, shown_id)
 }
 
 fn prepare(
@@ -185,26 +292,21 @@ fn prepare(
     directives: Directives,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Call, ApiError> {
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            error::body_too_large()
-        } else {
-            ApiError::invalid_request("The request body could not be read.", None)
-        }
-    })?;
+    let bytes = read_body(body)?;
     let parsed = openai::parse(endpoint, bytes)?;
-    let route = state
+    let resolved = state
         .models
-        .get(&parsed.model)
+        .resolve(&parsed.model)
         .ok_or_else(|| error::model_not_found(&parsed.model))?;
-    if !principal.may_use(&route.name) {
-        return Err(error::model_not_allowed(&route.name));
+    if !may_call(&principal, &parsed.model, &resolved.route.name) {
+        return Err(error::model_not_allowed(&parsed.model));
     }
     Ok(Call {
         request_id: Arc::from(request_id),
         principal,
         endpoint,
-        model: route.label.clone(),
+        by_pattern: resolved.by_pattern,
+        model: resolved.model,
         params: parsed.params,
         payload: Arc::new(parsed.payload),
         directives,

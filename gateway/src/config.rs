@@ -831,18 +831,30 @@ models:
     #[cfg(feature = "local")]
     fn the_example_config_is_valid() {
         let env = |k: &str| {
+            if k == "VERTEX_CREDENTIALS_FILE" {
+                return Some(
+                    concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/../tests/fixtures/vertex-service-account.json"
+                    )
+                    .to_owned(),
+                );
+            }
             [
                 "TOLLGATE_ADMIN_TOKEN",
                 "OPENAI_API_KEY",
                 "AZURE_OPENAI_API_KEY",
                 "ANTHROPIC_API_KEY",
+                "GEMINI_API_KEY",
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
             ]
             .contains(&k)
             .then(|| "x".to_owned())
         };
         let text = include_str!("../../deploy/tollgate.example.yaml");
         let c = Config::parse(text, &env).unwrap().validate().unwrap();
-        assert_eq!(c.models.len(), 4);
+        assert_eq!(c.models.len(), 11);
         assert_eq!(
             c.models[0].deployments[0].name.as_deref(),
             Some("openai-primary")
@@ -901,6 +913,121 @@ models:
         let r = c.models[0].retries.as_ref().unwrap();
         assert_eq!((r.max_attempts, r.backoff_ms), (4, 50));
         assert_eq!((c.breaker.failures, c.breaker.cooldown_s), (5, 30.0));
+    }
+
+    #[test]
+    fn patterns_aliases_and_strategies_are_checked() {
+        let one = |name: &str, extra: &str, model: &str| {
+            format!(
+                "models:\n  - name: \"{name}\"\n{extra}    deployments: [ {{ provider: openai, base_url: http://x/v1, model: \"{model}\" }} ]\n  - name: b\n    deployments: [ {{ provider: openai, base_url: http://x/v1 }} ]\n"
+            )
+        };
+        assert_eq!(parse_err(&one("openai/*", "", "*")), "ok");
+        assert_eq!(
+            parse_err(&one(
+                "a",
+                "    aliases: [ x, y ]\n    strategy: least_latency\n",
+                "m"
+            )),
+            "ok"
+        );
+        assert_eq!(
+            parse_err(&one("a", "", "*")),
+            "models[0].deployments[0].model: a '*' in a deployment's model is the part its model's pattern matched: only one, and only under a pattern name"
+        );
+        assert_eq!(
+            parse_err(&one("*/*", "", "m")),
+            "models[0].name: a pattern may have one '*' only"
+        );
+        assert_eq!(
+            parse_err(&one("a", "    aliases: [ b ]\n", "m")),
+            "models[1].name: duplicate model name 'b'"
+        );
+        assert_eq!(
+            parse_err(&one("a", "    aliases: [ a ]\n", "m")),
+            "models[0].aliases[0]: 'a' is already a model name or alias"
+        );
+        assert_eq!(
+            parse_err(&one("a", "    aliases: [ \"x*\" ]\n", "m")),
+            "models[0].aliases[0]: an alias cannot be a pattern (make the pattern the model's name)"
+        );
+        assert!(
+            parse_err(&one("a", "    strategy: fastest\n", "m"))
+                .starts_with("models[0].strategy: unknown variant")
+        );
+    }
+
+    #[test]
+    fn cloud_provider_keys_are_checked() {
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/vertex-service-account.json"
+        );
+        let model = |deployment: &str| {
+            format!("models: [ {{ name: m, deployments: [ {{ {deployment} }} ] }} ]")
+        };
+        assert_eq!(parse_err(&model("provider: gemini, api_key: k")), "ok");
+        assert_eq!(
+            parse_err(&model("provider: gemini")),
+            "models[0].deployments[0].api_key: missing"
+        );
+        let vertex = format!("provider: vertex, project: p-1, credentials_file: '{fixture}'");
+        assert_eq!(parse_err(&model(&vertex)), "ok");
+        assert_eq!(
+            parse_err(&model(&format!("{vertex}, location: 'us central'"))),
+            "models[0].deployments[0].location: must be non-empty: letters, digits and '-' only"
+        );
+        assert_eq!(
+            parse_err(&model(&format!("{vertex}, api_key: k"))),
+            "models[0].deployments[0].api_key: not used by provider: vertex (it authenticates with credentials_file)"
+        );
+        assert_eq!(
+            parse_err(&model(&format!(
+                "provider: vertex, credentials_file: '{fixture}'"
+            ))),
+            "models[0].deployments[0].project: missing"
+        );
+        assert!(
+            parse_err(&model(
+                "provider: vertex, project: p, credentials_file: /nope/sa.json"
+            ))
+            .starts_with("models[0].deployments[0].credentials_file: cannot read '/nope/sa.json'")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("user.json");
+        std::fs::write(&user, r#"{"type":"authorized_user","client_email":"x"}"#).unwrap();
+        assert_eq!(
+            parse_err(&model(&format!(
+                "provider: vertex, project: p, credentials_file: '{}'",
+                user.display()
+            ))),
+            "models[0].deployments[0].credentials_file: \"type\" must be \"service_account\" (a service account key file)"
+        );
+        let bedrock =
+            "provider: bedrock, region: us-east-1, access_key_id: AKIA, secret_access_key: s";
+        assert_eq!(parse_err(&model(bedrock)), "ok");
+        assert_eq!(
+            parse_err(&model(
+                "provider: bedrock, access_key_id: AKIA, secret_access_key: s"
+            )),
+            "models[0].deployments[0].region: missing"
+        );
+        assert_eq!(
+            parse_err(&model(
+                "provider: bedrock, region: us-east-1, access_key_id: AKIA"
+            )),
+            "models[0].deployments[0].secret_access_key: missing"
+        );
+        assert_eq!(
+            parse_err(&model(&format!("{bedrock}, api_key: k"))),
+            "models[0].deployments[0].api_key: not used by provider: bedrock (it signs with access_key_id and secret_access_key)"
+        );
+        assert_eq!(
+            parse_err(&model(
+                "provider: openai, base_url: http://x/v1, region: us-east-1"
+            )),
+            "models[0].deployments[0].region: only used by provider: bedrock"
+        );
     }
 
     #[test]

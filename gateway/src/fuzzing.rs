@@ -2,6 +2,9 @@
 //! modules. Not an API: the targets are its only users.
 
 pub use crate::providers::anthropic::fuzzing as anthropic;
+#[cfg(feature = "bedrock")]
+pub use crate::providers::bedrock::fuzzing as bedrock;
+pub use crate::providers::gemini::fuzzing as gemini;
 
 /// The gateway's one SSE framer (strict, as relays use it) over `chunks` fed in order: each
 /// event's name, data and whether its bytes were kept as they came, or the framing error.

@@ -4,6 +4,7 @@
 //! the same pieces.
 
 pub mod api;
+pub mod audio;
 pub mod auth;
 pub mod base;
 pub mod cache;

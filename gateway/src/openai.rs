@@ -67,7 +67,7 @@ pub fn parse(endpoint: Endpoint, bytes: Bytes) -> Result<Parsed, ApiError> {
             ("messages", Endpoint::ChatCompletions) => {
                 typed::<Vec<MessageView>>(key, raw)?;
             }
-            ("prompt", Endpoint::ImagesGenerations) => {
+            ("prompt", Endpoint::ImagesGenerations) | ("input", Endpoint::AudioSpeech) => {
                 typed::<String>(key, raw)?;
             }
             ("stream", _) => params.stream = typed::<Option<bool>>(key, raw)?.unwrap_or(false),
@@ -110,7 +110,12 @@ pub fn parse(endpoint: Endpoint, bytes: Bytes) -> Result<Parsed, ApiError> {
         Endpoint::Completions => &["model", "prompt"],
         Endpoint::Embeddings | Endpoint::Moderations => &["model", "input"],
         Endpoint::ImagesGenerations => &["model", "prompt"],
-        Endpoint::Files | Endpoint::FineTuning | Endpoint::Batches => &[],
+        Endpoint::AudioSpeech => &["model", "input"],
+        Endpoint::Files
+        | Endpoint::FineTuning
+        | Endpoint::Batches
+        | Endpoint::AudioTranscriptions
+        | Endpoint::AudioTranslations => &[],
     };
     for field in required {
         if payload.raw(field).is_none() {
@@ -282,6 +287,7 @@ pub fn test_call(endpoint: Endpoint, body: Value) -> Call {
         directives: crate::exchange::Directives::default(),
         ask_usage: false,
         upload: None,
+        by_pattern: false,
     }
 }
 

@@ -335,6 +335,7 @@ async fn serve(s: Routes, ctx: Ctx, kind: Kind, body: Body) -> Response {
         directives: Directives::default(),
         ask_usage: false,
         upload: Some(Arc::new(upload)),
+        by_pattern: false,
     };
     let outcome = Outcome {
         principal: Some(ctx.principal),

@@ -133,6 +133,8 @@ mod tests {
             output: "0.6".parse().unwrap(),
             cached_input: None,
             image: None,
+            per_audio_minute: None,
+            per_1m_characters: None,
         };
         store.put_price("a", new("0.15")).await.unwrap();
         let prices = Prices::new(store.clone());

@@ -172,6 +172,8 @@ async fn harness(fake: Arc<Fake>, limits: PlanLimits) -> Harness {
                 output: "0.60".parse().unwrap(),
                 cached_input: None,
                 image: None,
+                per_audio_minute: None,
+                per_1m_characters: None,
             },
         )
         .await

@@ -16,7 +16,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tollgate_tests::harness::{ADMIN_TOKEN, Backend, Gateway, tollgate_bin};
-use tollgate_tests::upstream::MockUpstream;
+use tollgate_tests::upstream::{MockUpstream, bedrock, google};
 
 use crate::on_both_stores;
 
@@ -26,8 +26,9 @@ const OPENAI_KEY: &str = "sk-openai-LEAKCANARY-4f1c9e2a7b";
 const AZURE_KEY: &str = "azure-LEAKCANARY-8d3b2c1a0f";
 const ANTHROPIC_KEY: &str = "sk-ant-LEAKCANARY-6a5e4d3c2b";
 const JWT_SECRET: &str = "jwt-LEAKCANARY-secret-of-at-least-32-bytes!";
+const GEMINI_KEY: &str = "gemini-LEAKCANARY-1b2c3d4e5f";
 
-fn config(upstream: &MockUpstream) -> String {
+fn config(upstream: &MockUpstream, vertex_credentials: &str) -> String {
     let base = upstream.base_url();
     let origin = format!("http://{}", upstream.addr());
     format!(
@@ -43,8 +44,26 @@ models:
     deployments: [ {{ provider: anthropic, base_url: '{base}', api_key: {ANTHROPIC_KEY}, model: claude-sonnet-4-5, name: anthropic-dep }} ]
   - name: text-embedding-3-small
     deployments: [ {{ provider: openai, base_url: '{base}', api_key: {OPENAI_KEY} }} ]
-"
+  - name: gemini
+    deployments: [ {{ provider: gemini, base_url: '{origin}/v1beta', api_key: {GEMINI_KEY}, model: gemini-2.5-flash }} ]
+  - name: vertex
+    deployments: [ {{ provider: vertex, base_url: '{origin}/v1', project: p, credentials_file: '{vertex_credentials}', model: gemini-2.5-pro }} ]
+  - name: bedrock
+    deployments: [ {{ provider: bedrock, base_url: '{origin}', region: us-east-1, access_key_id: {aws_id}, secret_access_key: '{aws_secret}', session_token: {aws_token}, model: 'anthropic.claude-3-5-sonnet-20240620-v1:0' }} ]
+",
+        aws_id = bedrock::ACCESS_KEY_ID,
+        aws_secret = bedrock::SECRET_ACCESS_KEY,
+        aws_token = bedrock::SESSION_TOKEN,
     )
+}
+
+/// The test service account with its token endpoint at `upstream`, written to `dir`.
+fn vertex_credentials(upstream: &MockUpstream, dir: &std::path::Path) -> String {
+    let mut account: Value = serde_json::from_str(google::SERVICE_ACCOUNT_JSON).unwrap();
+    account["token_uri"] = json!(format!("http://{}/token", upstream.addr()));
+    let path = dir.join("service-account.json");
+    std::fs::write(&path, account.to_string()).unwrap();
+    path.display().to_string()
 }
 
 fn jwt() -> String {
@@ -88,7 +107,10 @@ impl Seen {
 async fn no_secret_appears_in_logs_metrics_errors_or_admin_answers(backend: Backend) {
     let upstream = MockUpstream::start().await;
     let env = [("TOLLGATE_LOG", "trace"), ("TOLLGATE_LOG_FORMAT", "json")];
-    let Some(gw) = Gateway::start_with_env(backend, &config(&upstream), &env).await else {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = vertex_credentials(&upstream, dir.path());
+    let Some(gw) = Gateway::start_with_env(backend, &config(&upstream, &credentials), &env).await
+    else {
         return;
     };
     let token = jwt();
@@ -151,7 +173,14 @@ async fn no_secret_appears_in_logs_metrics_errors_or_admin_answers(backend: Back
         }
         body
     };
-    for model in ["gpt-4o-mini", "azure-gpt", "claude"] {
+    for model in [
+        "gpt-4o-mini",
+        "azure-gpt",
+        "claude",
+        "gemini",
+        "vertex",
+        "bedrock",
+    ] {
         for stream in [false, true] {
             let (status, body) = seen
                 .send(
@@ -249,6 +278,17 @@ async fn no_secret_appears_in_logs_metrics_errors_or_admin_answers(backend: Back
         .collect();
     assert!(sent.contains(&format!("Bearer {OPENAI_KEY}")));
     assert!(sent.contains(AZURE_KEY) && sent.contains(ANTHROPIC_KEY));
+    assert!(sent.contains(GEMINI_KEY) && sent.contains(bedrock::SESSION_TOKEN));
+    // The Vertex access tokens the mock issued (and the gateway sent) are secrets too.
+    let vertex_tokens: Vec<String> = sent
+        .iter()
+        .filter_map(|v| v.strip_prefix("Bearer ya29."))
+        .map(|t| format!("ya29.{t}"))
+        .collect();
+    assert!(
+        !vertex_tokens.is_empty(),
+        "the vertex calls carried a token"
+    );
 
     // Admin reads, with both kinds of operator credential.
     for bearer in [ADMIN_TOKEN, token.as_str()] {
@@ -343,7 +383,32 @@ async fn no_secret_appears_in_logs_metrics_errors_or_admin_answers(backend: Back
         ("operator JWT", token.clone()),
         ("operator JWT's signature", jwt_signature),
         ("JWT signing secret", JWT_SECRET.to_owned()),
+        ("gemini upstream key", GEMINI_KEY.to_owned()),
+        (
+            "AWS secret access key",
+            bedrock::SECRET_ACCESS_KEY.to_owned(),
+        ),
+        ("AWS session token", bedrock::SESSION_TOKEN.to_owned()),
+        (
+            "service account private key",
+            // A line from the middle of the PEM.
+            serde_json::from_str::<Value>(google::SERVICE_ACCOUNT_JSON).unwrap()["private_key"]
+                .as_str()
+                .unwrap()
+                .lines()
+                .nth(5)
+                .unwrap()
+                .to_owned(),
+        ),
     ];
+    let secrets: Vec<(&str, String)> = secrets
+        .into_iter()
+        .chain(
+            vertex_tokens
+                .into_iter()
+                .map(|t| ("vertex access token", t)),
+        )
+        .collect();
     let mut hits = Vec::new();
     for (what, text) in &seen.0 {
         for (name, secret) in &secrets {

@@ -55,6 +55,9 @@ use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
 mod anthropic;
+pub mod audio;
+pub mod bedrock;
+pub mod google;
 mod hostile;
 mod objects;
 
@@ -178,6 +181,7 @@ impl MockUpstream {
             id_seed: id_seed(),
             origin: format!("http://{addr}"),
             objects: Default::default(),
+            tokens: Default::default(),
         });
         let app = Router::new()
             .fallback(handle)
@@ -259,6 +263,8 @@ struct Shared {
     origin: String,
     /// Files, fine-tuning jobs and batches (`upstream/objects.rs`).
     objects: objects::Objects,
+    /// Access tokens issued by the OAuth2 token endpoint (`upstream/google.rs`).
+    tokens: google::Tokens,
 }
 
 impl Shared {
@@ -441,6 +447,8 @@ enum Payload {
     Sse(Vec<Bytes>),
     /// SSE events sent as they are, without `[DONE]` (Anthropic's streams end with an event).
     EventStream(Vec<Bytes>),
+    /// A streamed binary body of this content type (Bedrock's AWS event-stream frames).
+    Binary(&'static str, Vec<Bytes>),
 }
 
 impl From<ApiError> for Payload {
@@ -458,7 +466,16 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         return control(&shared, &parts.method, rest);
     }
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let body: Value = match &bytes {
+        // Uploads are recorded as their text fields and each file's name and size.
+        Ok(b) if content_type.starts_with("multipart/form-data") => {
+            audio::form(content_type, b).map_or(Value::Null, |form| audio::summary(&form))
+        }
         Ok(b) if !b.is_empty() => serde_json::from_slice(b).unwrap_or(Value::Null),
         _ => Value::Null,
     };
@@ -481,6 +498,23 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         body: body.clone(),
     });
 
+    // Google and AWS speak their own formats (and the token endpoint is a form post).
+    if (google::handles(path) || bedrock::handles(path))
+        && let Ok(raw) = &bytes
+    {
+        let reply = if google::handles(path) {
+            google::route(&shared, &parts, &body, raw)
+        } else {
+            bedrock::route(&shared, &parts, &body, raw)
+        };
+        return reply.into_response(&shared);
+    }
+    if let Some((endpoint, _)) = endpoint(path)
+        && audio::handles(endpoint)
+        && let Ok(raw) = &bytes
+    {
+        return audio::route(&parts, endpoint, raw, &body).into_response(&shared);
+    }
     if objects::handles(path)
         && let Ok(bytes) = &bytes
     {
@@ -624,10 +658,15 @@ impl Reply {
                 });
                 (status, "application/json", vec![bytes], abort)
             }
-            payload @ (Payload::Sse(_) | Payload::EventStream(_)) => {
+            payload @ (Payload::Sse(_) | Payload::EventStream(_) | Payload::Binary(..)) => {
+                let mut content_type = "text/event-stream";
                 let (mut events, done) = match payload {
                     Payload::Sse(events) => (events, true),
                     Payload::EventStream(events) => (events, false),
+                    Payload::Binary(kind, events) => {
+                        content_type = kind;
+                        (events, false)
+                    }
                     Payload::Json(..) => (Vec::new(), false),
                 };
                 let abort = match self.drop_after {
@@ -647,10 +686,10 @@ impl Reply {
                 if self.chunk_delay.is_zero() && events.len() > 1 {
                     events = vec![events.concat().into()];
                 }
-                (StatusCode::OK, "text/event-stream", events, abort)
+                (StatusCode::OK, content_type, events, abort)
             }
         };
-        let streamed = content_type == "text/event-stream";
+        let streamed = content_type != "application/json";
         let body = if !streamed && !abort {
             frames
                 .into_iter()

@@ -39,6 +39,28 @@ pub(super) struct PriceBody {
     #[serde(default, deserialize_with = "exact_json::nullable")]
     #[schema(schema_with = image_schema)]
     image: Option<MicroUsd>,
+    /// USD per minute of audio (transcriptions, translations) when the upstream reports no
+    /// tokens; absent or `null` = not priced so.
+    #[serde(default, deserialize_with = "exact_json::nullable")]
+    #[schema(schema_with = per_audio_minute_schema)]
+    per_audio_minute: Option<MicroUsd>,
+    /// USD per 1M characters spoken (`/v1/audio/speech`); absent or `null` = not priced so.
+    #[serde(default, deserialize_with = "exact_json::nullable")]
+    #[schema(schema_with = per_1m_characters_schema)]
+    per_1m_characters: Option<MicroUsd>,
+}
+
+fn per_audio_minute_schema() -> utoipa::openapi::schema::Schema {
+    crate::store::amount_input_schema(
+        "USD per minute of audio; absent or null = not priced per minute.",
+        true,
+    )
+}
+fn per_1m_characters_schema() -> utoipa::openapi::schema::Schema {
+    crate::store::amount_input_schema(
+        "USD per 1M characters spoken; absent or null = not priced per character.",
+        true,
+    )
 }
 
 // The field docs above, for the document (a `schema_with` replaces the doc comment).
@@ -139,6 +161,8 @@ pub(super) async fn put(
         output: body.output,
         cached_input: body.cached_input,
         image: body.image,
+        per_audio_minute: body.per_audio_minute,
+        per_1m_characters: body.per_1m_characters,
     };
     let price = state.store.put_price(&model, new).await?;
     tracing::info!(model = %model, operator = %caller.0.subject, "price set");

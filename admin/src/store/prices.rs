@@ -26,6 +26,11 @@ pub struct Price {
     pub cached_input: MicroUsd,
     /// USD per generated image; `null` when the model is not priced per image.
     pub image: Option<MicroUsd>,
+    /// USD per minute of audio transcribed or translated, when the upstream reports no
+    /// tokens; `null` when not priced so.
+    pub per_audio_minute: Option<MicroUsd>,
+    /// USD per 1M characters of text spoken (`/v1/audio/speech`); `null` when not priced so.
+    pub per_1m_characters: Option<MicroUsd>,
 }
 
 /// A price to set: the body of `PUT /admin/v1/prices/{model}`, or one of the config's
@@ -40,6 +45,10 @@ pub struct NewPrice {
     pub cached_input: Option<MicroUsd>,
     #[serde(default)]
     pub image: Option<MicroUsd>,
+    #[serde(default)]
+    pub per_audio_minute: Option<MicroUsd>,
+    #[serde(default)]
+    pub per_1m_characters: Option<MicroUsd>,
 }
 
 impl Price {
@@ -50,6 +59,8 @@ impl Price {
             output: new.output,
             cached_input: new.cached_input.unwrap_or(new.input),
             image: new.image,
+            per_audio_minute: new.per_audio_minute,
+            per_1m_characters: new.per_1m_characters,
         }
     }
 
@@ -66,6 +77,14 @@ impl Price {
             image: row
                 .try_get::<Option<i64>, _>("image_micro_usd")?
                 .map(|v| amount("image", v))
+                .transpose()?,
+            per_audio_minute: row
+                .try_get::<Option<i64>, _>("per_audio_minute_micro_usd")?
+                .map(|v| amount("per_audio_minute", v))
+                .transpose()?,
+            per_1m_characters: row
+                .try_get::<Option<i64>, _>("per_1m_characters_micro_usd")?
+                .map(|v| amount("per_1m_characters", v))
                 .transpose()?,
         })
     }
@@ -95,7 +114,8 @@ impl Store {
     /// The price of `model`, or `None` when it has none.
     pub async fn get_price(&self, model: &str) -> Result<Option<Price>, StoreError> {
         sqlx::query(
-            "SELECT model, input_micro_usd, output_micro_usd, cached_input_micro_usd, image_micro_usd \
+            "SELECT model, input_micro_usd, output_micro_usd, cached_input_micro_usd, image_micro_usd, \
+             per_audio_minute_micro_usd, per_1m_characters_micro_usd \
              FROM prices WHERE model = $1",
         )
         .bind(model)
@@ -114,7 +134,8 @@ impl Store {
     ) -> Result<Page<Price>, StoreError> {
         let fetch = super::fetch_limit("limit", limit)?;
         let rows = sqlx::query(
-            "SELECT model, input_micro_usd, output_micro_usd, cached_input_micro_usd, image_micro_usd \
+            "SELECT model, input_micro_usd, output_micro_usd, cached_input_micro_usd, image_micro_usd, \
+             per_audio_minute_micro_usd, per_1m_characters_micro_usd \
              FROM prices WHERE model > $1 ORDER BY model LIMIT $2",
         )
         .bind(super::cursor(after))
@@ -133,18 +154,23 @@ impl Store {
         validate_model("model", model)?;
         let price = Price::new(model, &new);
         sqlx::query(
-            "INSERT INTO prices (model, input_micro_usd, output_micro_usd, cached_input_micro_usd, image_micro_usd) \
-             VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO prices (model, input_micro_usd, output_micro_usd, cached_input_micro_usd, image_micro_usd, \
+               per_audio_minute_micro_usd, per_1m_characters_micro_usd) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (model) DO UPDATE SET input_micro_usd = excluded.input_micro_usd, \
                output_micro_usd = excluded.output_micro_usd, \
                cached_input_micro_usd = excluded.cached_input_micro_usd, \
-               image_micro_usd = excluded.image_micro_usd",
+               image_micro_usd = excluded.image_micro_usd, \
+               per_audio_minute_micro_usd = excluded.per_audio_minute_micro_usd, \
+               per_1m_characters_micro_usd = excluded.per_1m_characters_micro_usd",
         )
         .bind(&price.model)
         .bind(price.input.micros())
         .bind(price.output.micros())
         .bind(price.cached_input.micros())
         .bind(price.image.map(MicroUsd::micros))
+        .bind(price.per_audio_minute.map(MicroUsd::micros))
+        .bind(price.per_1m_characters.map(MicroUsd::micros))
         .execute(self.pool())
         .await?;
         Ok(price)
@@ -161,14 +187,17 @@ impl Store {
         for (model, new) in prices {
             let price = Price::new(model, new);
             sqlx::query(
-                "INSERT INTO prices (model, input_micro_usd, output_micro_usd, cached_input_micro_usd, image_micro_usd) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (model) DO NOTHING",
+                "INSERT INTO prices (model, input_micro_usd, output_micro_usd, cached_input_micro_usd, image_micro_usd, \
+                   per_audio_minute_micro_usd, per_1m_characters_micro_usd) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (model) DO NOTHING",
             )
             .bind(&price.model)
             .bind(price.input.micros())
             .bind(price.output.micros())
             .bind(price.cached_input.micros())
             .bind(price.image.map(MicroUsd::micros))
+            .bind(price.per_audio_minute.map(MicroUsd::micros))
+            .bind(price.per_1m_characters.map(MicroUsd::micros))
             .execute(&mut *tx)
             .await?;
         }

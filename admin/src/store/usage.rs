@@ -87,6 +87,24 @@ impl Price {
     }
 }
 
+impl Price {
+    /// The cost of audio priced without tokens: `audio_ms` milliseconds at
+    /// `per_audio_minute`, plus `characters` at `per_1m_characters`, summed exactly and
+    /// rounded half-up once. A price without the field counts 0 for that part.
+    pub fn audio_cost(&self, audio_ms: u64, characters: u64) -> MicroUsd {
+        // In units of 1 / (60 000 × 1 000 000) micro-USD, so both parts add exactly.
+        let scale = 60_000i128 * 1_000_000;
+        let scaled = i128::from(audio_ms)
+            * i128::from(self.per_audio_minute.map_or(0, MicroUsd::micros))
+            * 1_000_000
+            + i128::from(characters)
+                * i128::from(self.per_1m_characters.map_or(0, MicroUsd::micros))
+                * 60_000;
+        let total = i64::try_from((scaled + scale / 2) / scale).unwrap_or(i64::MAX);
+        MicroUsd::from_micros(total).unwrap_or(MicroUsd::ZERO)
+    }
+}
+
 // === reads: the daily rollup ===
 
 /// Julian day number of 1970-01-01: unix day numbers (the rollup's `day`) are Julian day
@@ -370,7 +388,27 @@ mod tests {
             output: output.parse().unwrap(),
             cached_input: cached.parse().unwrap(),
             image: image.map(|i| i.parse().unwrap()),
+            per_audio_minute: None,
+            per_1m_characters: None,
         }
+    }
+
+    #[test]
+    fn audio_is_priced_per_minute_and_per_character_exactly() {
+        let p = Price {
+            per_audio_minute: Some("0.006".parse().unwrap()),
+            per_1m_characters: Some("15".parse().unwrap()),
+            ..price("0", "0", "0", None)
+        };
+        // 2 s at 0.006 USD / minute = 200 µUSD; 11 characters at 15 USD / 1M = 165 µUSD.
+        assert_eq!(p.audio_cost(2_000, 0).micros(), 200);
+        assert_eq!(p.audio_cost(0, 11).micros(), 165);
+        assert_eq!(p.audio_cost(2_000, 11).micros(), 365);
+        // 1 ms is 0.1 µUSD: rounded once, half up.
+        assert_eq!(p.audio_cost(1, 0).micros(), 0);
+        assert_eq!(p.audio_cost(5, 0).micros(), 1);
+        let none = price("1", "1", "1", None);
+        assert_eq!(none.audio_cost(60_000, 1_000_000).micros(), 0);
     }
 
     #[test]

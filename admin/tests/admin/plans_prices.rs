@@ -309,6 +309,8 @@ async fn price_put_get_list(db: Db) {
         output: usd("0.6"),
         cached_input: None,
         image: None,
+        per_audio_minute: None,
+        per_1m_characters: None,
     };
     let price = store.put_price("gpt-4o-mini", new).await.unwrap();
     assert_eq!(price.input.micros(), 150_000);
@@ -328,6 +330,8 @@ async fn price_put_get_list(db: Db) {
                 output: usd("0"),
                 cached_input: Some(usd("0")),
                 image: Some(usd("0.04")),
+                per_audio_minute: None,
+                per_1m_characters: None,
             },
         )
         .await
@@ -354,6 +358,8 @@ async fn price_put_get_list(db: Db) {
                     output: usd("1"),
                     cached_input: None,
                     image: None,
+                    per_audio_minute: None,
+                    per_1m_characters: None,
                 },
             )
             .await
@@ -371,6 +377,8 @@ async fn price_seed_fills_gaps_only(db: Db) {
         output: usd("1"),
         cached_input: None,
         image: None,
+        per_audio_minute: None,
+        per_1m_characters: None,
     };
     store.put_price("a", price("9")).await.unwrap();
     store
@@ -409,7 +417,25 @@ async fn price_api(db: Db) {
     assert_eq!(
         price,
         json!({"model": "gpt-4o-mini", "input": "0.150000", "output": "0.600000",
-               "cached_input": "0.075000", "image": null})
+               "cached_input": "0.075000", "image": null,
+               "per_audio_minute": null, "per_1m_characters": null})
+    );
+    // Audio prices (issue 19): per minute and per 1M characters, stored and shown exactly.
+    let (status, audio) = admin(
+        &app,
+        Method::PUT,
+        "/admin/v1/prices/whisper",
+        Some(r#"{"input":0,"output":0,"per_audio_minute":"0.006","per_1m_characters":15}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{audio}");
+    assert_eq!(
+        (&audio["per_audio_minute"], &audio["per_1m_characters"]),
+        (&json!("0.006000"), &json!("15.000000"))
+    );
+    assert_eq!(
+        admin(&app, Method::GET, "/admin/v1/prices/whisper", None).await,
+        (StatusCode::OK, audio)
     );
     assert_eq!(
         admin(&app, Method::GET, "/admin/v1/prices/gpt-4o-mini", None).await,
@@ -470,7 +496,8 @@ async fn price_api(db: Db) {
     let (status, list) = admin(&app, Method::GET, "/admin/v1/prices", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["object"], "list");
-    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    // gpt-4o-mini, meta-llama/..., whisper (the audio price above), in name order.
+    assert_eq!(list["data"].as_array().unwrap().len(), 3);
     assert_eq!(list["data"][1], llama);
 
     for path in ["/admin/v1/prices/unknown", "/admin/v1/prices/meta-llama"] {

@@ -62,6 +62,8 @@ fn price() -> Price {
         output: "0.60".parse().unwrap(),
         cached_input: "0.075".parse().unwrap(),
         image: Some("0.04".parse().unwrap()),
+        per_audio_minute: None,
+        per_1m_characters: None,
     }
 }
 

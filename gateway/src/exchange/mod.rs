@@ -15,7 +15,7 @@ pub mod view;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-pub use events::{End, Event, Events, Flow, Hold, Observer, StreamError};
+pub use events::{BROKE_OFF, End, Event, Events, Flow, Hold, Observer, StreamError};
 pub use payload::{Payload, PayloadError, without_position};
 pub use reply::{Answer, CacheStatus, Charged, Facts, Outcome, RateLimits, RateLine, Reply};
 
@@ -33,6 +33,12 @@ pub enum Endpoint {
     FineTuning,
     /// `/v1/batches*`, forwarded by the passthrough.
     Batches,
+    /// `/v1/audio/transcriptions` (a multipart upload).
+    AudioTranscriptions,
+    /// `/v1/audio/translations` (a multipart upload).
+    AudioTranslations,
+    /// `/v1/audio/speech` (JSON in, audio bytes out).
+    AudioSpeech,
 }
 
 impl Endpoint {
@@ -47,6 +53,9 @@ impl Endpoint {
             Self::Files => "/files",
             Self::FineTuning => "/fine_tuning/jobs",
             Self::Batches => "/batches",
+            Self::AudioTranscriptions => "/audio/transcriptions",
+            Self::AudioTranslations => "/audio/translations",
+            Self::AudioSpeech => "/audio/speech",
         }
     }
 
@@ -61,7 +70,23 @@ impl Endpoint {
             Self::Files => "files",
             Self::FineTuning => "fine_tuning",
             Self::Batches => "batches",
+            Self::AudioTranscriptions => "audio_transcriptions",
+            Self::AudioTranslations => "audio_translations",
+            Self::AudioSpeech => "audio_speech",
         }
+    }
+
+    /// Transcriptions and translations: a multipart upload, forwarded as it came.
+    pub fn is_upload(self) -> bool {
+        matches!(self, Self::AudioTranscriptions | Self::AudioTranslations)
+    }
+
+    /// The audio endpoints (priced per minute or per 1M characters when no tokens come).
+    pub fn is_audio(self) -> bool {
+        matches!(
+            self,
+            Self::AudioTranscriptions | Self::AudioTranslations | Self::AudioSpeech
+        )
     }
 
     /// Whether a client may ask for `stream: true`.
@@ -98,9 +123,39 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whether the key's allow-list lets it use `model`: an entry equal to it, or a
+    /// pattern entry (`openai/*`, `*-mini`) that matches it.
     pub fn may_use(&self, model: &str) -> bool {
-        self.models.is_empty() || self.models.iter().any(|m| m == model)
+        self.models.is_empty()
+            || self
+                .models
+                .iter()
+                .any(|m| m == model || (m.contains('*') && glob_match(m, model)))
     }
+}
+
+/// Whether `name` matches `pattern`, where each `*` stands for any text (also empty, also
+/// with `/`). Linear in practice: the pieces between stars are found left to right, each
+/// at its first place, which is enough for `*` (no `?` or classes).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let mut pieces = pattern.split('*');
+    let Some(first) = pieces.next() else {
+        return pattern == name;
+    };
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let pieces: Vec<&str> = pieces.collect();
+    let Some((last, middle)) = pieces.split_last() else {
+        return rest.is_empty();
+    };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(i) => rest = &rest[i + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// The client's `Cache-Control` request directives that the cache honours.
@@ -174,6 +229,9 @@ pub struct Upload {
     pub content_length: Option<http::HeaderValue>,
     /// The body, taken once by the one upstream call.
     body: Mutex<Option<axum::body::Body>>,
+    /// A body held in memory (an audio upload, within `max_body_mb`): every attempt of a
+    /// model call sends it again.
+    pub form: Option<bytes::Bytes>,
 }
 
 impl Upload {
@@ -189,6 +247,19 @@ impl Upload {
             content_type,
             content_length: None,
             body: Mutex::new(Some(body)),
+            form: None,
+        }
+    }
+
+    /// An audio upload held in memory (`form`), sent by each attempt.
+    pub fn form(path: &str, content_type: http::HeaderValue, form: bytes::Bytes) -> Self {
+        Self {
+            method: http::Method::POST,
+            path_and_query: path.to_owned(),
+            content_type: Some(content_type),
+            content_length: None,
+            body: Mutex::new(None),
+            form: Some(form),
         }
     }
 
@@ -222,6 +293,30 @@ pub struct Call {
     /// the upstream for it (`stream_options.include_usage`), and the meter hides that
     /// chunk from the client.
     pub ask_usage: bool,
-    /// A passthrough request's method, path and body.
+    /// A passthrough request's method, path and body (or an audio upload's form).
     pub upload: Option<Arc<Upload>>,
+    /// The model was resolved by a pattern (`openai/*`): `model` is the client's own name,
+    /// so the layers never look it up in the store (a client could mint names without
+    /// end); the meter prices the call by the upstream model that answered
+    /// ([`Facts::price_model`]).
+    pub by_pattern: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs_match_stars_anywhere() {
+        assert!(glob_match("openai/*", "openai/gpt-4.1"));
+        assert!(glob_match("openai/*", "openai/"));
+        assert!(!glob_match("openai/*", "azure/gpt-4.1"));
+        assert!(glob_match("*-mini", "gpt-4o-mini"));
+        assert!(glob_match("a*b*c", "a-x-b-y-c"));
+        assert!(!glob_match("a*b*c", "a-x-c"));
+        assert!(!glob_match("ab*ba", "aba"), "the ends may not overlap");
+        assert!(glob_match("*", ""));
+        assert!(glob_match("gpt-4o", "gpt-4o"));
+        assert!(!glob_match("gpt-4o", "gpt-4o-mini"));
+    }
 }

@@ -30,8 +30,8 @@ enum Key {
 #[derive(Clone)]
 pub struct Payload {
     bytes: Bytes,
-    /// Top-level fields in order; a key given twice keeps its last value (as every JSON
-    /// parser the upstreams use does).
+    /// Top-level fields in order; a key given twice keeps its first place and its last
+    /// value (as every JSON parser the upstreams use does).
     fields: Vec<(Key, Range<usize>)>,
 }
 
@@ -108,10 +108,9 @@ impl Payload {
                 .iter()
                 .position(|(k, _)| key_bytes(&bytes, k) == name.as_bytes())
             {
-                Some(i) => {
-                    out.remove(i);
-                    out.push((k, v));
-                }
+                // The first position, the last value: what an order-keeping JSON map
+                // (and so the fuzz target's reference) makes of a repeated key.
+                Some(i) => out[i] = (k, v),
                 None => out.push((k, v)),
             }
         }
@@ -324,6 +323,9 @@ mod tests {
         assert_eq!(payload.raw("n").unwrap(), b"2");
         let v: Value = serde_json::from_slice(&payload.write("b", false)).unwrap();
         assert_eq!(v, serde_json::json!({"model": "b", "n": 2}));
+        // A repeated key keeps its first place (found by the `request` fuzz target).
+        let out = p(r#"{"n":1,"model":"a","n":2}"#).write("a", false);
+        assert_eq!(out, br#"{"n":2,"model":"a"}"#);
     }
 
     #[test]

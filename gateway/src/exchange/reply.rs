@@ -109,6 +109,9 @@ pub struct Facts {
     pub rate: Option<RateLimits>,
     /// What a whole answer cost (`x-tollgate-cost-usd`), from the meter.
     pub cost: Option<MicroUsd>,
+    /// The model whose price applies when it is not the call's own name: set by the
+    /// router for a pattern route (`openai/*`), the upstream model that answered.
+    pub price_model: Option<std::sync::Arc<str>>,
     /// The meter's report to the quota layer: resolves with what the call was charged
     /// once its usage record is appended; closes empty when none is made.
     pub charged: Option<oneshot::Receiver<Charged>>,

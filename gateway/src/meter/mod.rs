@@ -38,6 +38,7 @@
 //!     .service(router::Router);
 //! ```
 
+mod audio;
 mod body;
 pub mod config;
 mod metrics;
@@ -229,6 +230,9 @@ impl Ledger {
         {
             return MicroUsd::ZERO;
         }
+        if let (Some(audio), Some(price)) = (facts.audio, &facts.price) {
+            return price.audio_cost(audio.milliseconds, audio.characters);
+        }
         facts
             .price
             .as_ref()
@@ -353,6 +357,8 @@ pub(crate) struct RequestFacts {
     cache_hit: bool,
     /// Where [`Charged`] goes once the record is appended (the quota layer's settlement).
     charged: Mutex<Option<oneshot::Sender<Charged>>>,
+    /// Audio priced by the minute or by characters, not by tokens ([`audio`]).
+    audio: Option<audio::AudioUse>,
 }
 
 /// Whether a reply is metered: every success and every server error (the upstream's own
@@ -459,6 +465,7 @@ where
         status: 0,
         cache_hit: false,
         charged: Mutex::new(Some(charged)),
+        audio: None,
     };
     // From here on the request counts: if this future is dropped before the answer is
     // settled (the client left), the guard records that.
@@ -467,12 +474,17 @@ where
         facts: Some(facts),
         _claim: ledger.claim(),
     };
-    // The price is looked up while the upstream works (a cache hit in memory).
+    // The price is looked up while the upstream works (a cache hit in memory). A name a
+    // pattern matched is the client's own: never looked up (see `Call::by_pattern`).
+    let lookup = !call.by_pattern;
     let answer = async {
-        tokio::join!(
-            crate::service::call(next, call),
-            ledger.inner.prices.get(&model)
-        )
+        tokio::join!(crate::service::call(next, call), async {
+            if lookup {
+                ledger.inner.prices.get(&model).await
+            } else {
+                None
+            }
+        })
     };
     let mut closing = ledger.claim();
     let (mut reply, price) = tokio::select! {
@@ -481,6 +493,12 @@ where
         () = closing.signal() => return Reply::error(error::shutting_down()),
     };
     reply.facts.charged = Some(report);
+    // A pattern route (`openai/*`) is priced by the upstream model that answered; only a
+    // success costs anything, so a name the upstream refused is never looked up.
+    let price = match reply.facts.price_model.as_deref() {
+        Some(m) if reply.status.is_success() => ledger.inner.prices.get(m).await,
+        _ => price,
+    };
     if !is_metered(&reply) {
         pending.facts = None;
         return reply;
@@ -516,7 +534,14 @@ where
 
 /// Meters an answer that is not a stream: count it (the view the provider parsed),
 /// make the record durable, then return it with its cost (`x-tollgate-cost-usd`).
-async fn whole(ledger: Ledger, facts: RequestFacts, mut reply: Reply) -> Reply {
+async fn whole(ledger: Ledger, mut facts: RequestFacts, mut reply: Reply) -> Reply {
+    if reply.status.is_success() && facts.endpoint.is_audio() {
+        let answer = match &reply.answer {
+            Answer::Json { bytes, .. } => Some(bytes),
+            _ => None,
+        };
+        facts.audio = audio::measure(facts.endpoint, answer, &facts.payload);
+    }
     let seen = if reply.status.is_success() {
         match &reply.answer {
             Answer::Json { bytes, view } => Seen::from_answer(facts.endpoint, bytes, view.as_ref()),

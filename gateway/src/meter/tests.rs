@@ -42,6 +42,8 @@ async fn setup_with(max_bytes: u64, charge: CacheHitCharge) -> Setup {
                 output: "0.60".parse().unwrap(),
                 cached_input: Some("0.075".parse().unwrap()),
                 image: None,
+                per_audio_minute: None,
+                per_1m_characters: None,
             },
         )
         .await

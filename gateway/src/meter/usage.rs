@@ -48,7 +48,10 @@ impl Prompt {
             Endpoint::ImagesGenerations
             | Endpoint::Files
             | Endpoint::FineTuning
-            | Endpoint::Batches => {}
+            | Endpoint::Batches
+            | Endpoint::AudioTranscriptions
+            | Endpoint::AudioTranslations
+            | Endpoint::AudioSpeech => {}
         }
         prompt
     }

@@ -464,6 +464,9 @@ where
         Endpoint::Files => "files",
         Endpoint::FineTuning => "fine_tuning",
         Endpoint::Batches => "batches",
+        Endpoint::AudioTranscriptions => "transcription",
+        Endpoint::AudioTranslations => "translation",
+        Endpoint::AudioSpeech => "speech",
     };
     let mut attributes = vec![
         ("gen_ai.operation.name", Value::Str(operation.to_owned())),

@@ -96,6 +96,16 @@ impl Provider for Azure {
             if let Some(key) = &self.api_key {
                 builder = builder.header(API_KEY_HEADER, key.clone());
             }
+            if call.endpoint.is_audio() {
+                return openai::forward_audio(
+                    builder,
+                    call,
+                    upstream_model,
+                    &self.timeouts,
+                    &self.guard,
+                )
+                .await;
+            }
             openai::forward(builder, call, upstream_model, &self.timeouts, &self.guard).await
         })
     }

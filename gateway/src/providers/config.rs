@@ -13,6 +13,12 @@ pub enum ProviderKind {
     Openai,
     Azure,
     Anthropic,
+    /// Google's Gemini API (AI Studio key).
+    Gemini,
+    /// Google Cloud Vertex AI (service account): Gemini and Claude models.
+    Vertex,
+    /// Amazon Bedrock's Converse API (SigV4).
+    Bedrock,
     Local,
 }
 
@@ -22,6 +28,9 @@ impl ProviderKind {
             Self::Openai => "openai",
             Self::Azure => "azure",
             Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::Vertex => "vertex",
+            Self::Bedrock => "bedrock",
             Self::Local => "local",
         }
     }
@@ -76,6 +85,29 @@ pub struct DeploymentConfig {
     /// it, OpenAI's does not.
     #[serde(default)]
     pub max_tokens_default: Option<u32>,
+    /// Google Cloud project id (`vertex`, required).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Google Cloud location (`vertex`): a region such as `us-central1` (the default) or
+    /// `global`.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// A service account's JSON key file (`vertex`, required): the gateway signs its own
+    /// OAuth2 token requests with it. Read and checked at start.
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+    /// AWS region (`bedrock`, required), e.g. `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// AWS access key id (`bedrock`, required).
+    #[serde(default)]
+    pub access_key_id: Option<Secret>,
+    /// AWS secret access key (`bedrock`, required): signs requests, never sent.
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    /// AWS session token of temporary credentials (`bedrock`, optional).
+    #[serde(default)]
+    pub session_token: Option<Secret>,
     /// Local model folder (`provider: local`): `config.json`, `tokenizer.json`, `*.safetensors`.
     #[serde(default)]
     pub path: Option<String>,
@@ -138,12 +170,66 @@ pub fn validate_deployment(at: &str, d: &DeploymentConfig) -> Result<(), ConfigE
             required_token(&field("api_version"), d.api_version.as_deref(), b"-.")?;
             required_key(&field("api_key"), d)?;
         }
-        ProviderKind::Anthropic => {
-            // Optional: the provider defaults to https://api.anthropic.com/v1.
+        ProviderKind::Anthropic | ProviderKind::Gemini => {
+            // Optional: the providers default to the vendor's API.
             if let Some(url) = d.base_url.as_deref() {
                 validate_base_url(&field("base_url"), url)?;
             }
             required_key(&field("api_key"), d)?;
+        }
+        ProviderKind::Vertex => {
+            if let Some(url) = d.base_url.as_deref() {
+                validate_base_url(&field("base_url"), url)?;
+            }
+            // Both go into the URL (and the default host) as they are.
+            required_token(&field("project"), d.project.as_deref(), b"-")?;
+            if d.location.is_some() {
+                required_token(&field("location"), d.location.as_deref(), b"-")?;
+            }
+            match d.credentials_file.as_deref() {
+                None => return Err(ConfigError::new(field("credentials_file"), "missing")),
+                Some(path) => super::vertex::auth::Credentials::load(path)
+                    .map(drop)
+                    .map_err(|why| ConfigError::new(field("credentials_file"), why))?,
+            }
+            if d.api_key.is_some() {
+                return Err(ConfigError::new(
+                    field("api_key"),
+                    "not used by provider: vertex (it authenticates with credentials_file)",
+                ));
+            }
+        }
+        #[cfg(feature = "bedrock")]
+        ProviderKind::Bedrock => {
+            if let Some(url) = d.base_url.as_deref() {
+                validate_base_url(&field("base_url"), url)?;
+            }
+            required_token(&field("region"), d.region.as_deref(), b"-")?;
+            for (name, value) in [
+                ("access_key_id", &d.access_key_id),
+                ("secret_access_key", &d.secret_access_key),
+            ] {
+                match value {
+                    None => return Err(ConfigError::new(field(name), "missing")),
+                    Some(v) if v.expose().is_empty() => {
+                        return Err(ConfigError::new(field(name), "must not be empty"));
+                    }
+                    Some(_) => {}
+                }
+            }
+            if d.api_key.is_some() {
+                return Err(ConfigError::new(
+                    field("api_key"),
+                    "not used by provider: bedrock (it signs with access_key_id and secret_access_key)",
+                ));
+            }
+        }
+        #[cfg(not(feature = "bedrock"))]
+        ProviderKind::Bedrock => {
+            return Err(ConfigError::new(
+                field("provider"),
+                "'bedrock' is not available in this build (built without the `bedrock` feature)",
+            ));
         }
         // The folder itself is loaded (and checked) by `local::preload` at start.
         #[cfg(feature = "local")]
@@ -170,6 +256,29 @@ pub fn validate_deployment(at: &str, d: &DeploymentConfig) -> Result<(), ConfigE
             ProviderKind::Anthropic,
         ),
         ("path", d.path.is_some(), ProviderKind::Local),
+        ("project", d.project.is_some(), ProviderKind::Vertex),
+        ("location", d.location.is_some(), ProviderKind::Vertex),
+        (
+            "credentials_file",
+            d.credentials_file.is_some(),
+            ProviderKind::Vertex,
+        ),
+        ("region", d.region.is_some(), ProviderKind::Bedrock),
+        (
+            "access_key_id",
+            d.access_key_id.is_some(),
+            ProviderKind::Bedrock,
+        ),
+        (
+            "secret_access_key",
+            d.secret_access_key.is_some(),
+            ProviderKind::Bedrock,
+        ),
+        (
+            "session_token",
+            d.session_token.is_some(),
+            ProviderKind::Bedrock,
+        ),
         ("queue_size", d.queue_size.is_some(), ProviderKind::Local),
         (
             "stream_buffer",
@@ -178,7 +287,9 @@ pub fn validate_deployment(at: &str, d: &DeploymentConfig) -> Result<(), ConfigE
         ),
     ];
     for (name, set, provider) in only_for {
-        if set && d.provider != provider {
+        // Claude on Vertex AI takes Anthropic's `max_tokens_default` too.
+        let shared = name == "max_tokens_default" && d.provider == ProviderKind::Vertex;
+        if set && d.provider != provider && !shared {
             return Err(ConfigError::new(
                 field(name),
                 format!("only used by provider: {}", provider.as_str()),

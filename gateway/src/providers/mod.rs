@@ -8,6 +8,11 @@
 //! - [`azure`]: the same relay at Azure's deployment URLs, with the `api-key` header.
 //! - [`anthropic`]: chat translated to the Messages API and the answer (JSON, SSE, errors)
 //!   translated back, so clients see OpenAI's format.
+//! - [`gemini`]: Google's Gemini API (`generateContent`, `batchEmbedContents`), translated.
+//! - [`vertex`]: Vertex AI with a service account: Gemini models through `gemini`'s
+//!   translation, Claude models through `anthropic`'s.
+//! - `bedrock` (feature `bedrock`, on by default): Amazon Bedrock's Converse API, SigV4
+//!   signed, event-stream answers decoded.
 //!
 //! `relay` holds the timing rules they share (deadline to headers, idle gap in streams).
 //! A provider that cannot serve an endpoint answers 400 `unsupported_endpoint` itself,
@@ -15,12 +20,18 @@
 
 pub mod anthropic;
 pub mod azure;
+#[cfg(feature = "bedrock")]
+pub mod bedrock;
+pub(crate) mod chunks;
 pub mod config;
+pub mod gemini;
 #[cfg(feature = "local")]
 mod local;
 pub mod openai;
 pub(crate) mod relay;
+pub mod vertex;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +60,9 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 pub struct ProviderSet {
     client: reqwest::Client,
     max_upstream_body: usize,
+    /// Vertex AI token sources by credentials file: deployments of one service account
+    /// share its tokens (one token request, not one per deployment).
+    vertex_tokens: Arc<std::sync::Mutex<HashMap<String, Arc<vertex::auth::TokenSource>>>>,
 }
 
 impl ProviderSet {
@@ -59,6 +73,7 @@ impl ProviderSet {
         Ok(Self {
             client,
             max_upstream_body: DEFAULT_MAX_UPSTREAM_BODY,
+            vertex_tokens: Arc::default(),
         })
     }
 
@@ -81,6 +96,33 @@ impl ProviderSet {
             ProviderKind::Openai => Arc::new(openai::OpenAi::new(client, d, max)),
             ProviderKind::Azure => Arc::new(azure::Azure::new(client, d, max)),
             ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(client, d, max)),
+            ProviderKind::Gemini => Arc::new(gemini::Gemini::new(client, d, max)),
+            ProviderKind::Vertex => {
+                let file = d.credentials_file.clone().unwrap_or_default();
+                let tokens = self
+                    .vertex_tokens
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(file.clone())
+                    .or_insert_with(|| {
+                        let credentials = vertex::auth::Credentials::load(&file);
+                        if let Err(why) = &credentials {
+                            // Checked at start by config validation; it may have changed since.
+                            tracing::error!(error = %why, "vertex credentials_file unusable");
+                        }
+                        Arc::new(vertex::auth::TokenSource::new(
+                            self.client.clone(),
+                            credentials,
+                        ))
+                    })
+                    .clone();
+                Arc::new(vertex::Vertex::new(client, d, max, tokens))
+            }
+            #[cfg(feature = "bedrock")]
+            ProviderKind::Bedrock => Arc::new(bedrock::Bedrock::new(client, d, max)),
+            // Refused by config validation in a build without it (as `local` below).
+            #[cfg(not(feature = "bedrock"))]
+            ProviderKind::Bedrock => Arc::new(openai::OpenAi::new(client, d, max)),
             #[cfg(feature = "local")]
             ProviderKind::Local => Arc::new(local::LocalProvider::new(d)),
             // `Config::validate` refuses `local` in a build without it; should one slip

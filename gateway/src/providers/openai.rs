@@ -92,6 +92,10 @@ impl Provider for OpenAi {
                 Some(url) => self.authorized(self.client.post(url)),
                 None => self.request(http::Method::POST, call.endpoint.path()),
             };
+            if call.endpoint.is_audio() {
+                return forward_audio(builder, call, upstream_model, &self.timeouts, &self.guard)
+                    .await;
+            }
             forward(builder, call, upstream_model, &self.timeouts, &self.guard).await
         })
     }
@@ -117,4 +121,65 @@ pub(super) async fn forward(
     }
     let upstream = relay::send(builder, deadlines.headers).await?;
     relay::relay(upstream, stream, &deadlines, guard).await
+}
+
+/// The audio endpoints: an upload forwarded as it came with only its `model` field
+/// replaced (transcriptions, translations), or speech's JSON body with `model` replaced;
+/// the answer relayed as JSON when it is JSON, as events when it is a stream, else (audio,
+/// or `text` / `srt` / `vtt` transcripts) streamed through as it arrives.
+pub(super) async fn forward_audio(
+    builder: reqwest::RequestBuilder,
+    call: &Call,
+    upstream_model: &str,
+    timeouts: &relay::Timeouts,
+    guard: &relay::Guard,
+) -> Result<Reply, UpstreamError> {
+    let deadlines = timeouts.start();
+    let builder = match (call.endpoint.is_upload(), &call.upload) {
+        (true, Some(upload)) => {
+            let content_type = upload.content_type.clone().ok_or(UpstreamError::Internal(
+                "an upload without its content type",
+            ))?;
+            let boundary = content_type
+                .to_str()
+                .ok()
+                .and_then(crate::audio::boundary)
+                .ok_or(UpstreamError::Internal("an upload without its boundary"))?;
+            let form = upload.form.clone().unwrap_or_default();
+            let body = crate::audio::with_model(&form, &boundary, upstream_model)
+                .ok_or(UpstreamError::Internal("an upload without its model field"))?;
+            builder
+                .header(header::CONTENT_TYPE, content_type)
+                .body(body)
+        }
+        (true, None) => return Err(UpstreamError::Internal("an upload without its body")),
+        (false, _) => builder
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(call.payload.write(upstream_model, false)),
+    };
+    let upstream = relay::send(builder, deadlines.headers).await?;
+    if !upstream.status().is_success() {
+        return relay::failed(upstream, &deadlines, guard).await;
+    }
+    let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();
+    let kind = content_type
+        .as_ref()
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    if kind.starts_with(b"application/json") {
+        return relay::relay(upstream, false, &deadlines, guard).await;
+    }
+    if kind.starts_with(b"text/event-stream") {
+        return relay::relay(upstream, true, &deadlines, guard).await;
+    }
+    let status = upstream.status();
+    let body = relay::idle_timeout(upstream.bytes_stream(), &deadlines);
+    Ok(Reply {
+        status,
+        answer: crate::exchange::Answer::Raw {
+            content_type,
+            body: axum::body::Body::from_stream(body),
+        },
+        facts: Default::default(),
+    })
 }

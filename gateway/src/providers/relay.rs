@@ -228,6 +228,58 @@ pub(crate) async fn failed(
     Ok(reply)
 }
 
+/// An error answer of an upstream that speaks another API: read (bounded), its key
+/// redacted, logged for the operator, and turned into OpenAI's shape by `translate`
+/// (which gets the status and the redacted body); status and `retry-after` kept.
+pub(crate) async fn failed_with(
+    upstream: reqwest::Response,
+    deadlines: &Deadlines,
+    guard: &Guard,
+    translate: impl FnOnce(http::StatusCode, &http::HeaderMap, &[u8]) -> serde_json::Value,
+) -> Result<Reply, UpstreamError> {
+    let status = upstream.status();
+    let headers = upstream.headers().clone();
+    let retry_after = retry_after_s(&headers);
+    let bytes = guard.redact(read_all(upstream, deadlines.body, guard.max_body).await?);
+    let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(2048)]).into_owned();
+    if status.is_server_error() {
+        tracing::warn!(status = status.as_u16(), body = %shown, "upstream answered with a server error");
+    } else {
+        tracing::info!(status = status.as_u16(), body = %shown, "upstream refused the request");
+    }
+    let body = translate(status, &headers, &bytes);
+    let mut reply = Reply::json(status, Bytes::from(body.to_string()), None);
+    reply.facts.relayed = true;
+    reply.facts.retry_after = retry_after;
+    Ok(reply)
+}
+
+/// A translated whole answer as a reply: its bytes and its view, parsed once.
+pub(crate) fn translated(status: http::StatusCode, answer: &serde_json::Value) -> Reply {
+    let bytes = Bytes::from(answer.to_string());
+    let view = AnswerView::parse(&bytes);
+    Reply::json(status, bytes, view)
+}
+
+/// A name put into a URL path segment: everything but RFC 3986's unreserved characters
+/// percent-encoded, so a model name (which a pattern route takes from the client) can
+/// never change the URL's shape.
+pub(crate) fn path_segment(name: &str) -> String {
+    if name == "." || name == ".." {
+        // A dot segment would be folded away by URL parsing.
+        return name.replace('.', "%2E");
+    }
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// How an upstream's frames become the client's events.
 pub(crate) trait Convert: Send + 'static {
     /// One frame; the events it gives go to `out`.
@@ -236,6 +288,12 @@ pub(crate) trait Convert: Send + 'static {
     /// The upstream's stream ended cleanly; a last word, or a failure if it was too early.
     fn end(&mut self, _out: &mut VecDeque<Event>) -> Result<(), StreamError> {
         Ok(())
+    }
+
+    /// The client's stream has had its end (`[DONE]` or an error event): the rest of the
+    /// upstream's bytes are not read, so nothing (not even a framing error) follows it.
+    fn finished(&self) -> bool {
+        false
     }
 }
 
@@ -296,30 +354,143 @@ where
     B: Stream<Item = Result<Bytes, String>> + Send + 'static,
     C: Convert,
 {
-    struct State<C> {
+    decode_events(body, deadlines, sse(max_event, convert))
+}
+
+/// How an upstream's body bytes become the client's events: SSE ([`Sse`], every provider
+/// but one) or another framing (Bedrock's AWS event stream).
+pub(crate) trait Decoder: Send + 'static {
+    /// One chunk of the body; the events it completes go to `out`. An error ends the
+    /// stream (events already in `out` still go out first).
+    fn feed(&mut self, chunk: &Bytes, out: &mut VecDeque<Event>) -> Result<(), StreamError>;
+
+    /// The body ended cleanly: a last word, or a failure if it ended too early.
+    fn finish(&mut self, out: &mut VecDeque<Event>) -> Result<(), StreamError>;
+}
+
+/// SSE framing (the one framer) with a [`Convert`] for the frames.
+struct Sse<C> {
+    framer: Framer,
+    frames: Vec<Frame>,
+    convert: C,
+    /// A `[DONE]` went out (relayed streams; translators say so through
+    /// [`Convert::finished`]).
+    done: bool,
+}
+
+impl<C: Convert> Sse<C> {
+    /// Converts the frames made so far, then reports `framing`'s error, if any: what was
+    /// whole before a failure still goes out.
+    fn drain(
+        &mut self,
+        framing: Result<(), crate::sse::FrameError>,
+        out: &mut VecDeque<Event>,
+    ) -> Result<(), StreamError> {
+        for frame in self.frames.drain(..) {
+            if self.ended() {
+                return Ok(());
+            }
+            self.convert.frame(frame, out)?;
+            self.done |= out.back().is_some_and(Event::is_done);
+        }
+        if self.ended() {
+            return Ok(());
+        }
+        framing.map_err(|e| StreamError(e.to_string()))
+    }
+
+    fn ended(&self) -> bool {
+        self.done || self.convert.finished()
+    }
+}
+
+impl<C: Convert> Decoder for Sse<C> {
+    fn feed(&mut self, chunk: &Bytes, out: &mut VecDeque<Event>) -> Result<(), StreamError> {
+        if self.ended() {
+            return Ok(());
+        }
+        let framing = self.framer.feed(chunk, &mut self.frames);
+        self.drain(framing, out)
+    }
+
+    fn finish(&mut self, out: &mut VecDeque<Event>) -> Result<(), StreamError> {
+        if self.ended() {
+            return Ok(());
+        }
+        let framing = self.framer.finish(&mut self.frames);
+        self.drain(framing, out)?;
+        if self.ended() {
+            return Ok(());
+        }
+        self.convert.end(out)
+    }
+}
+
+/// The SSE decoder every provider but Bedrock reads its upstream's stream with.
+pub(crate) fn sse(max_event: usize, convert: impl Convert) -> impl Decoder {
+    Sse {
+        framer: Framer::strict(max_event),
+        frames: Vec::new(),
+        convert,
+        done: false,
+    }
+}
+
+/// The events a client receives for an upstream body that arrives as `chunks` and then
+/// ends, decoded by `decoder` as [`decode_events`] does (without the clock); `Err` with
+/// the events before the failure when it failed (the edge then adds its error event,
+/// [`crate::exchange::BROKE_OFF`]). For the fuzz targets.
+pub(crate) fn decode_all(
+    mut decoder: impl Decoder,
+    chunks: &[&[u8]],
+) -> Result<Vec<Bytes>, Vec<Bytes>> {
+    let mut out = VecDeque::new();
+    let mut result = Ok(());
+    for chunk in chunks {
+        result = decoder.feed(&Bytes::copy_from_slice(chunk), &mut out);
+        if result.is_err() {
+            break;
+        }
+    }
+    if result.is_ok() {
+        result = decoder.finish(&mut out);
+    }
+    let body = out.iter().map(Event::encode).collect();
+    match result {
+        Ok(()) => Ok(body),
+        Err(_) => Err(body),
+    }
+}
+
+/// A body decoded into events by `decoder`, read under the deadlines' idle gap and total
+/// ([`Deadlines`]). Any failure (the connection, a stall, what the decoder refuses) ends
+/// the source with a [`StreamError`] after the events already decoded.
+pub(crate) fn decode_events<B, D>(
+    body: B,
+    deadlines: &Deadlines,
+    decoder: D,
+) -> impl Stream<Item = Result<Event, StreamError>> + Send + 'static
+where
+    B: Stream<Item = Result<Bytes, String>> + Send + 'static,
+    D: Decoder,
+{
+    struct State<D> {
         body: BoxStream<'static, Result<Bytes, String>>,
-        framer: Framer,
-        frames: Vec<Frame>,
+        decoder: D,
         ready: VecDeque<Event>,
-        convert: C,
         gap: Duration,
         end: Instant,
         /// The body ended or failed: only `ready` (then `failed`) is left.
         done: bool,
-        /// The body ended cleanly just now: the converter has its last word.
-        ended: bool,
         failed: Option<StreamError>,
     }
     let state = State {
         body: body.boxed(),
-        framer: Framer::strict(max_event),
-        frames: Vec::new(),
+        decoder,
         ready: VecDeque::new(),
-        convert,
         gap: deadlines.gap,
         end: deadlines.stream_end,
         done: false,
-        ended: false,
         failed: None,
     };
     futures_util::stream::unfold(state, |mut s| async move {
@@ -334,41 +505,20 @@ where
             let idle_at = Instant::now() + s.gap;
             let at = s.end.min(idle_at);
             let failure = match tokio::time::timeout_at(at, s.body.next()).await {
-                Ok(Some(Ok(chunk))) => s
-                    .framer
-                    .feed(&chunk, &mut s.frames)
-                    .err()
-                    .map(|e| e.to_string()),
-                Ok(Some(Err(e))) => Some(format!("upstream connection failed: {e}")),
+                Ok(Some(Ok(chunk))) => s.decoder.feed(&chunk, &mut s.ready).err(),
+                Ok(Some(Err(e))) => Some(StreamError(format!("upstream connection failed: {e}"))),
                 Ok(None) => {
                     s.done = true;
-                    s.ended = true;
-                    s.framer.finish(&mut s.frames).err().map(|e| e.to_string())
+                    s.decoder.finish(&mut s.ready).err()
                 }
-                Err(_) if at < idle_at => {
-                    Some("upstream stream ran past the deployment's total_s (default 1 h)".into())
-                }
-                Err(_) => Some("upstream stream stalled".into()),
+                Err(_) if at < idle_at => Some(StreamError(
+                    "upstream stream ran past the deployment's total_s (default 1 h)".into(),
+                )),
+                Err(_) => Some(StreamError("upstream stream stalled".into())),
             };
-            for frame in s.frames.drain(..) {
-                if let Err(e) = s.convert.frame(frame, &mut s.ready) {
-                    s.done = true;
-                    s.failed = Some(e);
-                    break;
-                }
-            }
-            if std::mem::take(&mut s.ended)
-                && failure.is_none()
-                && s.failed.is_none()
-                && let Err(e) = s.convert.end(&mut s.ready)
-            {
-                s.failed = Some(e);
-            }
-            if let Some(why) = failure {
+            if let Some(e) = failure {
                 s.done = true;
-                s.failed.get_or_insert(StreamError(why));
-            }
-            if s.failed.is_some() {
+                s.failed = Some(e);
                 // The connection is closed at once rather than drained.
                 s.body = futures_util::stream::empty().boxed();
             }
@@ -491,6 +641,9 @@ impl Urls {
             Endpoint::Embeddings,
             Endpoint::ImagesGenerations,
             Endpoint::Moderations,
+            Endpoint::AudioTranscriptions,
+            Endpoint::AudioTranslations,
+            Endpoint::AudioSpeech,
         ];
         Self(
             endpoints
@@ -577,6 +730,19 @@ mod tests {
         assert!(out[0].is_err());
         let out = collect(vec![Ok("<html>502</html>\n")], &d).await;
         assert!(out[0].is_err());
+    }
+
+    #[test]
+    fn nothing_follows_the_end_not_even_a_framing_error() {
+        // Bytes after `[DONE]` that are not SSE (or too large) are not read: the client's
+        // stream has ended, and an error event after it would be a second end.
+        let chunks: [&[u8]; 2] = [b"data: {\"a\":1}\n\ndata: [DONE]\n\n", b"<html>502</html>\n"];
+        let body = decode_all(sse(1 << 20, Relayed), &chunks).unwrap();
+        assert_eq!(body.concat(), b"data: {\"a\":1}\n\ndata: [DONE]\n\n".as_slice());
+        // The same bytes before the end are a failure, after the events that were whole.
+        let chunks: [&[u8]; 2] = [b"data: {\"a\":1}\n\n", b"<html>502</html>\n"];
+        let body = decode_all(sse(1 << 20, Relayed), &chunks).unwrap_err();
+        assert_eq!(body.concat(), b"data: {\"a\":1}\n\n".as_slice());
     }
 
     #[tokio::test]

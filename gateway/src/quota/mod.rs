@@ -681,7 +681,9 @@ impl Quota {
         let needs_cost = limits.iter().any(|l| l.budget.is_some());
         let (tokens, cost, output, step_cost) = if needs_tokens {
             let usage = tokens::estimate(call, self.inner.default_max_tokens, count);
-            let price = if needs_cost {
+            // A name a pattern matched is the client's own: not looked up (the meter
+            // prices the answer; the reservation is settled to it).
+            let price = if needs_cost && !call.by_pattern {
                 self.inner.prices.get(&call.model).await
             } else {
                 None

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
 
-use super::ModelRoute;
+use super::{ModelRoute, Strategy};
 
 /// How a deployment was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +114,9 @@ impl ModelRoute {
             return None;
         }
         let weight = |i: usize| self.deployments[i].weight;
+        if self.strategy == Strategy::LeastLatency && candidates.len() > 1 {
+            return self.two_choices(&candidates, total, now, tokens);
+        }
         if candidates.len() > 1
             && candidates
                 .iter()
@@ -133,6 +136,55 @@ impl ModelRoute {
         // Another request may have claimed a half-open probe since `available`; walk on.
         (0..candidates.len())
             .map(|k| candidates[(start + k) % candidates.len()])
+            .find(|&i| self.claim(i, now, tokens))
+    }
+
+    /// `strategy: least_latency`: two distinct candidates drawn at random (in proportion
+    /// to their weights), and the one with the lower peak-EWMA cost (latency × requests in
+    /// flight, [`super::latency`]) gets the request. Two random choices instead of the
+    /// overall best keep replicas that share one picture from all piling onto the same
+    /// deployment, and still almost always avoid the slowest ones. If the winner cannot be
+    /// claimed (a half-open probe taken meanwhile), the others follow by cost.
+    fn two_choices(
+        &self,
+        candidates: &[usize],
+        total: u64,
+        now: Instant,
+        tokens: u64,
+    ) -> Option<usize> {
+        let draw = |skip: Option<usize>| -> usize {
+            let total = total - skip.map_or(0, |k| self.deployments[candidates[k]].weight);
+            let mut slot = rand::random_range(0..total.max(1));
+            for (k, &i) in candidates.iter().enumerate() {
+                if Some(k) == skip {
+                    continue;
+                }
+                let w = self.deployments[i].weight;
+                if slot < w {
+                    return k;
+                }
+                slot -= w;
+            }
+            0
+        };
+        let first = draw(None);
+        let second = draw(Some(first));
+        let cost = |k: usize| {
+            let d = &self.deployments[candidates[k]];
+            d.latency.cost(d.in_flight.get(), now)
+        };
+        let (a, b) = (cost(first), cost(second));
+        let winner = if b < a { second } else { first };
+        if self.claim(candidates[winner], now, tokens) {
+            return Some(candidates[winner]);
+        }
+        let mut rest: Vec<(f64, usize)> = (0..candidates.len())
+            .filter(|&k| k != winner)
+            .map(|k| (cost(k), candidates[k]))
+            .collect();
+        rest.sort_by(|x, y| x.0.total_cmp(&y.0));
+        rest.into_iter()
+            .map(|(_, i)| i)
             .find(|&i| self.claim(i, now, tokens))
     }
 
@@ -234,6 +286,58 @@ mod tests {
         assert_eq!(route.choose(&[], now, 0), None, "never forced past a cap");
         let wait = route.all_capped(0, now).unwrap();
         assert!(wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(60));
+    }
+
+    fn latency_model(n: usize) -> std::sync::Arc<ModelRoute> {
+        let mut yaml =
+            String::from("models:\n  - name: m\n    strategy: least_latency\n    deployments:\n");
+        for i in 0..n {
+            yaml.push_str(&format!(
+                "      - {{ provider: openai, base_url: 'http://127.0.0.1:9/v1', name: d{i} }}\n"
+            ));
+        }
+        let config = Config::parse(&yaml, &|_| None).unwrap();
+        let models = Models::from_config(&config.models, &config.breaker, &providers()).unwrap();
+        models.get("m").unwrap().clone()
+    }
+
+    #[test]
+    fn least_latency_prefers_the_fast_deployment_and_returns_to_a_healed_one() {
+        let route = latency_model(2);
+        let t0 = Instant::now();
+        route.deployments[0]
+            .latency
+            .observe(std::time::Duration::from_millis(800), t0);
+        route.deployments[1]
+            .latency
+            .observe(std::time::Duration::from_millis(20), t0);
+        let picks: Vec<usize> = (0..50)
+            .map(|_| route.choose(&[], t0, 0).unwrap().index())
+            .collect();
+        assert!(picks.iter().all(|&i| i == 1), "{picks:?}");
+        // Unused for a minute, the slow one's estimate has decayed below the fast one's
+        // (kept fresh by its answers): it gets a request again.
+        let later = t0 + std::time::Duration::from_secs(60);
+        route.deployments[1]
+            .latency
+            .observe(std::time::Duration::from_millis(20), later);
+        assert_eq!(route.choose(&[], later, 0).unwrap().index(), 0);
+    }
+
+    #[test]
+    fn least_latency_spreads_by_requests_in_flight() {
+        let route = latency_model(3);
+        let now = Instant::now();
+        let _busy: Vec<_> = (0..4)
+            .map(|_| route.deployments[0].in_flight.start())
+            .chain((0..4).map(|_| route.deployments[1].in_flight.start()))
+            .collect();
+        // Equal latency: the idle one wins whenever it is one of the two drawn (2 in 3).
+        let picks: Vec<usize> = (0..300)
+            .map(|_| route.choose(&[], now, 0).unwrap().index())
+            .collect();
+        let idle = picks.iter().filter(|&&i| i == 2).count();
+        assert!((150..=250).contains(&idle), "{idle}");
     }
 
     #[test]

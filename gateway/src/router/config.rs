@@ -12,8 +12,19 @@ use crate::providers::config::{DeploymentConfig, validate_deployment};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// What clients send as `model`.
+    /// What clients send as `model`. A name with one `*` is a pattern (`openai/*`): it
+    /// serves every name it matches that no exact name or alias claims, and a
+    /// deployment `model` containing `*` gets the matched part (`model: "*"` sends
+    /// `openai/gpt-4.1` upstream as `gpt-4.1`). Patterns are tried in config order.
     pub name: String,
+    /// Other names clients may use for this model; listed by `/v1/models`, metered and
+    /// priced under `name`.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// How requests are spread over the deployments: `weighted` (by `weight`, the
+    /// default) or `least_latency` (power of two choices over peak-EWMA latency).
+    #[serde(default)]
+    pub strategy: Strategy,
     /// Backends that serve it.
     #[serde(default)]
     pub deployments: Vec<DeploymentConfig>,
@@ -33,6 +44,24 @@ pub struct ModelConfig {
     /// This model's response cache policy (`enabled`, `ttl_s`); see `crate::cache`.
     #[serde(default)]
     pub cache: Option<crate::cache::CachePolicy>,
+}
+
+/// `strategy:` of a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Deterministic weighted round robin; least outstanding requests when the weights
+    /// are equal (`router::balance`).
+    #[default]
+    Weighted,
+    /// Power of two choices (drawn by weight) over each deployment's peak-EWMA latency
+    /// times its requests in flight, per replica (`router::latency`).
+    LeastLatency,
+}
+
+/// Whether a model name (or key allow-list entry) is a pattern.
+pub fn is_pattern(name: &str) -> bool {
+    name.contains('*')
 }
 
 /// `retries:` of a model.
@@ -154,6 +183,42 @@ pub fn validate(models: &[ModelConfig], breaker: &BreakerConfig) -> Result<(), C
                 format!("{at}.name"),
                 format!("duplicate model name '{}'", model.name),
             ));
+        }
+        let pattern = is_pattern(&model.name);
+        if model.name.matches('*').count() > 1 {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                "a pattern may have one '*' only",
+            ));
+        }
+        for (k, alias) in model.aliases.iter().enumerate() {
+            let at = format!("{at}.aliases[{k}]");
+            if alias.trim().is_empty() {
+                return Err(ConfigError::new(at, "must not be empty"));
+            }
+            if is_pattern(alias) {
+                return Err(ConfigError::new(
+                    at,
+                    "an alias cannot be a pattern (make the pattern the model's name)",
+                ));
+            }
+            if !names.insert(alias.as_str()) {
+                return Err(ConfigError::new(
+                    at,
+                    format!("'{alias}' is already a model name or alias"),
+                ));
+            }
+        }
+        for (j, d) in model.deployments.iter().enumerate() {
+            if let Some(upstream) = &d.model
+                && is_pattern(upstream)
+                && (!pattern || upstream.matches('*').count() > 1)
+            {
+                return Err(ConfigError::new(
+                    format!("{at}.deployments[{j}].model"),
+                    "a '*' in a deployment's model is the part its model's pattern matched: only one, and only under a pattern name",
+                ));
+            }
         }
         if model.deployments.is_empty() {
             return Err(ConfigError::new(

@@ -18,9 +18,11 @@ pub mod breaker;
 pub mod caps;
 pub mod config;
 pub mod inflight;
+pub mod latency;
 pub mod metrics;
 pub mod retry;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, Weak};
@@ -33,7 +35,7 @@ use crate::exchange::{Call, Reply};
 use crate::providers::config::DeploymentConfig;
 use crate::providers::{Provider, ProviderSet};
 use breaker::Breaker;
-pub use config::{BreakerConfig, ModelConfig};
+pub use config::{BreakerConfig, ModelConfig, Strategy};
 use retry::RetryPolicy;
 
 /// One backend of a model.
@@ -53,6 +55,21 @@ pub struct Deployment {
     pub in_flight: inflight::InFlight,
     /// `rpm` / `tpm` of this deployment, per replica.
     pub caps: caps::Caps,
+    /// Peak-EWMA latency of its answers, for `strategy: least_latency`.
+    pub latency: latency::PeakEwma,
+}
+
+impl Deployment {
+    /// The model sent upstream for a call whose name matched its route's pattern with
+    /// `capture` (`*` in `upstream_model` replaced by it); the configured one otherwise.
+    pub fn upstream_for<'a>(&'a self, capture: Option<&str>) -> Cow<'a, str> {
+        match capture {
+            Some(c) if self.upstream_model.contains('*') => {
+                Cow::Owned(self.upstream_model.replacen('*', c, 1))
+            }
+            _ => Cow::Borrowed(&self.upstream_model),
+        }
+    }
 }
 
 /// A client-facing model and its deployments.
@@ -61,6 +78,11 @@ pub struct ModelRoute {
     pub name: String,
     /// `name`, shared: what a call names its model by.
     pub label: Arc<str>,
+    /// Other names of this model (`aliases:`).
+    pub aliases: Vec<String>,
+    /// `name` is a pattern (`openai/*`).
+    pub pattern: bool,
+    pub strategy: Strategy,
     pub deployments: Vec<Deployment>,
     next: AtomicU64,
     retry: RetryPolicy,
@@ -81,7 +103,14 @@ impl ModelRoute {
         let mut deployments = Vec::with_capacity(model.deployments.len());
         for d in &model.deployments {
             let upstream_model = d.model.clone().unwrap_or_else(|| model.name.clone());
-            let name = d.name.clone().unwrap_or_else(|| upstream_model.clone());
+            // A pattern deployment (`model: "*"`) is named after its model's pattern.
+            let name = d.name.clone().unwrap_or_else(|| {
+                if upstream_model.contains('*') {
+                    model.name.clone()
+                } else {
+                    upstream_model.clone()
+                }
+            });
             let header = HeaderValue::from_str(&name).map_err(|_| {
                 format!("deployment '{name}' of model '{}': the name must be printable ASCII (it is sent as a header)", model.name)
             })?;
@@ -97,6 +126,7 @@ impl ModelRoute {
                 ),
                 in_flight: inflight::InFlight::default(),
                 caps: caps::Caps::new(d.rpm, d.tpm),
+                latency: latency::PeakEwma::default(),
             });
         }
         let retry = match &model.retries {
@@ -118,12 +148,25 @@ impl ModelRoute {
         Ok(Self {
             name: model.name.clone(),
             label: Arc::from(model.name.as_str()),
+            aliases: model.aliases.clone(),
+            pattern: config::is_pattern(&model.name),
+            strategy: model.strategy,
             counts_tokens: deployments.iter().any(|d| d.caps.counts_tokens()),
             deployments,
             next: AtomicU64::new(0),
             retry,
             fallbacks: OnceLock::new(),
         })
+    }
+
+    /// What `*` of this route's pattern matched in `name`: `Some` for a pattern route
+    /// that matches, `None` for a route with a plain name (or a pattern that does not).
+    pub fn capture<'a>(&self, name: &'a str) -> Option<&'a str> {
+        if !self.pattern {
+            return None;
+        }
+        let (prefix, suffix) = self.name.split_once('*')?;
+        name.strip_prefix(prefix)?.strip_suffix(suffix)
     }
 
     /// The fallback models, in config order.
@@ -135,11 +178,24 @@ impl ModelRoute {
     }
 }
 
-/// All configured models, by client-facing name, in config order for listings.
+/// All configured models, by client-facing name (and alias), in config order for
+/// listings; pattern names (`openai/*`) are tried in config order after the exact ones.
 #[derive(Debug, Default)]
 pub struct Models {
     by_name: HashMap<String, Arc<ModelRoute>>,
+    patterns: Vec<Arc<ModelRoute>>,
     order: Vec<Arc<ModelRoute>>,
+}
+
+/// A client's model name resolved to its route.
+#[derive(Debug, Clone)]
+pub struct Resolved<'a> {
+    pub route: &'a Arc<ModelRoute>,
+    /// The name the call is metered and cached under: the route's name, or for a pattern
+    /// route the client's own name (`openai/gpt-4.1`).
+    pub model: Arc<str>,
+    /// A pattern matched the name (`model` is then the client's own).
+    pub by_pattern: bool,
 }
 
 impl Models {
@@ -162,6 +218,12 @@ impl Models {
         for model in config {
             let route = Arc::new(ModelRoute::new(model, provider, breaker)?);
             models.by_name.insert(model.name.clone(), route.clone());
+            for alias in &model.aliases {
+                models.by_name.insert(alias.clone(), route.clone());
+            }
+            if route.pattern {
+                models.patterns.push(route.clone());
+            }
             models.order.push(route);
         }
         for model in config {
@@ -179,8 +241,29 @@ impl Models {
         Ok(models)
     }
 
+    /// The route of an exact name or alias (a pattern's own text included).
     pub fn get(&self, name: &str) -> Option<&Arc<ModelRoute>> {
         self.by_name.get(name)
+    }
+
+    /// The route a client's model name goes to: an exact name or alias, else the first
+    /// pattern (config order) that matches it with a non-empty `*`.
+    pub fn resolve(&self, name: &str) -> Option<Resolved<'_>> {
+        if let Some(route) = self.by_name.get(name) {
+            return Some(Resolved {
+                route,
+                model: route.label.clone(),
+                by_pattern: false,
+            });
+        }
+        self.patterns
+            .iter()
+            .find(|r| r.capture(name).is_some_and(|c| !c.is_empty()))
+            .map(|route| Resolved {
+                route,
+                model: Arc::from(name),
+                by_pattern: true,
+            })
     }
 
     /// Each model's upstream models, sorted and without repeats: what its name stands
@@ -221,9 +304,67 @@ impl Router {
     /// Serves one call on its model's route.
     pub async fn serve(&self, call: Call) -> Reply {
         // The handler resolved the name against the same models; kept as an answer.
-        let Some(route) = self.models.get(&call.model) else {
+        let Some(resolved) = self.models.resolve(&call.model) else {
             return Reply::error(error::model_not_found(&call.model));
         };
+        let route = resolved.route;
         retry::serve(route, &call).await
+    }
+}
+
+#[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn models(yaml: &str) -> Models {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = Config::parse(yaml, &|_| None).unwrap().validate().unwrap();
+        Models::from_config(
+            &config.models,
+            &config.breaker,
+            &ProviderSet::new().unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn names_resolve_exactly_then_by_alias_then_by_pattern_in_order() {
+        let m = models(
+            "models:
+  - { name: gpt-4o, aliases: [ gpt4 ], deployments: [ { provider: openai, base_url: 'http://x/v1' } ] }
+  - { name: 'openai/*', deployments: [ { provider: openai, base_url: 'http://x/v1', model: '*' },
+                                       { provider: openai, base_url: 'http://x/v1', model: 'ft:*:v2', name: tuned } ] }
+  - { name: 'openai/gpt-*', deployments: [ { provider: openai, base_url: 'http://x/v1', model: m } ] }
+  - { name: '*-mini', deployments: [ { provider: openai, base_url: 'http://x/v1', model: m } ] }
+",
+        );
+        let r = m.resolve("gpt4").unwrap();
+        assert_eq!((r.route.name.as_str(), &*r.model), ("gpt-4o", "gpt-4o"));
+        let r = m.resolve("openai/gpt-4.1").unwrap();
+        assert_eq!(
+            r.route.name, "openai/*",
+            "the first pattern in config order wins"
+        );
+        assert_eq!(&*r.model, "openai/gpt-4.1");
+        let capture = r.route.capture("openai/gpt-4.1");
+        assert_eq!(capture, Some("gpt-4.1"));
+        assert_eq!(r.route.deployments[0].upstream_for(capture), "gpt-4.1");
+        assert_eq!(
+            r.route.deployments[1].upstream_for(capture),
+            "ft:gpt-4.1:v2"
+        );
+        assert_eq!(r.route.deployments[0].name, "openai/*");
+        assert_eq!(m.resolve("o4-mini").unwrap().route.name, "*-mini");
+        assert!(
+            m.resolve("openai/").is_none(),
+            "'*' matches at least one character"
+        );
+        assert!(m.resolve("anthropic/claude").is_none());
+        assert_eq!(
+            m.resolve("gpt-4o").unwrap().route.deployments[0].upstream_for(None),
+            "gpt-4o"
+        );
     }
 }

@@ -65,6 +65,12 @@ pub async fn serve(route: &std::sync::Arc<ModelRoute>, call: &Call) -> Reply {
     // Set when a whole model was at its caps: how long until one reopens.
     let mut capped: Option<Duration> = None;
     for (n, route) in routes.iter().enumerate() {
+        // What `*` matched, for a pattern route; a pattern fallback that does not match
+        // the call's name has nothing to send upstream and is skipped.
+        let capture = route.capture(&call.model);
+        if route.pattern && capture.is_none() {
+            continue;
+        }
         if n > 0 {
             tracing::info!(model = %call.model, fallback = %route.name, "falling back");
         }
@@ -92,10 +98,25 @@ pub async fn serve(route: &std::sync::Arc<ModelRoute>, call: &Call) -> Reply {
             // when a failure could still be hidden by another attempt.
             let more_to_try = attempt + 1 < route.retry.max_attempts || n + 1 < routes.len();
             let started = Instant::now();
-            let outcome = attempt_once(call, route, deployment, choice, more_to_try).await;
+            let upstream_model = deployment.upstream_for(capture);
+            let outcome = attempt_once(
+                call,
+                route,
+                deployment,
+                &upstream_model,
+                choice,
+                more_to_try,
+            )
+            .await;
             upstream += started.elapsed();
             match outcome {
-                Outcome::Done(reply) => return finish(reply, upstream),
+                Outcome::Done(mut reply) => {
+                    if route.pattern {
+                        // Priced by the model that answered (`meter`), not by the name.
+                        reply.facts.price_model = Some(std::sync::Arc::from(&*upstream_model));
+                    }
+                    return finish(reply, upstream);
+                }
                 Outcome::Failed(reply) => {
                     tracing::warn!(
                         model = %route.name,
@@ -144,21 +165,24 @@ async fn attempt_once(
     call: &Call,
     route: &ModelRoute,
     deployment: &Deployment,
+    upstream_model: &str,
     choice: Choice,
     wait_first: bool,
 ) -> Outcome {
     let breaker = &deployment.breaker;
     // Counted from now until the answer ends; dropped at once on a failed attempt.
     let in_flight = deployment.in_flight.start();
+    let sent = Instant::now();
     // A client span per attempt when traces are exported (`crate::otlp`).
     let result = crate::otlp::upstream_attempt(
         &deployment.name,
-        &deployment.upstream_model,
+        upstream_model,
         call.endpoint,
-        deployment.provider.send(call, &deployment.upstream_model),
+        deployment.provider.send(call, upstream_model),
     )
     .await;
     let now = Instant::now();
+    let latency = &deployment.latency;
     let mut reply = match result {
         Ok(reply) => reply,
         Err(e) => {
@@ -178,6 +202,7 @@ async fn attempt_once(
                 Outcome::Done(reply)
             } else {
                 breaker.on_failure(now);
+                latency.observe_failure(now - sent, now);
                 Outcome::Failed(reply)
             };
         }
@@ -187,6 +212,7 @@ async fn attempt_once(
         if let Some(wait) = reply.facts.retry_after {
             breaker.skip_until(now + Duration::from_secs(wait).min(route.retry.max_retry_after));
         }
+        latency.observe_failure(now - sent, now);
         if status == StatusCode::TOO_MANY_REQUESTS {
             // Busy, not broken (a hosted key's rate limit, a local worker's full queue):
             // move on, but don't eject a deployment that is up; `retry-after` already
@@ -200,13 +226,19 @@ async fn attempt_once(
     if let Answer::Events(events) = &mut reply.answer {
         if wait_first && let Err(e) = events.first().await {
             tracing::warn!(deployment = %deployment.name, error = %e, "upstream stream failed before its first event");
-            breaker.on_failure(Instant::now());
+            let now = Instant::now();
+            breaker.on_failure(now);
+            latency.observe_failure(now - sent, now);
             let broke = Reply::error(error::upstream_broke_off(&deployment.name));
             return Outcome::Failed(deployment.stamp(broke));
         }
         events.keep(in_flight);
     }
     // Any other answer (2xx, or a 4xx that is the request's fault) shows the upstream is up.
+    // Its latency: to the whole answer, or to the stream's first event when it was waited
+    // for (else to the response headers).
+    let answered = Instant::now();
+    latency.observe(answered - sent, answered);
     breaker.on_success();
     Outcome::Done(deployment.stamp(reply))
 }

@@ -58,6 +58,17 @@ pub(super) struct ToolCallKnob {
     input: Option<Map<String, Value>>,
 }
 
+impl ToolCallKnob {
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tool input; `{}` when absent.
+    pub(super) fn input(&self) -> Value {
+        Value::Object(self.input.clone().unwrap_or_default())
+    }
+}
+
 pub(super) fn is_messages(path: &str) -> bool {
     path == "/v1/messages"
 }

@@ -1,8 +1,6 @@
 //! Entry points for the fuzz targets (`fuzz/`): the private SSE parser, stream translator
 //! and whole-body translations of this provider, behind plain functions. Not an API.
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Map, Value};
@@ -10,7 +8,8 @@ use serde_json::{Map, Value};
 use super::{stream, translate};
 use crate::error::ApiError;
 use crate::openai::Request;
-use crate::providers::relay::Convert;
+use crate::exchange::{BROKE_OFF, Event};
+use crate::providers::relay;
 use crate::sse::Framer;
 
 /// One dispatched server-sent event: `(event name, data)`.
@@ -41,30 +40,14 @@ pub fn sse_events(chunks: &[&[u8]]) -> Option<Vec<SseEvent>> {
 }
 
 /// The client's events (as bytes) for an upstream stream that arrives as `chunks` and then
-/// ends, through the framer and the translator the provider uses.
+/// ends, through the decoder and translator the provider uses, and the edge's error event
+/// when the stream failed.
 pub fn translate_stream(chunks: &[&[u8]], model: &str, include_usage: bool) -> Vec<Bytes> {
-    let mut framer = Framer::strict(4 << 20);
-    let mut translator = stream::Translator::new(model, include_usage);
-    let mut frames = Vec::new();
-    let mut out = VecDeque::new();
-    for chunk in chunks {
-        if framer
-            .feed(&Bytes::copy_from_slice(chunk), &mut frames)
-            .is_err()
-        {
-            return out.iter().map(crate::exchange::Event::encode).collect();
-        }
-        for frame in frames.drain(..) {
-            let _ = translator.frame(frame, &mut out);
-        }
-    }
-    if framer.finish(&mut frames).is_ok() {
-        for frame in frames.drain(..) {
-            let _ = translator.frame(frame, &mut out);
-        }
-        let _ = translator.end(&mut out);
-    }
-    out.iter().map(crate::exchange::Event::encode).collect()
+    let decoder = relay::sse(4 << 20, stream::Translator::new(model, include_usage));
+    relay::decode_all(decoder, chunks).unwrap_or_else(|mut body| {
+        body.push(Event::data(Bytes::from_static(BROKE_OFF.as_bytes())).encode());
+        body
+    })
 }
 
 /// The Messages API body for a parsed chat request.

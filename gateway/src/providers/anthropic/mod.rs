@@ -104,71 +104,124 @@ impl Anthropic {
     }
 
     async fn answer(&self, call: &Call, upstream_model: &str) -> Result<Reply, UpstreamError> {
-        if call.endpoint != Endpoint::ChatCompletions {
-            return Ok(Reply::error(error::endpoint_not_supported(
-                &call.model,
-                call.endpoint,
-                "its provider (Anthropic) serves chat completions only.",
-            )));
-        }
-        let request = Request::of(call);
-        let body = match translate::request(&request, upstream_model, self.max_tokens_default) {
-            Ok(body) => body,
-            Err(e) => return Ok(Reply::error(e)),
-        };
-        let deadlines = self.timeouts.start();
-        let body =
-            serde_json::to_vec(&body).map_err(|_| UpstreamError::Internal("serialize request"))?;
-        let stream = call.params.stream;
-        let mut builder = self
-            .client
-            .post(&self.messages_url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("anthropic-version", API_VERSION)
-            .body(body);
+        let mut headers = vec![(
+            http::HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(API_VERSION),
+        )];
         if let Some(key) = &self.api_key {
-            builder = builder.header("x-api-key", key.clone());
+            headers.push((http::HeaderName::from_static("x-api-key"), key.clone()));
         }
-        if stream {
-            builder = builder.header(header::ACCEPT, "text/event-stream");
-        }
-        let upstream = relay::send(builder, deadlines.headers).await?;
-        let status = upstream.status();
-        if status.is_client_error() || status.is_server_error() {
-            let retry_after = relay::retry_after_s(upstream.headers());
-            let bytes = relay::read_all(upstream, deadlines.body, self.guard.max_body()).await?;
-            let bytes = self.guard.redact(bytes);
-            if status.is_server_error() {
-                tracing::warn!(
-                    status = status.as_u16(),
-                    body = %String::from_utf8_lossy(&bytes[..bytes.len().min(2048)]),
-                    "anthropic answered with a server error"
-                );
-            }
-            let body = translate::error(status, &bytes);
-            let mut reply = Reply::json(status, body.to_string().into(), None);
-            reply.facts.relayed = true;
-            reply.facts.retry_after = retry_after;
-            return Ok(reply);
-        }
-        if !status.is_success() {
-            return Err(UpstreamError::Malformed("unexpected status"));
-        }
-        if stream {
-            // Usage is written when the client asked, or when the meter did (it hides it).
-            let include_usage = call.params.include_usage || call.ask_usage;
-            let translator = stream::Translator::new(upstream_model, include_usage);
-            let max = self.guard.max_body().min(sse_limit());
-            let source = relay::events(upstream, &deadlines, max, translator);
-            return Ok(Reply::events(Events::new(source)));
-        }
-        let bytes = relay::read_all(upstream, deadlines.body, self.guard.max_body()).await?;
-        let answer = translate::response(&bytes)
-            .ok_or(UpstreamError::Malformed("not an Anthropic message"))?;
-        let bytes = bytes::Bytes::from(answer.to_string());
-        let view = AnswerView::parse(&bytes);
-        Ok(Reply::json(status, bytes, view))
+        let target = Target {
+            client: &self.client,
+            url: &self.messages_url,
+            stream_url: &self.messages_url,
+            headers: &headers,
+            timeouts: &self.timeouts,
+            guard: &self.guard,
+        };
+        answer_at(
+            &target,
+            call,
+            upstream_model,
+            self.max_tokens_default,
+            |_| {},
+        )
+        .await
     }
+}
+
+/// Where a Messages API call goes and with which credentials: Anthropic's own API, or
+/// Claude on Vertex AI (`rawPredict` / `streamRawPredict`, an OAuth2 token).
+pub(crate) struct Target<'a> {
+    pub client: &'a reqwest::Client,
+    pub url: &'a str,
+    /// The URL for `stream: true` (Vertex AI has its own; Anthropic's is `url`).
+    pub stream_url: &'a str,
+    pub headers: &'a [(http::HeaderName, HeaderValue)],
+    pub timeouts: &'a relay::Timeouts,
+    pub guard: &'a relay::Guard,
+}
+
+/// One chat call through the Messages API at `target`: the request translated (and
+/// adjusted by `edit`, e.g. Vertex's `anthropic_version` in the body instead of `model`),
+/// the answer, stream and errors translated back.
+pub(crate) async fn answer_at(
+    target: &Target<'_>,
+    call: &Call,
+    upstream_model: &str,
+    max_tokens_default: u32,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Result<Reply, UpstreamError> {
+    if call.endpoint != Endpoint::ChatCompletions {
+        return Ok(Reply::error(error::endpoint_not_supported(
+            &call.model,
+            call.endpoint,
+            "its provider (Anthropic) serves chat completions only.",
+        )));
+    }
+    let request = Request::of(call);
+    let mut body = match translate::request(&request, upstream_model, max_tokens_default) {
+        Ok(body) => body,
+        Err(e) => return Ok(Reply::error(e)),
+    };
+    edit(&mut body);
+    let deadlines = target.timeouts.start();
+    let body =
+        serde_json::to_vec(&body).map_err(|_| UpstreamError::Internal("serialize request"))?;
+    let stream = call.params.stream;
+    let url = if stream {
+        target.stream_url
+    } else {
+        target.url
+    };
+    let mut builder = target
+        .client
+        .post(url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body);
+    for (name, value) in target.headers {
+        builder = builder.header(name, value.clone());
+    }
+    if stream {
+        builder = builder.header(header::ACCEPT, "text/event-stream");
+    }
+    let guard = target.guard;
+    let upstream = relay::send(builder, deadlines.headers).await?;
+    let status = upstream.status();
+    if status.is_client_error() || status.is_server_error() {
+        let retry_after = relay::retry_after_s(upstream.headers());
+        let bytes = relay::read_all(upstream, deadlines.body, guard.max_body()).await?;
+        let bytes = guard.redact(bytes);
+        if status.is_server_error() {
+            tracing::warn!(
+                status = status.as_u16(),
+                body = %String::from_utf8_lossy(&bytes[..bytes.len().min(2048)]),
+                "anthropic answered with a server error"
+            );
+        }
+        let body = translate::error(status, &bytes);
+        let mut reply = Reply::json(status, body.to_string().into(), None);
+        reply.facts.relayed = true;
+        reply.facts.retry_after = retry_after;
+        return Ok(reply);
+    }
+    if !status.is_success() {
+        return Err(UpstreamError::Malformed("unexpected status"));
+    }
+    if stream {
+        // Usage is written when the client asked, or when the meter did (it hides it).
+        let include_usage = call.params.include_usage || call.ask_usage;
+        let translator = stream::Translator::new(upstream_model, include_usage);
+        let max = guard.max_body().min(sse_limit());
+        let source = relay::events(upstream, &deadlines, max, translator);
+        return Ok(Reply::events(Events::new(source)));
+    }
+    let bytes = relay::read_all(upstream, deadlines.body, guard.max_body()).await?;
+    let answer =
+        translate::response(&bytes).ok_or(UpstreamError::Malformed("not an Anthropic message"))?;
+    let bytes = bytes::Bytes::from(answer.to_string());
+    let view = AnswerView::parse(&bytes);
+    Ok(Reply::json(status, bytes, view))
 }
 
 /// The largest Anthropic event accepted: its events are small deltas; anything near this

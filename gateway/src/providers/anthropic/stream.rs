@@ -319,6 +319,10 @@ impl Convert for Translator {
         self.end_of_stream(out);
         Ok(())
     }
+
+    fn finished(&self) -> bool {
+        self.finished
+    }
 }
 
 #[allow(clippy::unwrap_used, clippy::panic, reason = "tests")]
