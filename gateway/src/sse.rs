@@ -134,6 +134,12 @@ impl Framer {
 
     /// Feeds the next chunk; whole events are appended to `out` in order.
     pub fn feed(&mut self, chunk: &Bytes, out: &mut Vec<Frame>) -> Result<(), FrameError> {
+        if chunk.is_empty() {
+            // Nothing to frame, and a `\r` that ended the last chunk still waits for the
+            // `\n` that may follow it (found by the `anthropic` fuzz target: an empty
+            // chunk between the two made a blank line of the `\n`, ending an event early).
+            return Ok(());
+        }
         let mut at = 0;
         if std::mem::take(&mut self.after_cr) && chunk.get(at) == Some(&b'\n') {
             at += 1;
@@ -319,6 +325,16 @@ mod tests {
                 assert_eq!(strip(&got), strip(&whole), "cut at {cut}, {cut2}");
             }
         }
+    }
+
+    #[test]
+    fn an_empty_chunk_between_cr_and_lf_changes_nothing() {
+        let input: &[u8] = b"data: a\r\ndata: b\n\n";
+        let whole = frames(&[input], 1 << 20).unwrap();
+        let cut = frames(&[&input[..8], b"", &input[8..]], 1 << 20).unwrap();
+        assert_eq!(whole.len(), 1);
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].data.as_ref(), b"a\nb");
     }
 
     #[test]

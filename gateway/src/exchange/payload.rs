@@ -80,11 +80,11 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 impl Payload {
     /// Splits `bytes` (a JSON object) into its fields.
     pub fn parse(bytes: Bytes) -> Result<Self, PayloadError> {
-        // The split skips values without building them, so it has no depth limit of its
-        // own: a body nested deeper than a tree parser accepts is refused here, before any
-        // layer (or upstream) meets it.
-        if too_deep(&bytes) {
-            return Err(PayloadError::Syntax("recursion limit exceeded".into()));
+        // The split skips values without building them, so it has neither a depth limit
+        // nor a number range of its own: a body a tree parser would refuse is refused
+        // here, before any layer (or upstream) meets it.
+        if let Some(why) = beyond_a_tree_parser(&bytes) {
+            return Err(PayloadError::Syntax(why.into()));
         }
         let fields = match serde_json::from_slice::<Fields<'_>>(&bytes) {
             Ok(fields) => fields.0,
@@ -214,8 +214,12 @@ impl Payload {
 /// The deepest nesting serde_json's tree parser accepts (its recursion limit).
 const MAX_DEPTH: usize = 128;
 
-/// Whether arrays and objects nest deeper than [`MAX_DEPTH`] (strings skipped).
-fn too_deep(bytes: &[u8]) -> bool {
+/// What a tree parser (serde_json's, and so every layer that reads a field, and most
+/// upstreams) would refuse in a body that is otherwise JSON: arrays and objects nested
+/// deeper than [`MAX_DEPTH`], or a number beyond `f64`'s range (`1e999`, a 400-digit
+/// integer). One pass over the bytes, strings skipped; only long numbers or those with an
+/// exponent are parsed.
+fn beyond_a_tree_parser(bytes: &[u8]) -> Option<&'static str> {
     let mut depth = 0usize;
     let mut i = 0;
     while i < bytes.len() {
@@ -233,15 +237,32 @@ fn too_deep(bytes: &[u8]) -> bool {
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_DEPTH {
-                    return true;
+                    return Some("recursion limit exceeded");
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i + 1 < bytes.len()
+                    && matches!(bytes[i + 1], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let number = &bytes[start..=i];
+                if (number.len() > 20 || number.iter().any(|b| matches!(b, b'e' | b'E')))
+                    && std::str::from_utf8(number)
+                        .ok()
+                        .and_then(|n| n.parse::<f64>().ok())
+                        .is_some_and(f64::is_infinite)
+                {
+                    return Some("number out of range");
+                }
+            }
             _ => {}
         }
         i += 1;
     }
-    false
+    None
 }
 
 fn key_bytes<'a>(bytes: &'a [u8], key: &'a Key) -> &'a [u8] {
@@ -340,6 +361,32 @@ mod tests {
         // Brackets inside strings do not count.
         let quoted = format!("{{\"a\":\"{}\\\"\"}}", "[".repeat(500));
         assert!(Payload::parse(Bytes::from(quoted)).is_ok());
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_refused_like_a_tree_parser() {
+        // Found by the `request` fuzz target: the split accepted `1e4440`, which every
+        // layer reading the field (and serde_json's tree) refuses.
+        for body in [
+            r#"{"model":"m","prompt":[[444444444444444400000000e004440, 2]]}"#,
+            r#"{"model":"m","n":-1E+999}"#,
+        ] {
+            let refused = Payload::parse(Bytes::copy_from_slice(body.as_bytes()));
+            assert!(
+                matches!(&refused, Err(PayloadError::Syntax(m)) if m == "number out of range"),
+                "{body}"
+            );
+            assert!(serde_json::from_str::<Value>(body).is_err());
+        }
+        let long = format!("{{\"model\":\"m\",\"n\":{}}}", "9".repeat(300));
+        assert!(Payload::parse(Bytes::from(long)).is_ok());
+        let too_long = format!("{{\"model\":\"m\",\"n\":{}}}", "9".repeat(310));
+        assert!(Payload::parse(Bytes::from(too_long)).is_err());
+        // Small, negative-exponent and in-string numbers are fine.
+        for body in [r#"{"t":1e-999,"u":"1e999","v":[1.5E3,-0.0]}"#] {
+            assert!(Payload::parse(Bytes::copy_from_slice(body.as_bytes())).is_ok());
+            assert!(serde_json::from_str::<Value>(body).is_ok());
+        }
     }
 
     #[test]
