@@ -383,10 +383,9 @@ mod tests {
         let too_long = format!("{{\"model\":\"m\",\"n\":{}}}", "9".repeat(310));
         assert!(Payload::parse(Bytes::from(too_long)).is_err());
         // Small, negative-exponent and in-string numbers are fine.
-        for body in [r#"{"t":1e-999,"u":"1e999","v":[1.5E3,-0.0]}"#] {
-            assert!(Payload::parse(Bytes::copy_from_slice(body.as_bytes())).is_ok());
-            assert!(serde_json::from_str::<Value>(body).is_ok());
-        }
+        let body = r#"{"t":1e-999,"u":"1e999","v":[1.5E3,-0.0]}"#;
+        assert!(Payload::parse(Bytes::copy_from_slice(body.as_bytes())).is_ok());
+        assert!(serde_json::from_str::<Value>(body).is_ok());
     }
 
     #[test]
