@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tower_http::request_id::RequestId;
 
 use crate::base::headers;
+use crate::dialect;
 use crate::error::{self, ApiError};
 use crate::exchange::{Answer, Call, Directives, Endpoint, Outcome, Principal, RateLine, Reply};
 use crate::openai;
@@ -44,6 +45,9 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/audio/transcriptions", post(audio_transcriptions))
         .route("/v1/audio/translations", post(audio_translations))
         .route("/v1/audio/speech", post(audio_speech))
+        // Anthropic's Messages API (`dialect::anthropic`).
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .fallback(unknown_path)
         // `max_body_mb` is enforced by the stack's RequestBodyLimitLayer; axum's own 2 MiB
         // default would otherwise cut in first.
@@ -174,6 +178,38 @@ endpoint_handler!(images_generations, Endpoint::ImagesGenerations);
 endpoint_handler!(moderations, Endpoint::Moderations);
 endpoint_handler!(audio_speech, Endpoint::AudioSpeech);
 
+/// Anthropic's Messages API: the body checked in its dialect (the client's
+/// `anthropic-beta` travels with it), the answer given in it.
+macro_rules! anthropic_handler {
+    ($name:ident, $endpoint:expr) => {
+        async fn $name(
+            State(state): State<AppState>,
+            Extension(principal): Extension<Arc<Principal>>,
+            made: Option<Extension<RequestId>>,
+            client: Option<Extension<ClientRequestId>>,
+            headers: http::HeaderMap,
+            body: Result<Bytes, BytesRejection>,
+        ) -> Response {
+            let request_id = ledger_id(made.as_deref(), client.as_deref());
+            let shown = shown_id(made.as_deref());
+            let directives = Directives::from_headers(&headers);
+            let beta = headers.get("anthropic-beta").cloned();
+            let call = read_body(body)
+                .and_then(|bytes| dialect::anthropic::parse($endpoint, bytes, beta))
+                .and_then(|parsed| {
+                    call_for($endpoint, &state, principal, request_id, directives, parsed)
+                });
+            match call {
+                Ok(call) => serve(state, call, &shown).await,
+                Err(e) => e.into_response(),
+            }
+        }
+    };
+}
+
+anthropic_handler!(messages, Endpoint::Messages);
+anthropic_handler!(count_tokens, Endpoint::CountTokens);
+
 /// Transcriptions and translations: a multipart upload ([`crate::audio`]) instead of JSON.
 macro_rules! upload_handler {
     ($name:ident, $endpoint:expr) => {
@@ -280,7 +316,12 @@ async fn serve(state: AppState, call: Call, shown_id: &str) -> Response {
         principal: Some(call.principal.clone()),
         ..Outcome::default()
     };
-    let reply = crate::service::call(state.calls, call).await;
+    let anthropic = call.endpoint.is_anthropic();
+    let mut reply = crate::service::call(state.calls, call).await;
+    if anthropic && let Answer::Events(events) = &mut reply.answer {
+        // A stream that breaks ends with Anthropic's error event, not OpenAI's.
+        events.fail_with(dialect::anthropic::broke_off());
+    }
     respond(reply, outcome, shown_id)
 }
 
@@ -294,6 +335,18 @@ fn prepare(
 ) -> Result<Call, ApiError> {
     let bytes = read_body(body)?;
     let parsed = openai::parse(endpoint, bytes)?;
+    call_for(endpoint, state, principal, request_id, directives, parsed)
+}
+
+/// The call for a checked body: its model resolved (404) and allowed for the key (403).
+fn call_for(
+    endpoint: Endpoint,
+    state: &AppState,
+    principal: Arc<Principal>,
+    request_id: String,
+    directives: Directives,
+    parsed: openai::Parsed,
+) -> Result<Call, ApiError> {
     let resolved = state
         .models
         .resolve(&parsed.model)

@@ -10,6 +10,7 @@ pub mod base;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod dialect;
 pub mod error;
 pub mod exchange;
 #[doc(hidden)]

@@ -41,6 +41,19 @@ impl Prompt {
                 }
             }
             Endpoint::Completions => prompt.inputs(payload.value("prompt").as_ref()),
+            Endpoint::Messages | Endpoint::CountTokens => {
+                for field in ["system", "messages", "tools"] {
+                    if let Some(v) = payload.value(field) {
+                        let mut text = String::new();
+                        anthropic_texts(&v, &mut text);
+                        prompt.texts.push(text);
+                    }
+                }
+                if let Some(Value::Array(messages)) = payload.value("messages") {
+                    prompt.known += TOKENS_PER_MESSAGE * messages.len() as u64;
+                }
+                prompt.known += TOKENS_PER_REPLY;
+            }
             Endpoint::Embeddings | Endpoint::Moderations => {
                 prompt.inputs(payload.value("input").as_ref())
             }
@@ -62,6 +75,8 @@ impl Prompt {
     /// copied).
     pub fn bound(endpoint: Endpoint, payload: &Payload) -> u64 {
         let (field, chat) = match endpoint {
+            // Text scattered in blocks, besides images' data: read as for the count.
+            Endpoint::Messages => return Prompt::of(endpoint, payload).upper_bound(),
             Endpoint::ChatCompletions => ("messages", true),
             Endpoint::Completions => ("prompt", false),
             Endpoint::Embeddings | Endpoint::Moderations => ("input", false),
@@ -132,6 +147,31 @@ impl Prompt {
     pub fn count(&self, model: &str) -> u64 {
         let bpe = encoding(model);
         self.known + self.texts.iter().map(|t| count_with(bpe, t)).sum::<u64>()
+    }
+}
+
+/// The text of an Anthropic `system`, `messages` or `tools` value: every string in it
+/// (texts, tool inputs and results, schemas) but an image's or document's base64 `data`.
+fn anthropic_texts(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => {
+            out.push_str(s);
+            out.push(' ');
+        }
+        Value::Array(items) => items.iter().for_each(|i| anthropic_texts(i, out)),
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("data" | "signature" | "type" | "cache_control", _) => {}
+                    (_, Value::Number(n)) => {
+                        out.push_str(&n.to_string());
+                        out.push(' ');
+                    }
+                    _ => anthropic_texts(value, out),
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -383,6 +423,7 @@ impl Seen {
             && !matches!(
                 endpoint,
                 Endpoint::ImagesGenerations
+                    | Endpoint::CountTokens
                     | Endpoint::Files
                     | Endpoint::FineTuning
                     | Endpoint::Batches

@@ -14,6 +14,9 @@
 //! - `bedrock` (feature `bedrock`, on by default): Amazon Bedrock's Converse API, SigV4
 //!   signed, event-stream answers decoded.
 //!
+//! - [`bridge`]: client dialects (Anthropic's Messages API) on the providers that do not
+//!   speak them, through chat completions.
+//!
 //! `relay` holds the timing rules they share (deadline to headers, idle gap in streams).
 //! A provider that cannot serve an endpoint answers 400 `unsupported_endpoint` itself,
 //! without calling the upstream.
@@ -22,6 +25,7 @@ pub mod anthropic;
 pub mod azure;
 #[cfg(feature = "bedrock")]
 pub mod bedrock;
+pub mod bridge;
 pub(crate) mod chunks;
 pub mod config;
 pub mod gemini;
@@ -88,8 +92,18 @@ impl ProviderSet {
         self.max_upstream_body
     }
 
-    /// The provider for one deployment (config validation has checked its fields).
+    /// The provider for one deployment (config validation has checked its fields), behind
+    /// the [`bridge`] for the client dialects it does not speak itself.
     pub fn build(&self, d: &DeploymentConfig) -> Arc<dyn Provider> {
+        let provider = self.build_own(d);
+        match d.provider {
+            // Speaks Anthropic's Messages API itself.
+            ProviderKind::Anthropic => provider,
+            _ => Arc::new(bridge::Bridge::new(provider)),
+        }
+    }
+
+    fn build_own(&self, d: &DeploymentConfig) -> Arc<dyn Provider> {
         let client = self.client_for(d);
         let max = self.max_upstream_body;
         match d.provider {
