@@ -48,6 +48,8 @@ pub fn router(state: AppState) -> axum::Router {
         // Anthropic's Messages API (`dialect::anthropic`).
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
+        // OpenAI's Responses API (`dialect::responses`).
+        .route("/v1/responses", post(responses))
         .fallback(unknown_path)
         // `max_body_mb` is enforced by the stack's RequestBodyLimitLayer; axum's own 2 MiB
         // default would otherwise cut in first.
@@ -209,6 +211,28 @@ macro_rules! anthropic_handler {
 
 anthropic_handler!(messages, Endpoint::Messages);
 anthropic_handler!(count_tokens, Endpoint::CountTokens);
+
+/// OpenAI's Responses API: the body checked in its dialect.
+async fn responses(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    made: Option<Extension<RequestId>>,
+    client: Option<Extension<ClientRequestId>>,
+    headers: http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = ledger_id(made.as_deref(), client.as_deref());
+    let shown = shown_id(made.as_deref());
+    let directives = Directives::from_headers(&headers);
+    let endpoint = dialect::responses::ENDPOINT;
+    let call = read_body(body)
+        .and_then(dialect::responses::parse)
+        .and_then(|parsed| call_for(endpoint, &state, principal, request_id, directives, parsed));
+    match call {
+        Ok(call) => serve(state, call, &shown).await,
+        Err(e) => e.into_response(),
+    }
+}
 
 /// Transcriptions and translations: a multipart upload ([`crate::audio`]) instead of JSON.
 macro_rules! upload_handler {

@@ -122,6 +122,8 @@ fn parse_payload(endpoint: Endpoint, payload: Payload) -> Result<Parsed, ApiErro
         Endpoint::AudioSpeech => &["model", "input"],
         // Anthropic's dialect is checked by `dialect::anthropic`.
         Endpoint::Messages | Endpoint::CountTokens => &["model", "messages"],
+        // The Responses API is checked by `dialect::responses`.
+        Endpoint::Responses => &["model", "input"],
         Endpoint::Files
         | Endpoint::FineTuning
         | Endpoint::Batches

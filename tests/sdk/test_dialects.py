@@ -1,5 +1,7 @@
-"""Client dialects: the official Anthropic Python SDK against the gateway's Messages API
-(`/v1/messages`, `/v1/messages/count_tokens`), on SQLite and Postgres.
+"""Client dialects, on SQLite and Postgres: the official Anthropic Python SDK against the
+gateway's Messages API (`/v1/messages`, `/v1/messages/count_tokens`), and the official
+OpenAI SDK against its Responses API (`/v1/responses`: native to an `openai` deployment,
+bridged through chat to an `anthropic` one).
 
 - To an `anthropic` deployment the body goes byte for byte but `model` (cache_control,
   thinking, tools intact), with the deployment's key, `anthropic-version` and the client's
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import openai
 import pytest
 
 from conftest import (
@@ -34,6 +37,7 @@ from conftest import (
     httpx,
     header,
     launch_gateway,
+    make_client,
     marker,
 )
 
@@ -436,3 +440,132 @@ def test_stream_cut_midway_raises_and_bills_what_was_delivered(
     row = usage_rows(gw, key["tenant"], 1)["claude"]
     assert row["requests"] == 1
     assert row["input_tokens"] > 0
+
+
+# ---- the Responses API (official OpenAI SDK) --------------------------------------------
+
+
+@pytest.fixture()
+def oai(gw: Gateway, key: dict[str, Any]) -> Iterator[openai.OpenAI]:
+    c = make_client(gw, key["key"])
+    yield c
+    c.close()
+
+
+def test_responses_create_is_forwarded_natively(
+    gw: Gateway, oai: openai.OpenAI, key: dict[str, Any], mock_upstream: MockUpstream
+) -> None:
+    m = marker()
+    raw = oai.responses.with_raw_response.create(
+        model="gpt", instructions="Be terse.", input=f"say hello {m}", max_output_tokens=50, store=False
+    )
+    assert raw.headers["x-tollgate-deployment"] == "gpt-4o-mini"
+    resp = raw.parse()
+    assert resp.object == "response" and resp.status == "completed"
+    assert resp.output_text == MOCK_CONTENT
+    sent = mock_upstream.find_one(m, "/v1/responses")
+    assert sent["body"] == {
+        "model": "gpt-4o-mini",
+        "instructions": "Be terse.",
+        "input": f"say hello {m}",
+        "max_output_tokens": 50,
+        "store": False,
+    }
+    assert header(sent, "authorization") == f"Bearer {UPSTREAM_KEY}"
+    row = usage_rows(gw, key["tenant"], 1)["gpt"]
+    assert (row["input_tokens"], row["output_tokens"]) == (resp.usage.input_tokens, resp.usage.output_tokens)
+    assert row["output_tokens"] > 0
+
+
+def test_responses_stream_native(
+    gw: Gateway, oai: openai.OpenAI, key: dict[str, Any], mock_upstream: MockUpstream
+) -> None:
+    m = marker()
+    with oai.responses.stream(model="gpt", input=f"hello {m}") as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds
+    assert final.output_text == MOCK_CONTENT
+    assert mock_upstream.find_one(m, "/v1/responses")["body"]["stream"] is True
+    row = usage_rows(gw, key["tenant"], 1)["gpt"]
+    assert (row["input_tokens"], row["output_tokens"]) == (final.usage.input_tokens, final.usage.output_tokens)
+
+
+def test_responses_bridged_to_anthropic(
+    gw: Gateway, oai: openai.OpenAI, key: dict[str, Any], mock_upstream: MockUpstream
+) -> None:
+    m = marker()
+    resp = oai.responses.create(
+        model="claude",
+        instructions=script(content="one two three", prompt_tokens=6),
+        input=[{"role": "user", "content": [{"type": "input_text", "text": f"count {m}"}]}],
+        max_output_tokens=100,
+    )
+    assert resp.object == "response" and resp.model == "claude"
+    assert resp.output_text == "one two three"
+    assert (resp.usage.input_tokens, resp.usage.output_tokens) == (6, 3)
+    sent = mock_upstream.find_one(m, "/v1/messages")["body"]
+    assert sent["model"] == "claude-sonnet-4-5"
+    assert sent["messages"] == [{"role": "user", "content": f"count {m}"}]
+    assert sent["max_tokens"] == 100
+    row = usage_rows(gw, key["tenant"], 1)["claude"]
+    assert (row["input_tokens"], row["output_tokens"]) == (6, 3)
+
+
+def test_responses_tools_round_trip_through_the_bridge(oai: openai.OpenAI, mock_upstream: MockUpstream) -> None:
+    m = marker()
+    tools = [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": f"Weather {m}",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
+    first = oai.responses.create(
+        model="claude",
+        instructions=script(tool_calls=[{"name": "get_weather", "input": {"city": "Paris"}}]),
+        input="weather in Paris?",
+        tools=tools,
+    )
+    call = next(item for item in first.output if item.type == "function_call")
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    second = oai.responses.create(
+        model="claude",
+        input=[
+            {"role": "user", "content": "weather in Paris?"},
+            {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": f"sunny {m}"},
+        ],
+        tools=tools,
+    )
+    assert second.output_text == MOCK_CONTENT
+    sent = mock_upstream.find_one(f"sunny {m}", "/v1/messages")["body"]
+    assert sent["messages"][1]["content"][0] == {
+        "type": "tool_use",
+        "id": call.call_id,
+        "name": "get_weather",
+        "input": {"city": "Paris"},
+    }
+    assert sent["messages"][2]["content"][0]["type"] == "tool_result"
+
+
+def test_responses_stream_through_the_bridge(gw: Gateway, oai: openai.OpenAI, key: dict[str, Any]) -> None:
+    with oai.responses.stream(
+        model="claude", instructions=script(content="alpha beta gamma", prompt_tokens=4), input="go"
+    ) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == "alpha beta gamma"
+    assert final.output_text == "alpha beta gamma"
+    assert final.status == "completed"
+    row = usage_rows(gw, key["tenant"], 1)["claude"]
+    assert (row["input_tokens"], row["output_tokens"]) == (4, 3)
+
+
+def test_responses_built_in_tool_on_another_model_is_a_400(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.responses.create(model="claude", input="news?", tools=[{"type": "web_search_preview"}])
+    assert e.value.param == "tools[0].type"
+    assert "web_search_preview" in e.value.message

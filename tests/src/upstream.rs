@@ -8,7 +8,8 @@
 //!
 //! Endpoints: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions`,
 //! `POST /v1/completions`, `POST /v1/embeddings`, `POST /v1/images/generations`,
-//! `POST /v1/moderations`. The same endpoints also answer under Azure OpenAI's
+//! `POST /v1/moderations`, `POST /v1/responses` (the Responses API, `upstream/responses.rs`).
+//! The same endpoints also answer under Azure OpenAI's
 //! `/openai/deployments/{deployment}/...` paths (the model defaults to the deployment name
 //! there), so the gateway's Azure provider can be tested against the same fake.
 //!
@@ -60,6 +61,7 @@ pub mod bedrock;
 pub mod google;
 mod hostile;
 mod objects;
+mod responses;
 
 /// What a chat or completion answers when the request does not script `mock.content`.
 pub const DEFAULT_CONTENT: &str = "Hello from the mock upstream.";
@@ -826,6 +828,10 @@ fn endpoint(path: &str) -> Option<(&str, Option<&str>)> {
     if let Some(rest) = path.strip_prefix("/v1/") {
         return Some((rest, None));
     }
+    if path == "/openai/responses" {
+        // Azure's Responses API: one URL, the deployment named by the body's `model`.
+        return Some(("responses", None));
+    }
     let rest = path.strip_prefix("/openai/deployments/")?;
     let (deployment, rest) = rest.split_once('/')?;
     Some((rest, Some(deployment)))
@@ -859,6 +865,13 @@ fn route(
     };
     match endpoint {
         "models" if method == Method::GET => Ok(list_models()),
+        "responses" if method == Method::POST => match body {
+            Value::Object(req) => responses::create(shared, req, deployment, knobs),
+            _ => Err(ApiError::invalid(
+                "We could not parse the JSON body of your request.",
+                None,
+            )),
+        },
         "chat/completions" | "completions" | "embeddings" | "images/generations"
         | "moderations"
             if method == Method::POST =>

@@ -13,3 +13,4 @@
 //! chat completions for deployments that do not speak it.
 
 pub mod anthropic;
+pub mod responses;

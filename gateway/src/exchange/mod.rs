@@ -43,6 +43,8 @@ pub enum Endpoint {
     Messages,
     /// `/v1/messages/count_tokens`: Anthropic's free prompt count.
     CountTokens,
+    /// `/v1/responses`: OpenAI's Responses API (the body and the answer in its dialect).
+    Responses,
 }
 
 impl Endpoint {
@@ -62,6 +64,7 @@ impl Endpoint {
             Self::AudioSpeech => "/audio/speech",
             Self::Messages => "/messages",
             Self::CountTokens => "/messages/count_tokens",
+            Self::Responses => "/responses",
         }
     }
 
@@ -81,6 +84,7 @@ impl Endpoint {
             Self::AudioSpeech => "audio_speech",
             Self::Messages => "messages",
             Self::CountTokens => "messages_count_tokens",
+            Self::Responses => "responses",
         }
     }
 
@@ -101,7 +105,7 @@ impl Endpoint {
     pub fn can_stream(self) -> bool {
         matches!(
             self,
-            Self::ChatCompletions | Self::Completions | Self::Messages
+            Self::ChatCompletions | Self::Completions | Self::Messages | Self::Responses
         )
     }
 

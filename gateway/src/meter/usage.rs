@@ -41,6 +41,16 @@ impl Prompt {
                 }
             }
             Endpoint::Completions => prompt.inputs(payload.value("prompt").as_ref()),
+            Endpoint::Responses => {
+                for field in ["instructions", "input", "tools"] {
+                    if let Some(v) = payload.value(field) {
+                        let mut text = String::new();
+                        anthropic_texts(&v, &mut text);
+                        prompt.texts.push(text);
+                    }
+                }
+                prompt.known += TOKENS_PER_REPLY;
+            }
             Endpoint::Messages | Endpoint::CountTokens => {
                 for field in ["system", "messages", "tools"] {
                     if let Some(v) = payload.value(field) {
@@ -76,7 +86,9 @@ impl Prompt {
     pub fn bound(endpoint: Endpoint, payload: &Payload) -> u64 {
         let (field, chat) = match endpoint {
             // Text scattered in blocks, besides images' data: read as for the count.
-            Endpoint::Messages => return Prompt::of(endpoint, payload).upper_bound(),
+            Endpoint::Messages | Endpoint::Responses => {
+                return Prompt::of(endpoint, payload).upper_bound();
+            }
             Endpoint::ChatCompletions => ("messages", true),
             Endpoint::Completions => ("prompt", false),
             Endpoint::Embeddings | Endpoint::Moderations => ("input", false),
@@ -150,8 +162,9 @@ impl Prompt {
     }
 }
 
-/// The text of an Anthropic `system`, `messages` or `tools` value: every string in it
-/// (texts, tool inputs and results, schemas) but an image's or document's base64 `data`.
+/// The text of an Anthropic `system`, `messages` or `tools` value (or a Responses API
+/// `instructions`, `input` or `tools`): every string in it (texts, tool inputs and
+/// results, schemas) but an image's or document's base64 `data` and `image_url`.
 fn anthropic_texts(v: &Value, out: &mut String) {
     match v {
         Value::String(s) => {
@@ -162,7 +175,7 @@ fn anthropic_texts(v: &Value, out: &mut String) {
         Value::Object(map) => {
             for (key, value) in map {
                 match (key.as_str(), value) {
-                    ("data" | "signature" | "type" | "cache_control", _) => {}
+                    ("data" | "signature" | "type" | "cache_control" | "image_url", _) => {}
                     (_, Value::Number(n)) => {
                         out.push_str(&n.to_string());
                         out.push(' ');

@@ -469,6 +469,7 @@ where
         Endpoint::AudioSpeech => "speech",
         Endpoint::Messages => "chat",
         Endpoint::CountTokens => "count_tokens",
+        Endpoint::Responses => "chat",
     };
     let mut attributes = vec![
         ("gen_ai.operation.name", Value::Str(operation.to_owned())),

@@ -51,8 +51,11 @@ impl Azure {
         let api_version = d.api_version.clone().unwrap_or_default();
         Self {
             client,
-            urls: relay::Urls::new(|e| {
-                format!("{deployment_url}{}?api-version={api_version}", e.path())
+            urls: relay::Urls::new(|e| match e {
+                // The Responses API has one URL per resource; the body's `model` names
+                // the deployment.
+                Endpoint::Responses => format!("{base}/openai/responses?api-version={api_version}"),
+                _ => format!("{deployment_url}{}?api-version={api_version}", e.path()),
             }),
             deployment_url,
             api_version,

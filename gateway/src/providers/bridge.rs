@@ -1,9 +1,11 @@
 //! The bridge: client dialects on deployments that do not speak them.
 //!
-//! Every provider but `anthropic` is built behind a [`Bridge`]. A call in OpenAI's
-//! dialect passes straight through; a call in Anthropic's (`/v1/messages`) is translated
-//! to chat completions (`dialect::anthropic::bridge`), sent to the provider as a chat
-//! call, and its answer (whole, streamed, or an error) comes back in Anthropic's dialect.
+//! Every provider is built behind a [`Bridge`] that knows which dialects it speaks itself
+//! ([`Native`]). A call in chat's dialect, or in one the provider speaks, passes straight
+//! through; a call in Anthropic's (`/v1/messages`) or the Responses API's is translated to
+//! chat completions (`dialect::anthropic::bridge`, `dialect::responses::bridge`), sent to
+//! the provider as a chat call, and its answer (whole, streamed, or an error) comes back
+//! in the client's dialect.
 //! `count_tokens` is answered here with the gateway's tokenizer (no upstream call: chat
 //! has no such endpoint).
 //!
@@ -23,19 +25,30 @@ use serde_json::{Value, json};
 
 use super::Provider;
 use crate::dialect::anthropic::bridge::{self as messages, StreamBridge};
+use crate::dialect::responses::bridge as responses;
 use crate::error::UpstreamError;
 use crate::exchange::view::AnswerView;
 use crate::exchange::{Answer, Call, Endpoint, Event, Events, Params, Payload, Reply, StreamError};
+
+/// The client dialects a provider speaks itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Native {
+    /// Anthropic's Messages API (`anthropic`).
+    pub messages: bool,
+    /// OpenAI's Responses API (`openai`, `azure`).
+    pub responses: bool,
+}
 
 /// A provider behind the bridge; see the module docs.
 #[derive(Debug)]
 pub struct Bridge {
     inner: Arc<dyn Provider>,
+    native: Native,
 }
 
 impl Bridge {
-    pub fn new(inner: Arc<dyn Provider>) -> Self {
-        Self { inner }
+    pub fn new(inner: Arc<dyn Provider>, native: Native) -> Self {
+        Self { inner, native }
     }
 }
 
@@ -47,39 +60,93 @@ impl Provider for Bridge {
     ) -> BoxFuture<'a, Result<Reply, UpstreamError>> {
         Box::pin(async move {
             match call.endpoint {
-                Endpoint::Messages => self.messages(call, upstream_model).await,
-                Endpoint::CountTokens => Ok(count_tokens(call).await),
+                Endpoint::Messages if !self.native.messages => {
+                    self.messages(call, upstream_model).await
+                }
+                Endpoint::CountTokens if !self.native.messages => Ok(count_tokens(call).await),
+                Endpoint::Responses if !self.native.responses => {
+                    self.responses(call, upstream_model).await
+                }
                 _ => self.inner.send(call, upstream_model).await,
             }
         })
     }
 }
 
+/// A call of another dialect as a chat call with `chat` as its body (same request id,
+/// principal and model).
+fn chat_call(call: &Call, chat: serde_json::Map<String, Value>) -> Result<Call, UpstreamError> {
+    let bytes = serde_json::to_vec(&Value::Object(chat))
+        .map_err(|_| UpstreamError::Internal("serialize the translated request"))?;
+    let payload = Payload::parse(Bytes::from(bytes))
+        .map_err(|_| UpstreamError::Internal("the translated request"))?;
+    Ok(Call {
+        endpoint: Endpoint::ChatCompletions,
+        params: Params {
+            stream: call.params.stream,
+            // The translation asks a stream for its usage (both dialects always report it).
+            include_usage: call.params.stream,
+            max_output: call.params.max_output,
+            temperature: call.params.temperature,
+            ..Params::default()
+        },
+        payload: Arc::new(payload),
+        ask_usage: false,
+        ..call.clone()
+    })
+}
+
 impl Bridge {
+    /// A Responses API call as a chat call, and its answer back.
+    async fn responses(&self, call: &Call, upstream_model: &str) -> Result<Reply, UpstreamError> {
+        let request = call.payload.to_map();
+        let chat = match responses::chat_request(&request) {
+            Ok(chat) => chat,
+            Err(e) => return Ok(Reply::error(e)),
+        };
+        let echo = responses::Echo::new(&call.model, &request);
+        let chat_call = chat_call(call, chat)?;
+        let Reply {
+            status,
+            answer,
+            facts,
+        } = self.inner.send(&chat_call, upstream_model).await?;
+        let answer = match answer {
+            Answer::Json { bytes, .. } if status.is_success() => {
+                let (response, usage) = responses::response_answer(&bytes, &echo).ok_or(
+                    UpstreamError::Malformed("an answer that is not a chat completion"),
+                )?;
+                Answer::Json {
+                    bytes: Bytes::from(response.to_string()),
+                    view: Some(AnswerView::of_usage("response", Some(usage))),
+                }
+            }
+            Answer::Events(events) => {
+                let mut bridge = responses::StreamBridge::new(echo);
+                Answer::Events(Events::new(translate_with(
+                    events.into_stream(),
+                    move |event, out| {
+                        bridge.event(event, out)?;
+                        Ok(bridge.finished())
+                    },
+                )))
+            }
+            other => other,
+        };
+        Ok(Reply {
+            status,
+            answer,
+            facts,
+        })
+    }
+
     /// A Messages API call as a chat call, and its answer back.
     async fn messages(&self, call: &Call, upstream_model: &str) -> Result<Reply, UpstreamError> {
         let chat = match messages::chat_request(&call.payload.to_map()) {
             Ok(chat) => chat,
             Err(e) => return Ok(Reply::error(e)),
         };
-        let bytes = serde_json::to_vec(&Value::Object(chat))
-            .map_err(|_| UpstreamError::Internal("serialize the translated request"))?;
-        let payload = Payload::parse(Bytes::from(bytes))
-            .map_err(|_| UpstreamError::Internal("the translated request"))?;
-        let chat_call = Call {
-            endpoint: Endpoint::ChatCompletions,
-            params: Params {
-                stream: call.params.stream,
-                // The translation asks a stream for its usage (Anthropic always sends it).
-                include_usage: call.params.stream,
-                max_output: call.params.max_output,
-                temperature: call.params.temperature,
-                ..Params::default()
-            },
-            payload: Arc::new(payload),
-            ask_usage: false,
-            ..call.clone()
-        };
+        let chat_call = chat_call(call, chat)?;
         let Reply {
             status,
             answer,
@@ -95,10 +162,16 @@ impl Bridge {
                     view: Some(AnswerView::of_usage("message", usage)),
                 }
             }
-            Answer::Events(events) => Answer::Events(Events::new(translate_stream(
-                events.into_stream(),
-                StreamBridge::new(&call.model),
-            ))),
+            Answer::Events(events) => {
+                let mut bridge = StreamBridge::new(&call.model);
+                Answer::Events(Events::new(translate_with(
+                    events.into_stream(),
+                    move |event, out| {
+                        bridge.event(event, out)?;
+                        Ok(bridge.finished())
+                    },
+                )))
+            }
             // Errors stay as they are: the edge gives them Anthropic's shape.
             other => other,
         };
@@ -129,23 +202,30 @@ async fn count_tokens(call: &Call) -> Reply {
     }
 }
 
-/// A chat stream → Anthropic's events (see [`StreamBridge`]); a failure of the chat
-/// stream, or its end before `[DONE]`, fails this one (the client sees Anthropic's
-/// `error` event).
-fn translate_stream(
+/// A chat stream → another dialect's events: `step` turns each chat event into the
+/// client's and says whether the client's stream is whole (then nothing more is read).
+/// A failure of the chat stream, or its end before the translation finished,
+/// fails this one (the client sees its dialect's error event).
+fn translate_with<F>(
     source: BoxStream<'static, Result<Event, StreamError>>,
-    bridge: StreamBridge,
-) -> impl Stream<Item = Result<Event, StreamError>> + Send + 'static {
-    struct State {
+    step: F,
+) -> impl Stream<Item = Result<Event, StreamError>> + Send + 'static
+where
+    F: FnMut(&Event, &mut VecDeque<Event>) -> Result<bool, StreamError> + Send + 'static,
+{
+    struct State<F> {
         source: BoxStream<'static, Result<Event, StreamError>>,
-        bridge: StreamBridge,
+        step: F,
         out: VecDeque<Event>,
+        /// The client's stream is whole: nothing more is read.
+        done: bool,
         ended: bool,
     }
     let state = State {
         source,
-        bridge,
+        step,
         out: VecDeque::new(),
+        done: false,
         ended: false,
     };
     futures_util::stream::unfold(state, |mut s| async move {
@@ -153,13 +233,19 @@ fn translate_stream(
             if let Some(event) = s.out.pop_front() {
                 return Some((Ok(event), s));
             }
-            if s.ended || s.bridge.finished() {
+            if s.ended || s.done {
                 return None;
             }
             let failed = match s.source.next().await {
-                Some(Ok(event)) => s.bridge.event(&event, &mut s.out).err(),
+                Some(Ok(event)) => match (s.step)(&event, &mut s.out) {
+                    Ok(done) => {
+                        s.done = done;
+                        None
+                    }
+                    Err(e) => Some(e),
+                },
                 Some(Err(e)) => Some(e),
-                None => s.bridge.end().err(),
+                None => Some(StreamError("the stream ended before [DONE]".into())),
             };
             if let Some(e) = failed {
                 s.ended = true;

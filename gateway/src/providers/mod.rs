@@ -14,8 +14,9 @@
 //! - `bedrock` (feature `bedrock`, on by default): Amazon Bedrock's Converse API, SigV4
 //!   signed, event-stream answers decoded.
 //!
-//! - [`bridge`]: client dialects (Anthropic's Messages API) on the providers that do not
-//!   speak them, through chat completions.
+//! - [`bridge`]: client dialects (Anthropic's Messages API, OpenAI's Responses API) on
+//!   the providers that do not speak them, through chat completions; `responses` relays
+//!   the Responses API natively for `openai` and `azure`.
 //!
 //! `relay` holds the timing rules they share (deadline to headers, idle gap in streams).
 //! A provider that cannot serve an endpoint answers 400 `unsupported_endpoint` itself,
@@ -33,6 +34,7 @@ pub mod gemini;
 mod local;
 pub mod openai;
 pub(crate) mod relay;
+mod responses;
 pub mod vertex;
 
 use std::collections::HashMap;
@@ -96,11 +98,12 @@ impl ProviderSet {
     /// the [`bridge`] for the client dialects it does not speak itself.
     pub fn build(&self, d: &DeploymentConfig) -> Arc<dyn Provider> {
         let provider = self.build_own(d);
-        match d.provider {
-            // Speaks Anthropic's Messages API itself.
-            ProviderKind::Anthropic => provider,
-            _ => Arc::new(bridge::Bridge::new(provider)),
-        }
+        // Anthropic speaks the Messages API itself; OpenAI and Azure the Responses API.
+        let native = bridge::Native {
+            messages: d.provider == ProviderKind::Anthropic,
+            responses: matches!(d.provider, ProviderKind::Openai | ProviderKind::Azure),
+        };
+        Arc::new(bridge::Bridge::new(provider, native))
     }
 
     fn build_own(&self, d: &DeploymentConfig) -> Arc<dyn Provider> {

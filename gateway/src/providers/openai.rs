@@ -16,7 +16,7 @@ use http::{HeaderValue, header};
 use super::config::DeploymentConfig;
 use super::{Provider, relay};
 use crate::error::UpstreamError;
-use crate::exchange::{Call, Reply};
+use crate::exchange::{Call, Endpoint, Reply};
 
 #[derive(Debug)]
 pub struct OpenAi {
@@ -120,6 +120,10 @@ pub(super) async fn forward(
         builder = builder.header(header::ACCEPT, "text/event-stream");
     }
     let upstream = relay::send(builder, deadlines.headers).await?;
+    if call.endpoint == Endpoint::Responses {
+        // The Responses API's own events (no `[DONE]`), read for the meter.
+        return super::responses::relay(upstream, stream, &deadlines, guard).await;
+    }
     relay::relay(upstream, stream, &deadlines, guard).await
 }
 
