@@ -50,6 +50,12 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/messages/count_tokens", post(count_tokens))
         // OpenAI's Responses API (`dialect::responses`).
         .route("/v1/responses", post(responses))
+        .route(
+            "/v1/responses/{id}",
+            get(response_object).delete(response_object),
+        )
+        .route("/v1/responses/{id}/cancel", post(response_object))
+        .route("/v1/responses/{id}/input_items", get(response_object))
         .fallback(unknown_path)
         // `max_body_mb` is enforced by the stack's RequestBodyLimitLayer; axum's own 2 MiB
         // default would otherwise cut in first.
@@ -232,6 +238,49 @@ async fn responses(
         Ok(call) => serve(state, call, &shown).await,
         Err(e) => e.into_response(),
     }
+}
+
+/// `GET`/`DELETE /v1/responses/{id}`, `POST .../cancel`, `GET .../input_items`: a call
+/// about a response made earlier; its model and deployment come from the response's
+/// record (`response_ids`), which also decides whether the caller may see it.
+async fn response_object(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    made: Option<Extension<RequestId>>,
+    client: Option<Extension<ClientRequestId>>,
+    request: http::Request<Body>,
+) -> Response {
+    let request_id = ledger_id(made.as_deref(), client.as_deref());
+    let shown = shown_id(made.as_deref());
+    let (parts, _) = request.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or_default();
+    let path_and_query = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
+    let Ok(payload) = crate::exchange::Payload::parse(Bytes::from_static(b"{}")) else {
+        return ApiError::internal().into_response();
+    };
+    let call = Call {
+        request_id: Arc::from(request_id),
+        principal,
+        endpoint: Endpoint::ResponseObject,
+        // Replaced by the response's own model once its record is found.
+        model: Arc::from(""),
+        params: crate::exchange::Params::default(),
+        payload: Arc::new(payload),
+        directives: Directives::from_headers(&parts.headers),
+        ask_usage: false,
+        upload: Some(Arc::new(crate::exchange::Upload::new(
+            parts.method.clone(),
+            path_and_query.to_owned(),
+            None,
+            Body::empty(),
+        ))),
+        by_pattern: false,
+    };
+    serve(state, call, &shown).await
 }
 
 /// Transcriptions and translations: a multipart upload ([`crate::audio`]) instead of JSON.

@@ -29,6 +29,7 @@ pub mod prices;
 pub mod providers;
 pub mod quota;
 pub mod redis;
+pub mod response_ids;
 pub mod router;
 pub mod server;
 pub mod service;

@@ -125,6 +125,7 @@ fn parse_payload(endpoint: Endpoint, payload: Payload) -> Result<Parsed, ApiErro
         // The Responses API is checked by `dialect::responses`.
         Endpoint::Responses => &["model", "input"],
         Endpoint::Files
+        | Endpoint::ResponseObject
         | Endpoint::FineTuning
         | Endpoint::Batches
         | Endpoint::AudioTranscriptions

@@ -15,7 +15,8 @@
 //! 7. `/v1/*` handlers (`api.rs`, `passthrough.rs`): parse once into a `Call` (OpenAI's
 //!    dialect, or Anthropic's Messages API: `dialect/`), then the inner stack, then the
 //!    `Reply` becomes the response (`api::respond`)
-//! 8. inner stack, on typed calls and replies: quota → meter → cache → router → provider
+//! 8. inner stack, on typed calls and replies: response ids → quota → meter → cache →
+//!    router → provider
 //!    (files, fine-tuning and batches: quota → meter → passthrough)
 //!
 //! [`app`] assembles all of it, so tests can drive the whole path with `.oneshot()` and a
@@ -43,6 +44,7 @@ use crate::observe::RequestMetrics;
 use crate::otlp::{Otlp, OtlpConfig};
 use crate::passthrough::{self, Passthrough};
 use crate::quota::Quota;
+use crate::response_ids::{ResponseIds, ResponsesConfig};
 use crate::router::{Models, Router};
 use crate::service::{Calls, StageLayer};
 use crate::shed::Shed;
@@ -60,6 +62,8 @@ pub struct Parts {
     pub passthrough: Option<Passthrough>,
     /// Where layers register their metrics (served at `/metrics`).
     pub registry: prometheus::Registry,
+    /// `responses:`: how long response ids (and bridged conversations) are kept.
+    pub responses: ResponsesConfig,
 }
 
 /// The edge's settings (top-level config keys).
@@ -75,11 +79,21 @@ pub struct EdgeSettings {
     pub otlp: Option<OtlpConfig>,
 }
 
-/// The inner stack of model calls: quota → meter → cache → router.
-pub fn model_calls(quota: &Quota, ledger: &Ledger, cache: &Cache, models: Arc<Models>) -> Calls {
+/// The inner stack of model calls: response ids → quota → meter → cache → router.
+pub fn model_calls(
+    ids: ResponseIds,
+    quota: &Quota,
+    ledger: &Ledger,
+    cache: &Cache,
+    models: Arc<Models>,
+) -> Calls {
     let router = Router::new(models);
     BoxCloneSyncService::new(
         ServiceBuilder::new()
+            // Responses API ids: owned per tenant (another's is a 404 before any limit
+            // counts it), follow-ups pinned to the deployment that holds them, bridged
+            // conversations kept.
+            .layer(StageLayer(ids))
             // Limits and budgets: refused calls never reach the meter; admitted ones hold a
             // reservation that the meter's record settles.
             .layer(StageLayer(quota.clone()))
@@ -117,8 +131,10 @@ pub fn app(settings: &EdgeSettings, parts: Parts) -> Result<axum::Router, promet
         cache,
         passthrough,
         registry,
+        responses,
     } = parts;
-    let calls = model_calls(&quota, &ledger, &cache, models.clone());
+    let ids = ResponseIds::new(cache.store().clone(), &responses);
+    let calls = model_calls(ids, &quota, &ledger, &cache, models.clone());
     let passthrough = passthrough.map(|p| passthrough::Routes {
         calls: passthrough_calls(&quota, &ledger, p),
     });

@@ -61,6 +61,8 @@ def dialects_config(mock: MockUpstream, database_url: str) -> str:
             "models:\n",
             f"  - {{ name: claude, deployments: [ {{ {claude} }} ] }}\n",
             f"  - {{ name: gpt, deployments: [ {{ {gpt} }} ] }}\n",
+            # Two deployments: a follow-up must go where its first response was made.
+            f"  - {{ name: gpt-pair, deployments: [ {{ {gpt}, name: pair-a }}, {{ {gpt}, name: pair-b }} ] }}\n",
             "prices:\n",
             "  claude: { input: 3, output: 15 }\n",
             "  gpt: { input: 1, output: 2 }\n",
@@ -569,3 +571,78 @@ def test_responses_built_in_tool_on_another_model_is_a_400(oai: openai.OpenAI) -
         oai.responses.create(model="claude", input="news?", tools=[{"type": "web_search_preview"}])
     assert e.value.param == "tools[0].type"
     assert "web_search_preview" in e.value.message
+
+
+def test_responses_retrieve_delete_and_ownership(gw: Gateway, oai: openai.OpenAI) -> None:
+    m = marker()
+    first = oai.responses.create(model="gpt", input=f"remember {m}")
+    again = oai.responses.retrieve(first.id)
+    assert again.id == first.id and again.output_text == MOCK_CONTENT
+    items = oai.responses.input_items.list(first.id)
+    assert items.data[0].content == f"remember {m}" or items.data[0].content[0].text == f"remember {m}"
+    other = make_client(gw, new_key(gw)["key"])
+    try:
+        with pytest.raises(openai.NotFoundError):
+            other.responses.retrieve(first.id)
+        with pytest.raises(openai.NotFoundError) as e:
+            other.responses.create(model="gpt", input="and?", previous_response_id=first.id)
+        assert e.value.param == "previous_response_id"
+        with pytest.raises(openai.NotFoundError):
+            other.responses.delete(first.id)
+    finally:
+        other.close()
+    oai.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.retrieve(first.id)
+    unstored = oai.responses.create(model="gpt", input="x", store=False)
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.retrieve(unstored.id)
+
+
+def test_follow_up_goes_to_the_deployment_that_made_it(oai: openai.OpenAI) -> None:
+    seen = {
+        oai.responses.with_raw_response.create(model="gpt-pair", input="hi").headers["x-tollgate-deployment"]
+        for _ in range(4)
+    }
+    assert seen == {"pair-a", "pair-b"}, "without a previous response, both deployments answer"
+    raw = oai.responses.with_raw_response.create(model="gpt-pair", input="start")
+    home = raw.headers["x-tollgate-deployment"]
+    previous = raw.parse().id
+    for _ in range(4):
+        raw = oai.responses.with_raw_response.create(model="gpt-pair", input="more", previous_response_id=previous)
+        assert raw.headers["x-tollgate-deployment"] == home
+        previous = raw.parse().id
+
+
+def test_bridged_conversation_is_kept_by_the_gateway(
+    gw: Gateway, oai: openai.OpenAI, mock_upstream: MockUpstream
+) -> None:
+    m = marker()
+    first = oai.responses.create(
+        model="claude", instructions=script(content="Nice to meet you"), input=f"my name is Ada {m}"
+    )
+    with oai.responses.stream(
+        model="claude", previous_response_id=first.id, input=f"what is my name {m}?"
+    ) as stream:
+        for _ in stream:
+            pass
+        second = stream.get_final_response()
+    sent = mock_upstream.find_one(f"what is my name {m}?", "/v1/messages")["body"]
+    assert sent["messages"] == [
+        {"role": "user", "content": f"my name is Ada {m}"},
+        {"role": "assistant", "content": "Nice to meet you"},
+        {"role": "user", "content": f"what is my name {m}?"},
+    ]
+    kept = oai.responses.retrieve(second.id)
+    assert kept.output_text == second.output_text == MOCK_CONTENT
+    items = oai.responses.input_items.list(second.id)
+    assert len(items.data) == 3
+    other = make_client(gw, new_key(gw)["key"])
+    try:
+        with pytest.raises(openai.NotFoundError):
+            other.responses.retrieve(second.id)
+    finally:
+        other.close()
+    assert oai.responses.delete(second.id) is None or True
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.retrieve(second.id)

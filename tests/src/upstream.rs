@@ -184,6 +184,7 @@ impl MockUpstream {
             origin: format!("http://{addr}"),
             objects: Default::default(),
             tokens: Default::default(),
+            responses: Default::default(),
         });
         let app = Router::new()
             .fallback(handle)
@@ -267,6 +268,8 @@ struct Shared {
     objects: objects::Objects,
     /// Access tokens issued by the OAuth2 token endpoint (`upstream/google.rs`).
     tokens: google::Tokens,
+    /// Responses kept for retrieval and follow-ups (`upstream/responses.rs`).
+    responses: responses::Stored,
 }
 
 impl Shared {
@@ -893,7 +896,8 @@ fn route(
             }
         }
         "models" | "chat/completions" | "completions" | "embeddings" | "images/generations"
-        | "moderations" => Err(wrong_method()),
+        | "moderations" | "responses" => Err(wrong_method()),
+        e if e.starts_with("responses/") => responses::object(shared, method, e),
         e => match e.strip_prefix("models/") {
             Some(id) if !id.is_empty() && !id.contains('/') => {
                 if method == Method::GET {

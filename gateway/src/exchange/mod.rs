@@ -45,6 +45,9 @@ pub enum Endpoint {
     CountTokens,
     /// `/v1/responses`: OpenAI's Responses API (the body and the answer in its dialect).
     Responses,
+    /// `GET`/`DELETE /v1/responses/{id}`, `POST .../cancel`, `GET .../input_items`: about
+    /// a response made earlier (method and path in the call's `upload`).
+    ResponseObject,
 }
 
 impl Endpoint {
@@ -64,7 +67,7 @@ impl Endpoint {
             Self::AudioSpeech => "/audio/speech",
             Self::Messages => "/messages",
             Self::CountTokens => "/messages/count_tokens",
-            Self::Responses => "/responses",
+            Self::Responses | Self::ResponseObject => "/responses",
         }
     }
 
@@ -85,6 +88,7 @@ impl Endpoint {
             Self::Messages => "messages",
             Self::CountTokens => "messages_count_tokens",
             Self::Responses => "responses",
+            Self::ResponseObject => "responses_object",
         }
     }
 
@@ -224,6 +228,9 @@ pub struct Params {
     /// The client's `anthropic-beta` header (Messages API calls): the features it asked
     /// for travel with the body to Anthropic deployments.
     pub anthropic_beta: Option<http::HeaderValue>,
+    /// The deployment the call must go to (no balancing, no fallback): a Responses API
+    /// call about an earlier response goes where that response was made.
+    pub deployment: Option<Arc<str>>,
 }
 
 impl Params {

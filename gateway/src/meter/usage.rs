@@ -69,6 +69,7 @@ impl Prompt {
             }
             // Priced per image (or not by tokens at all): the prompt is not what is billed.
             Endpoint::ImagesGenerations
+            | Endpoint::ResponseObject
             | Endpoint::Files
             | Endpoint::FineTuning
             | Endpoint::Batches
@@ -415,6 +416,10 @@ impl Seen {
         let Some(view) = view else {
             return Self::default();
         };
+        if endpoint == Endpoint::ResponseObject {
+            // A response read again (or deleted): its usage was billed when it was made.
+            return Self::default();
+        }
         let mut seen = Seen {
             usage: view.usage(),
             ..Seen::default()
@@ -437,6 +442,7 @@ impl Seen {
                 endpoint,
                 Endpoint::ImagesGenerations
                     | Endpoint::CountTokens
+                    | Endpoint::ResponseObject
                     | Endpoint::Files
                     | Endpoint::FineTuning
                     | Endpoint::Batches

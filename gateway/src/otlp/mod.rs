@@ -470,6 +470,7 @@ where
         Endpoint::Messages => "chat",
         Endpoint::CountTokens => "count_tokens",
         Endpoint::Responses => "chat",
+        Endpoint::ResponseObject => "responses",
     };
     let mut attributes = vec![
         ("gen_ai.operation.name", Value::Str(operation.to_owned())),

@@ -133,6 +133,8 @@ impl Bridge {
             }
             other => other,
         };
+        let mut facts = facts;
+        facts.bridged = true;
         Ok(Reply {
             status,
             answer,

@@ -96,6 +96,10 @@ impl Provider for OpenAi {
                 return forward_audio(builder, call, upstream_model, &self.timeouts, &self.guard)
                     .await;
             }
+            if let (Endpoint::ResponseObject, Some(upload)) = (call.endpoint, &call.upload) {
+                let builder = self.request(upload.method.clone(), &upload.path_and_query);
+                return object(builder, &upload.method, &self.timeouts, &self.guard).await;
+            }
             forward(builder, call, upstream_model, &self.timeouts, &self.guard).await
         })
     }
@@ -125,6 +129,26 @@ pub(super) async fn forward(
         return super::responses::relay(upstream, stream, &deadlines, guard).await;
     }
     relay::relay(upstream, stream, &deadlines, guard).await
+}
+
+/// A call about a stored response (`GET`/`DELETE /responses/{id}`, `POST .../cancel`,
+/// `GET .../input_items`): no body but `cancel`'s empty object; the answer relayed.
+pub(super) async fn object(
+    builder: reqwest::RequestBuilder,
+    method: &http::Method,
+    timeouts: &relay::Timeouts,
+    guard: &relay::Guard,
+) -> Result<Reply, UpstreamError> {
+    let deadlines = timeouts.start();
+    let builder = if method == http::Method::POST {
+        builder
+            .header(header::CONTENT_TYPE, "application/json")
+            .body("{}")
+    } else {
+        builder
+    };
+    let upstream = relay::send(builder, deadlines.headers).await?;
+    relay::relay(upstream, false, &deadlines, guard).await
 }
 
 /// The audio endpoints: an upload forwarded as it came with only its `model` field

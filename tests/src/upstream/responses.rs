@@ -13,10 +13,74 @@
 //! `response.completed` (`response.incomplete` when `max_output_tokens` cut it), each
 //! `event: <type>` with a `sequence_number`, and no `[DONE]`.
 //!
+//! Responses are kept (unless `store: false`) for `GET`/`DELETE /v1/responses/{id}`,
+//! `GET .../input_items` and `POST .../cancel` (a 400: nothing runs in the background
+//! here), and a `previous_response_id` the mock does not hold is a 404, as OpenAI answers.
+//!
 //! Tokens: the words of `instructions` and of the input's texts (at least 1), one per
 //! output piece, as on the chat side. Knobs: the body's `mock` object, as for chat.
 
 use super::*;
+
+/// Responses made with `store` (the default), by id: the response and its input items.
+#[derive(Default)]
+pub(super) struct Stored(Mutex<std::collections::HashMap<String, (Value, Vec<Value>)>>);
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("Response with id '{id}' not found."),
+        "invalid_request_error",
+        None,
+        None,
+    )
+}
+
+/// `GET`/`DELETE /v1/responses/{id}`, `POST .../cancel`, `GET .../input_items`
+/// (`path` is `responses/...`).
+pub(super) fn object(shared: &Shared, method: &Method, path: &str) -> Result<Payload, ApiError> {
+    let rest = path.strip_prefix("responses/").unwrap_or_default();
+    let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stored = lock(&shared.responses.0);
+    let Some((response, input)) = stored.get(id).cloned() else {
+        return Err(not_found(id));
+    };
+    match (method.as_str(), action) {
+        ("GET", "") => Ok(Payload::Json(StatusCode::OK, response)),
+        ("DELETE", "") => {
+            stored.remove(id);
+            Ok(Payload::Json(
+                StatusCode::OK,
+                json!({"id": id, "object": "response.deleted", "deleted": true}),
+            ))
+        }
+        ("GET", "input_items") => {
+            let data: Vec<Value> = input
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut item)| {
+                    if let Value::Object(o) = &mut item {
+                        o.entry("type").or_insert_with(|| json!("message"));
+                        o.entry("id")
+                            .or_insert_with(|| json!(format!("msg_in_{i}")));
+                    }
+                    item
+                })
+                .collect();
+            let first = data.first().map(|d| d["id"].clone());
+            let last = data.last().map(|d| d["id"].clone());
+            Ok(Payload::Json(
+                StatusCode::OK,
+                json!({"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": false}),
+            ))
+        }
+        ("POST", "cancel") => Err(ApiError::invalid(
+            "Only responses created with background=true can be cancelled.",
+            None,
+        )),
+        _ => Err(not_found(id)),
+    }
+}
 
 /// Words of the input's texts (a string, or items whose `content` is a string or parts
 /// with `text`) and of `instructions`; at least 1.
@@ -67,6 +131,17 @@ pub(super) fn create(
                 Some("input"),
             ));
         }
+    }
+    if let Some(previous) = opt_str(req, "previous_response_id")?
+        && !lock(&shared.responses.0).contains_key(previous)
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("Previous response with id '{previous}' not found."),
+            "invalid_request_error",
+            Some("previous_response_id"),
+            Some("previous_response_not_found"),
+        ));
     }
     let stream = opt_bool(req, "stream")?.unwrap_or(false);
     let completion = Completion::new(knobs, opt_u64(req, "max_output_tokens")?);
@@ -134,6 +209,15 @@ pub(super) fn create(
             })
             .collect()
     };
+    if req.get("store") != Some(&Value::Bool(false)) {
+        let input = match req.get("input") {
+            Some(Value::String(s)) => vec![json!({"role": "user", "content": s})],
+            Some(Value::Array(items)) => items.clone(),
+            _ => Vec::new(),
+        };
+        let whole = envelope(status, Value::Array(items.clone()), usage.clone());
+        lock(&shared.responses.0).insert(id.clone(), (whole, input));
+    }
     if !stream {
         return Ok(Payload::Json(
             StatusCode::OK,
