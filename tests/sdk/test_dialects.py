@@ -39,6 +39,7 @@ from conftest import (
     launch_gateway,
     make_client,
     marker,
+    require_env,
 )
 
 ANTHROPIC_KEY = "sk-ant-dialects-upstream"
@@ -646,3 +647,62 @@ def test_bridged_conversation_is_kept_by_the_gateway(
     assert oai.responses.delete(second.id) is None or True
     with pytest.raises(openai.NotFoundError):
         oai.responses.retrieve(second.id)
+
+
+def test_response_ids_are_shared_across_replicas(
+    mock_upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two replicas on one Postgres and one Redis: a response made through one is found,
+    owned and followed up (on the deployment that made it) through the other."""
+    redis_url = require_env("TOLLGATE_TEST_REDIS_URL")
+    with fresh_database("tg_sdk_replicas") as database_url:
+        config = dialects_config(mock_upstream, database_url) + f"redis_url: {_q(redis_url)}\n"
+        with (
+            launch_gateway(config, tmp_path_factory.mktemp("replica-a")) as a,
+            launch_gateway(config, tmp_path_factory.mktemp("replica-b")) as b,
+        ):
+            key = new_key(a)["key"]
+            ca, cb = make_client(a, key), make_client(b, key)
+            stranger = make_client(b, new_key(b)["key"])
+            try:
+                raw = ca.responses.with_raw_response.create(model="gpt-pair", input="start")
+                home = raw.headers["x-tollgate-deployment"]
+                previous = raw.parse().id
+                for _ in range(3):
+                    raw = cb.responses.with_raw_response.create(
+                        model="gpt-pair", input="more", previous_response_id=previous
+                    )
+                    assert raw.headers["x-tollgate-deployment"] == home
+                    previous = raw.parse().id
+                assert cb.responses.retrieve(previous).id == previous
+                bridged = ca.responses.create(model="claude", input="hello")
+                assert cb.responses.retrieve(bridged.id).output_text == bridged.output_text
+                with pytest.raises(openai.NotFoundError):
+                    stranger.responses.retrieve(bridged.id)
+                with pytest.raises(openai.NotFoundError):
+                    stranger.responses.create(model="gpt-pair", input="x", previous_response_id=previous)
+            finally:
+                for c in (ca, cb, stranger):
+                    c.close()
+
+
+def test_responses_quota_refusal_and_messages_idempotency(gw: Gateway, key: dict[str, Any]) -> None:
+    broke = make_client(gw, new_key(gw, plan={"monthly_budget_usd": "0"})["key"])
+    try:
+        with pytest.raises(openai.RateLimitError) as e:
+            broke.responses.create(model="gpt", input="hi")
+    finally:
+        broke.close()
+    assert e.value.code == "insufficient_quota"
+    body = {"model": "gpt", "max_tokens": 20, "messages": [{"role": "user", "content": f"once {marker()}"}]}
+    headers = {"x-api-key": key["key"], "Idempotency-Key": f"idem-{uuid.uuid4().hex}"}
+    first = httpx.post(f"{gw.url}/v1/messages", headers=headers, json=body, timeout=30)
+    again = httpx.post(f"{gw.url}/v1/messages", headers=headers, json=body, timeout=30)
+    assert first.status_code == again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    reused = httpx.post(f"{gw.url}/v1/messages", headers=headers, json={**body, "max_tokens": 21}, timeout=30)
+    assert reused.status_code == 422
+    assert reused.json()["type"] == "error" and reused.json()["error"]["type"] == "invalid_request_error"
+    rows = usage_rows(gw, key["tenant"], 1)
+    assert rows["gpt"]["requests"] == 1, "a replay is not charged again"
