@@ -706,3 +706,22 @@ def test_responses_quota_refusal_and_messages_idempotency(gw: Gateway, key: dict
     assert reused.json()["type"] == "error" and reused.json()["error"]["type"] == "invalid_request_error"
     rows = usage_rows(gw, key["tenant"], 1)
     assert rows["gpt"]["requests"] == 1, "a replay is not charged again"
+
+
+def test_responses_stream_cut_midway_is_billed_for_what_was_delivered(
+    gw: Gateway, oai: openai.OpenAI, key: dict[str, Any]
+) -> None:
+    deltas = []
+    with pytest.raises(openai.APIError):
+        with oai.responses.stream(
+            model="gpt",
+            input="count for me",
+            extra_body={"mock": {"content": "one two three four five", "drop_after": 7}},
+        ) as stream:
+            for event in stream:
+                if event.type == "response.output_text.delta":
+                    deltas.append(event.delta)
+    assert deltas, "some text was delivered before the cut"
+    row = usage_rows(gw, key["tenant"], 1)["gpt"]
+    assert row["input_tokens"] > 0
+    assert row["output_tokens"] == len(deltas), "the delivered words, counted by the tokenizer"
