@@ -8,7 +8,8 @@
 //!   cache's store (in process, or Redis so that every replica knows it), for
 //!   `responses.ttl_s`: the configured model and the deployment that made it, and for a
 //!   bridged response (a deployment that does not serve the Responses API) the response
-//!   itself and its whole input, within `responses.max_conversation_kb`. A request with
+//!   itself and its whole input, within `responses.max_conversation_kb` (past it, the id
+//!   is remembered without them, and a follow-up is a 400 saying so). A request with
 //!   `store: false` leaves nothing.
 //! - `previous_response_id` and `GET`/`DELETE /v1/responses/{id}`, `POST .../cancel`,
 //!   `GET .../input_items` look the id up under the caller's tenant: another tenant's id
@@ -164,6 +165,14 @@ impl ResponseIds {
                     Some("previous_response_id"),
                 ));
             }
+            if record.bridged && record.input.is_none() {
+                return Reply::error(ApiError::invalid_request(
+                    format!(
+                        "The conversation of response '{previous}' grew past what the gateway keeps (responses.max_conversation_kb); send the whole conversation as input instead."
+                    ),
+                    Some("previous_response_id"),
+                ));
+            }
             if record.bridged {
                 // The gateway holds this conversation: earlier input, earlier output, then
                 // the new input, sent as one input to whichever deployment answers.
@@ -238,8 +247,11 @@ impl ResponseIds {
         if record.bridged {
             let size = serde_json::to_vec(&record).map_or(usize::MAX, |b| b.len());
             if size > self.max_conversation {
+                // Remembered without its conversation: a follow-up is told why it cannot
+                // go on, rather than that the response does not exist.
                 tracing::info!(size, "bridged conversation too large to keep");
-                return;
+                record.input = None;
+                record.response = None;
             }
         } else {
             record.input = None;
@@ -289,6 +301,9 @@ impl ResponseIds {
         method: &http::Method,
         record: Record,
     ) -> Reply {
+        if record.response.is_none() && method != http::Method::DELETE {
+            return Reply::error(not_found(id, None));
+        }
         let body = match (method.as_str(), action) {
             ("GET", "") => record.response.unwrap_or(Value::Null),
             ("DELETE", "") => {
@@ -335,7 +350,15 @@ fn output_as_input(response: Option<&Value>) -> Vec<Value> {
     output
         .iter()
         .filter(|item| item.get("type").and_then(Value::as_str) != Some("reasoning"))
-        .cloned()
+        .map(|item| {
+            let mut item = item.clone();
+            if let Value::Object(o) = &mut item {
+                // The gateway's own item ids mean nothing to an upstream that may get them.
+                o.remove("id");
+                o.remove("status");
+            }
+            item
+        })
         .collect()
 }
 
@@ -408,5 +431,139 @@ where
                 _ => crate::service::call(next, call).await,
             }
         }
+    }
+}
+
+#[allow(clippy::unwrap_used, reason = "tests")]
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::exchange::Principal;
+    use crate::service::StageLayer;
+
+    /// The calls the stack below saw, and a reply made by `answer`.
+    type Seen = Arc<Mutex<Vec<Call>>>;
+
+    async fn run(
+        ids: &ResponseIds,
+        call: Call,
+        seen: &Seen,
+        answer: Value,
+        bridged: bool,
+    ) -> Reply {
+        let seen = seen.clone();
+        let next = tower::service_fn(move |call: Call| {
+            seen.lock().unwrap().push(call);
+            let answer = answer.clone();
+            async move {
+                let mut reply = Reply::json(StatusCode::OK, Bytes::from(answer.to_string()), None);
+                reply.facts.deployment = Some(http::HeaderValue::from_static("dep-1"));
+                reply.facts.bridged = bridged;
+                Ok::<_, Infallible>(reply)
+            }
+        });
+        let service = tower::Layer::layer(&StageLayer(ids.clone()), next);
+        crate::service::call(service, call).await
+    }
+
+    fn call(body: Value, tenant: &str) -> Call {
+        let mut call = crate::openai::test_call(Endpoint::Responses, body);
+        call.endpoint = Endpoint::Responses;
+        call.principal = Arc::new(Principal {
+            tenant_id: tenant.into(),
+            ..(*call.principal).clone()
+        });
+        call
+    }
+
+    #[tokio::test]
+    async fn ids_are_owned_and_follow_ups_pinned_or_given_their_conversation() {
+        let ids = ResponseIds::new(Store::memory(1 << 20), &ResponsesConfig::default());
+        let seen = Seen::default();
+        let native = json!({"id": "resp_n", "object": "response", "output": []});
+        run(
+            &ids,
+            call(json!({"model": "m", "input": "hi"}), "t1"),
+            &seen,
+            native.clone(),
+            false,
+        )
+        .await;
+        let follow = json!({"model": "m", "input": "more", "previous_response_id": "resp_n"});
+        let other = run(
+            &ids,
+            call(follow.clone(), "t2"),
+            &seen,
+            native.clone(),
+            false,
+        )
+        .await;
+        assert_eq!(other.status, StatusCode::NOT_FOUND);
+        assert_eq!(seen.lock().unwrap().len(), 1, "refused before the stack");
+        let mine = run(&ids, call(follow, "t1"), &seen, native, false).await;
+        assert!(mine.is_success());
+        let pinned = seen.lock().unwrap()[1].params.deployment.clone();
+        assert_eq!(pinned.as_deref(), Some("dep-1"));
+
+        let made = json!({"id": "resp_b", "object": "response", "output": [
+            {"type": "message", "id": "msg_x", "status": "completed", "role": "assistant",
+             "content": [{"type": "output_text", "text": "Hello Ada"}]}]});
+        run(
+            &ids,
+            call(json!({"model": "m", "input": "I am Ada"}), "t1"),
+            &seen,
+            made,
+            true,
+        )
+        .await;
+        let next = json!({"model": "m", "input": "who am I?", "previous_response_id": "resp_b"});
+        run(&ids, call(next, "t1"), &seen, json!({"id": "resp_c"}), true).await;
+        let sent = seen.lock().unwrap().last().unwrap().payload.to_map();
+        assert_eq!(sent.get("previous_response_id"), None);
+        assert_eq!(
+            sent["input"],
+            json!([
+                {"role": "user", "content": "I am Ada"},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hello Ada"}]},
+                {"role": "user", "content": "who am I?"}
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_conversation_past_the_bound_is_a_clear_400_and_store_false_leaves_nothing() {
+        let config = ResponsesConfig {
+            max_conversation_kb: 1,
+            ..ResponsesConfig::default()
+        };
+        let ids = ResponseIds::new(Store::memory(1 << 20), &config);
+        let seen = Seen::default();
+        let big = "x".repeat(4096);
+        run(
+            &ids,
+            call(json!({"model": "m", "input": big}), "t1"),
+            &seen,
+            json!({"id": "resp_big"}),
+            true,
+        )
+        .await;
+        let follow = json!({"model": "m", "input": "and?", "previous_response_id": "resp_big"});
+        let refused = run(&ids, call(follow, "t1"), &seen, json!({}), true).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        run(
+            &ids,
+            call(json!({"model": "m", "input": "x", "store": false}), "t1"),
+            &seen,
+            json!({"id": "resp_s"}),
+            false,
+        )
+        .await;
+        let follow = json!({"model": "m", "input": "and?", "previous_response_id": "resp_s"});
+        let gone = run(&ids, call(follow, "t1"), &seen, json!({}), false).await;
+        assert_eq!(gone.status, StatusCode::NOT_FOUND);
     }
 }
