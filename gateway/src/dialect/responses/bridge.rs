@@ -18,8 +18,8 @@
 //! - Refused with a 400 naming the field, never dropped: built-in tools (`web_search*`,
 //!   `file_search`, `code_interpreter`, `computer_use*`, `image_generation`, `mcp`,
 //!   `local_shell`, ...), items of those tools, `input_file` and `file_id` images,
-//!   `previous_response_id` (the gateway keeps no conversation for these models yet) and
-//!   `background: true`.
+//!   and `background: true`. `previous_response_id` never gets here: `response_ids`
+//!   puts the conversation it names into the input first (one that does is refused too).
 //!
 //! # Answer: chat → Responses
 //! A `response` whose `output` is a `message` with one `output_text` part (when there is

@@ -9,6 +9,8 @@
 //!   (`providers::responses` relays the answer and reads its `usage`).
 //! - Every other deployment gets the call translated to chat completions and the answer,
 //!   whole or streamed, translated back ([`bridge`]).
+//! - Response ids (ownership per tenant, follow-ups with `previous_response_id`, `GET` /
+//!   `DELETE /v1/responses/{id}`, `cancel`, `input_items`) are `crate::response_ids`'.
 //! - Errors keep OpenAI's shape (it is OpenAI's API).
 //! - Metering: `usage.input_tokens` (with `input_tokens_details.cached_tokens`) and
 //!   `usage.output_tokens`, from the answer or a stream's `response.completed`; a stream
