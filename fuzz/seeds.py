@@ -183,6 +183,7 @@ def main():
           b"-----END PUBLIC KEY-----\n")
 
     cloud_seeds()
+    dialect_seeds()
 
 
 def cloud_seeds():
@@ -264,6 +265,43 @@ def cloud_seeds():
         [(b"model", None, b"gpt-4o-transcribe"), (b"stream", None, b"true"), (b"file", b"x.mp3", b"ID3")],
         b"----WebKitFormBoundary7MA4YWxkTrZu0gW"))
     write("multipart", "no-model", b"\x02" + form([(b"file", b"a.wav", b"x")], b"x-y_z"))
+
+
+def dialect_seeds():
+    """The client dialects (target `dialects`): bodies as the SDK tests send them, a chat
+    answer, and a chat stream with text, a tool call and usage."""
+    write("dialects", "messages", b"\x00" + json.dumps({
+        "model": "claude", "max_tokens": 100, "stream": True,
+        "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "hi"},
+                                         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA"}}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}]}).encode())
+    write("dialects", "responses", b"\x01" + json.dumps({
+        "model": "gpt", "instructions": "be brief", "stream": True, "max_output_tokens": 50,
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"},
+                                               {"type": "input_image", "image_url": "https://x/y.png"}]},
+                  {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                  {"type": "function_call_output", "call_id": "c1", "output": "ok"}]}).encode())
+    write("dialects", "answer", b"\x02" + json.dumps({
+        "id": "c", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": "Hi", "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 3}}}).encode())
+    chunk = lambda delta, finish=None: json.dumps(
+        {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    stream = "".join(f"data: {c}\n\n" for c in [
+        chunk({"role": "assistant", "content": ""}), chunk({"content": "Hel"}), chunk({"content": "lo"}),
+        chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": "{\"a\""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}),
+        chunk({}, "tool_calls"),
+        json.dumps({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3}})]).encode() + b"data: [DONE]\n\n"
+    write("dialects", "stream", b"\x03\x02\x30\x90" + stream)
+    write("dialects", "stream-error", b"\x03\x00" + f"data: {chunk({'content': 'x'})}\n\n".encode()
+          + b'data: {"error":{"message":"boom","type":"server_error"}}\n\n')
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@
 pub mod anthropic;
 pub mod bedrock;
 pub mod config;
+pub mod dialects;
 pub mod gemini;
 pub mod jwt;
 pub mod keys;
@@ -39,6 +40,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("gemini", gemini::run),
     ("bedrock", bedrock::run),
     ("multipart", multipart::run),
+    ("dialects", dialects::run),
 ];
 
 /// Splits `data` into a cut list and a payload: the first byte says how many of the next

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tower_http::request_id::RequestId;
 
 use crate::base::headers;
+use crate::dialect;
 use crate::error::{self, ApiError};
 use crate::exchange::{Answer, Call, Directives, Endpoint, Outcome, Principal, RateLine, Reply};
 use crate::openai;
@@ -44,6 +45,17 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/audio/transcriptions", post(audio_transcriptions))
         .route("/v1/audio/translations", post(audio_translations))
         .route("/v1/audio/speech", post(audio_speech))
+        // Anthropic's Messages API (`dialect::anthropic`).
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
+        // OpenAI's Responses API (`dialect::responses`).
+        .route("/v1/responses", post(responses))
+        .route(
+            "/v1/responses/{id}",
+            get(response_object).delete(response_object),
+        )
+        .route("/v1/responses/{id}/cancel", post(response_object))
+        .route("/v1/responses/{id}/input_items", get(response_object))
         .fallback(unknown_path)
         // `max_body_mb` is enforced by the stack's RequestBodyLimitLayer; axum's own 2 MiB
         // default would otherwise cut in first.
@@ -174,6 +186,103 @@ endpoint_handler!(images_generations, Endpoint::ImagesGenerations);
 endpoint_handler!(moderations, Endpoint::Moderations);
 endpoint_handler!(audio_speech, Endpoint::AudioSpeech);
 
+/// Anthropic's Messages API: the body checked in its dialect (the client's
+/// `anthropic-beta` travels with it), the answer given in it.
+macro_rules! anthropic_handler {
+    ($name:ident, $endpoint:expr) => {
+        async fn $name(
+            State(state): State<AppState>,
+            Extension(principal): Extension<Arc<Principal>>,
+            made: Option<Extension<RequestId>>,
+            client: Option<Extension<ClientRequestId>>,
+            headers: http::HeaderMap,
+            body: Result<Bytes, BytesRejection>,
+        ) -> Response {
+            let request_id = ledger_id(made.as_deref(), client.as_deref());
+            let shown = shown_id(made.as_deref());
+            let directives = Directives::from_headers(&headers);
+            let beta = headers.get("anthropic-beta").cloned();
+            let call = read_body(body)
+                .and_then(|bytes| dialect::anthropic::parse($endpoint, bytes, beta))
+                .and_then(|parsed| {
+                    call_for($endpoint, &state, principal, request_id, directives, parsed)
+                });
+            match call {
+                Ok(call) => serve(state, call, &shown).await,
+                Err(e) => e.into_response(),
+            }
+        }
+    };
+}
+
+anthropic_handler!(messages, Endpoint::Messages);
+anthropic_handler!(count_tokens, Endpoint::CountTokens);
+
+/// OpenAI's Responses API: the body checked in its dialect.
+async fn responses(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    made: Option<Extension<RequestId>>,
+    client: Option<Extension<ClientRequestId>>,
+    headers: http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = ledger_id(made.as_deref(), client.as_deref());
+    let shown = shown_id(made.as_deref());
+    let directives = Directives::from_headers(&headers);
+    let endpoint = dialect::responses::ENDPOINT;
+    let call = read_body(body)
+        .and_then(dialect::responses::parse)
+        .and_then(|parsed| call_for(endpoint, &state, principal, request_id, directives, parsed));
+    match call {
+        Ok(call) => serve(state, call, &shown).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET`/`DELETE /v1/responses/{id}`, `POST .../cancel`, `GET .../input_items`: a call
+/// about a response made earlier; its model and deployment come from the response's
+/// record (`response_ids`), which also decides whether the caller may see it.
+async fn response_object(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    made: Option<Extension<RequestId>>,
+    client: Option<Extension<ClientRequestId>>,
+    request: http::Request<Body>,
+) -> Response {
+    let request_id = ledger_id(made.as_deref(), client.as_deref());
+    let shown = shown_id(made.as_deref());
+    let (parts, _) = request.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or_default();
+    let path_and_query = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
+    let Ok(payload) = crate::exchange::Payload::parse(Bytes::from_static(b"{}")) else {
+        return ApiError::internal().into_response();
+    };
+    let call = Call {
+        request_id: Arc::from(request_id),
+        principal,
+        endpoint: Endpoint::ResponseObject,
+        // Replaced by the response's own model once its record is found.
+        model: Arc::from(""),
+        params: crate::exchange::Params::default(),
+        payload: Arc::new(payload),
+        directives: Directives::from_headers(&parts.headers),
+        ask_usage: false,
+        upload: Some(Arc::new(crate::exchange::Upload::new(
+            parts.method.clone(),
+            path_and_query.to_owned(),
+            None,
+            Body::empty(),
+        ))),
+        by_pattern: false,
+    };
+    serve(state, call, &shown).await
+}
+
 /// Transcriptions and translations: a multipart upload ([`crate::audio`]) instead of JSON.
 macro_rules! upload_handler {
     ($name:ident, $endpoint:expr) => {
@@ -280,7 +389,12 @@ async fn serve(state: AppState, call: Call, shown_id: &str) -> Response {
         principal: Some(call.principal.clone()),
         ..Outcome::default()
     };
-    let reply = crate::service::call(state.calls, call).await;
+    let anthropic = call.endpoint.is_anthropic();
+    let mut reply = crate::service::call(state.calls, call).await;
+    if anthropic && let Answer::Events(events) = &mut reply.answer {
+        // A stream that breaks ends with Anthropic's error event, not OpenAI's.
+        events.fail_with(dialect::anthropic::broke_off());
+    }
     respond(reply, outcome, shown_id)
 }
 
@@ -294,6 +408,18 @@ fn prepare(
 ) -> Result<Call, ApiError> {
     let bytes = read_body(body)?;
     let parsed = openai::parse(endpoint, bytes)?;
+    call_for(endpoint, state, principal, request_id, directives, parsed)
+}
+
+/// The call for a checked body: its model resolved (404) and allowed for the key (403).
+fn call_for(
+    endpoint: Endpoint,
+    state: &AppState,
+    principal: Arc<Principal>,
+    request_id: String,
+    directives: Directives,
+    parsed: openai::Parsed,
+) -> Result<Call, ApiError> {
     let resolved = state
         .models
         .resolve(&parsed.model)

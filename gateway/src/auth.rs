@@ -354,6 +354,10 @@ impl Keys {
     }
 }
 
+/// The header Anthropic's API takes its key in; the gateway accepts the tenant key there
+/// too (`Authorization: Bearer` wins when both are sent).
+pub const X_API_KEY: &str = "x-api-key";
+
 /// The key's public id and secret from an `Authorization` value (`Bearer tg-...`), or
 /// `None` for anything else: the only parsing of client input before the store lookup.
 pub(crate) fn bearer_key(raw: &[u8]) -> Option<(&str, &str)> {
@@ -401,10 +405,21 @@ where
     ) -> impl Future<Output = Response> + Send + 'static {
         let keys = self.clone();
         async move {
-            let authorization = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes());
+            // Anthropic's SDKs send the key in `x-api-key`: taken when there is no
+            // `Authorization`, as `Bearer <key>`.
+            let from_api_key = match request.headers().get(header::AUTHORIZATION) {
+                Some(_) => None,
+                None => request
+                    .headers()
+                    .get(X_API_KEY)
+                    .map(|v| [b"Bearer ".as_slice(), v.as_bytes()].concat()),
+            };
+            let authorization = from_api_key.as_deref().or_else(|| {
+                request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .map(|v| v.as_bytes())
+            });
             match keys.authenticate(authorization).await {
                 Ok(principal) => {
                     let span = tracing::Span::current();

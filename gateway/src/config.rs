@@ -111,6 +111,10 @@ pub struct Config {
     /// OTLP trace export (`crate::otlp`); absent: off.
     #[serde(default)]
     pub otlp: Option<crate::otlp::OtlpConfig>,
+    /// Responses API ids and the conversations kept for bridged models
+    /// (`crate::response_ids`).
+    #[serde(default)]
+    pub responses: crate::response_ids::ResponsesConfig,
 }
 
 fn default_spool_dir() -> String {
@@ -187,6 +191,7 @@ impl Default for Config {
             breaker: BreakerConfig::default(),
             passthrough: None,
             otlp: None,
+            responses: Default::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod base;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod dialect;
 pub mod error;
 pub mod exchange;
 #[doc(hidden)]
@@ -28,6 +29,7 @@ pub mod prices;
 pub mod providers;
 pub mod quota;
 pub mod redis;
+pub mod response_ids;
 pub mod router;
 pub mod server;
 pub mod service;

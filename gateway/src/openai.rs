@@ -44,7 +44,13 @@ struct StreamOptionsView {
 /// `model` is required on every endpoint (also moderations, where OpenAI has a default)
 /// because routing needs it.
 pub fn parse(endpoint: Endpoint, bytes: Bytes) -> Result<Parsed, ApiError> {
-    let payload = Payload::parse(bytes).map_err(|e| match e {
+    let payload = split(bytes)?;
+    parse_payload(endpoint, payload)
+}
+
+/// Splits a body into its fields: a 400 when it is not a JSON object.
+pub(crate) fn split(bytes: Bytes) -> Result<Payload, ApiError> {
+    Payload::parse(bytes).map_err(|e| match e {
         PayloadError::Syntax(message) => ApiError::invalid_request(
             format!(
                 "We could not parse the JSON body of your request ({message}). The body must be a JSON object."
@@ -54,7 +60,10 @@ pub fn parse(endpoint: Endpoint, bytes: Bytes) -> Result<Parsed, ApiError> {
         PayloadError::NotAnObject => {
             ApiError::invalid_request("The request body must be a JSON object.", None)
         }
-    })?;
+    })
+}
+
+fn parse_payload(endpoint: Endpoint, payload: Payload) -> Result<Parsed, ApiError> {
     let mut params = Params::default();
     let mut max_tokens = None;
     let mut max_completion_tokens = None;
@@ -111,7 +120,12 @@ pub fn parse(endpoint: Endpoint, bytes: Bytes) -> Result<Parsed, ApiError> {
         Endpoint::Embeddings | Endpoint::Moderations => &["model", "input"],
         Endpoint::ImagesGenerations => &["model", "prompt"],
         Endpoint::AudioSpeech => &["model", "input"],
+        // Anthropic's dialect is checked by `dialect::anthropic`.
+        Endpoint::Messages | Endpoint::CountTokens => &["model", "messages"],
+        // The Responses API is checked by `dialect::responses`.
+        Endpoint::Responses => &["model", "input"],
         Endpoint::Files
+        | Endpoint::ResponseObject
         | Endpoint::FineTuning
         | Endpoint::Batches
         | Endpoint::AudioTranscriptions
@@ -183,7 +197,7 @@ fn check_input(input: Option<&[u8]>) -> Result<(), ApiError> {
 }
 
 /// Deserializes one field, turning serde's error into a 400 naming the field.
-fn typed<T: DeserializeOwned>(field: &str, raw: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn typed<T: DeserializeOwned>(field: &str, raw: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(raw);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let inner = e.path().to_string();

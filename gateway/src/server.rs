@@ -208,6 +208,7 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
             cache,
             passthrough,
             registry: registry.clone(),
+            responses: config.responses.clone(),
         },
     )
     .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;

@@ -2,6 +2,7 @@
 //!
 //! 1. request id: keep the client's `x-request-id` or make one, and echo it on every response
 //! 2. trace: a span per request (exported over OTLP when `otlp:` is set)
+//!    dialect errors: on `/v1/messages*`, every error below in Anthropic's shape
 //!    observe: `x-tollgate-overhead-ms`, request metrics, the access log line
 //!    shed: past `max_in_flight` requests at once, a fast 503 `overloaded`
 //! 3. shape: plain-text errors from the layers below → OpenAI's JSON
@@ -11,9 +12,11 @@
 //! 6. auth → `Principal`, or 401
 //!    idempotency (`Idempotency-Key`): replays a finished first answer, 409 / 422; above
 //!    quota and meter, so a replay is neither rate-limited nor charged again
-//! 7. `/v1/*` handlers (`api.rs`, `passthrough.rs`): parse once into a `Call`, then the
-//!    inner stack, then the `Reply` becomes the response (`api::respond`)
-//! 8. inner stack, on typed calls and replies: quota → meter → cache → router → provider
+//! 7. `/v1/*` handlers (`api.rs`, `passthrough.rs`): parse once into a `Call` (OpenAI's
+//!    dialect, or Anthropic's Messages API: `dialect/`), then the inner stack, then the
+//!    `Reply` becomes the response (`api::respond`)
+//! 8. inner stack, on typed calls and replies: response ids → quota → meter → cache →
+//!    router → provider
 //!    (files, fine-tuning and batches: quota → meter → passthrough)
 //!
 //! [`app`] assembles all of it, so tests can drive the whole path with `.oneshot()` and a
@@ -34,12 +37,14 @@ use tower_http::timeout::TimeoutLayer;
 use crate::api::{self, AppState};
 use crate::auth::Keys;
 use crate::cache::Cache;
+use crate::dialect;
 use crate::error;
 use crate::meter::Ledger;
 use crate::observe::RequestMetrics;
 use crate::otlp::{Otlp, OtlpConfig};
 use crate::passthrough::{self, Passthrough};
 use crate::quota::Quota;
+use crate::response_ids::{ResponseIds, ResponsesConfig};
 use crate::router::{Models, Router};
 use crate::service::{Calls, StageLayer};
 use crate::shed::Shed;
@@ -57,6 +62,8 @@ pub struct Parts {
     pub passthrough: Option<Passthrough>,
     /// Where layers register their metrics (served at `/metrics`).
     pub registry: prometheus::Registry,
+    /// `responses:`: how long response ids (and bridged conversations) are kept.
+    pub responses: ResponsesConfig,
 }
 
 /// The edge's settings (top-level config keys).
@@ -72,11 +79,21 @@ pub struct EdgeSettings {
     pub otlp: Option<OtlpConfig>,
 }
 
-/// The inner stack of model calls: quota → meter → cache → router.
-pub fn model_calls(quota: &Quota, ledger: &Ledger, cache: &Cache, models: Arc<Models>) -> Calls {
+/// The inner stack of model calls: response ids → quota → meter → cache → router.
+pub fn model_calls(
+    ids: ResponseIds,
+    quota: &Quota,
+    ledger: &Ledger,
+    cache: &Cache,
+    models: Arc<Models>,
+) -> Calls {
     let router = Router::new(models);
     BoxCloneSyncService::new(
         ServiceBuilder::new()
+            // Responses API ids: owned per tenant (another's is a 404 before any limit
+            // counts it), follow-ups pinned to the deployment that holds them, bridged
+            // conversations kept.
+            .layer(StageLayer(ids))
             // Limits and budgets: refused calls never reach the meter; admitted ones hold a
             // reservation that the meter's record settles.
             .layer(StageLayer(quota.clone()))
@@ -114,8 +131,10 @@ pub fn app(settings: &EdgeSettings, parts: Parts) -> Result<axum::Router, promet
         cache,
         passthrough,
         registry,
+        responses,
     } = parts;
-    let calls = model_calls(&quota, &ledger, &cache, models.clone());
+    let ids = ResponseIds::new(cache.store().clone(), &responses);
+    let calls = model_calls(ids, &quota, &ledger, &cache, models.clone());
     let passthrough = passthrough.map(|p| passthrough::Routes {
         calls: passthrough_calls(&quota, &ledger, p),
     });
@@ -132,6 +151,9 @@ pub fn app(settings: &EdgeSettings, parts: Parts) -> Result<axum::Router, promet
         // OTLP export (`otlp:`): a span per request, the caller's `traceparent` honoured;
         // outside observe so the span sees the overhead and every answer.
         .option_layer(otlp)
+        // Errors on the Messages API's paths, whoever made them (shedding included), in
+        // Anthropic's shape.
+        .layer(StageLayer(dialect::anthropic::Errors))
         // Overhead header, request metrics and the access log: sees every answer below.
         .layer(StageLayer(RequestMetrics::register(&registry)?))
         // `max_in_flight`: past it, a fast 503 before any work (auth, body) is done.
@@ -141,7 +163,10 @@ pub fn app(settings: &EdgeSettings, parts: Parts) -> Result<axum::Router, promet
         // A panic below becomes a 500 JSON answer instead of a reset connection.
         .layer(CatchPanicLayer::custom(error::on_panic))
         // Credentials never reach logs or traces.
-        .sensitive_request_headers(Arc::new([AUTHORIZATION]))
+        .sensitive_request_headers(Arc::new([
+            AUTHORIZATION,
+            http::HeaderName::from_static(crate::auth::X_API_KEY),
+        ]))
         // Oversized bodies fail before they are buffered (Content-Length) or while reading.
         .layer(RequestBodyLimitLayer::new(settings.max_body))
         .map_request(|r: http::Request<_>| r.map(Body::new))

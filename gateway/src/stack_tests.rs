@@ -236,6 +236,7 @@ async fn harness(fake: Arc<Fake>, limits: PlanLimits) -> Harness {
             cache,
             passthrough: None,
             registry,
+            responses: Default::default(),
         },
     )
     .unwrap();

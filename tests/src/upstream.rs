@@ -8,7 +8,8 @@
 //!
 //! Endpoints: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions`,
 //! `POST /v1/completions`, `POST /v1/embeddings`, `POST /v1/images/generations`,
-//! `POST /v1/moderations`. The same endpoints also answer under Azure OpenAI's
+//! `POST /v1/moderations`, `POST /v1/responses` (the Responses API, `upstream/responses.rs`).
+//! The same endpoints also answer under Azure OpenAI's
 //! `/openai/deployments/{deployment}/...` paths (the model defaults to the deployment name
 //! there), so the gateway's Azure provider can be tested against the same fake.
 //!
@@ -60,6 +61,7 @@ pub mod bedrock;
 pub mod google;
 mod hostile;
 mod objects;
+mod responses;
 
 /// What a chat or completion answers when the request does not script `mock.content`.
 pub const DEFAULT_CONTENT: &str = "Hello from the mock upstream.";
@@ -182,6 +184,7 @@ impl MockUpstream {
             origin: format!("http://{addr}"),
             objects: Default::default(),
             tokens: Default::default(),
+            responses: Default::default(),
         });
         let app = Router::new()
             .fallback(handle)
@@ -265,6 +268,8 @@ struct Shared {
     objects: objects::Objects,
     /// Access tokens issued by the OAuth2 token endpoint (`upstream/google.rs`).
     tokens: google::Tokens,
+    /// Responses kept for retrieval and follow-ups (`upstream/responses.rs`).
+    responses: responses::Stored,
 }
 
 impl Shared {
@@ -826,6 +831,10 @@ fn endpoint(path: &str) -> Option<(&str, Option<&str>)> {
     if let Some(rest) = path.strip_prefix("/v1/") {
         return Some((rest, None));
     }
+    if path == "/openai/responses" {
+        // Azure's Responses API: one URL, the deployment named by the body's `model`.
+        return Some(("responses", None));
+    }
     let rest = path.strip_prefix("/openai/deployments/")?;
     let (deployment, rest) = rest.split_once('/')?;
     Some((rest, Some(deployment)))
@@ -859,6 +868,13 @@ fn route(
     };
     match endpoint {
         "models" if method == Method::GET => Ok(list_models()),
+        "responses" if method == Method::POST => match body {
+            Value::Object(req) => responses::create(shared, req, deployment, knobs),
+            _ => Err(ApiError::invalid(
+                "We could not parse the JSON body of your request.",
+                None,
+            )),
+        },
         "chat/completions" | "completions" | "embeddings" | "images/generations"
         | "moderations"
             if method == Method::POST =>
@@ -880,7 +896,8 @@ fn route(
             }
         }
         "models" | "chat/completions" | "completions" | "embeddings" | "images/generations"
-        | "moderations" => Err(wrong_method()),
+        | "moderations" | "responses" => Err(wrong_method()),
+        e if e.starts_with("responses/") => responses::object(shared, method, e),
         e => match e.strip_prefix("models/") {
             Some(id) if !id.is_empty() && !id.contains('/') => {
                 if method == Method::GET {

@@ -319,6 +319,32 @@ impl Store {
         }
     }
 
+    /// The record under key `hash` of the records map (idempotency records, and the
+    /// Responses API's response ids), if any.
+    pub async fn get_record(&self, tenant: &str, hash: &str) -> Result<Option<Bytes>, StoreError> {
+        match &*self.backend {
+            Backend::Memory(m) => Ok(m
+                .idempotency
+                .get(&memory_key(tenant, 0, hash))
+                .map(|t| t.bytes)),
+            Backend::Redis { redis, .. } => {
+                let key = idempotency_key(tenant, hash);
+                let packed: Option<Vec<u8>> = redis
+                    .call(COMPONENT, |mut conn| async move {
+                        redis::cmd("GET").arg(key).query_async(&mut conn).await
+                    })
+                    .await?;
+                packed
+                    .map(|p| {
+                        lz4_flex::decompress_size_prepended(&p)
+                            .map(Bytes::from)
+                            .map_err(|_| StoreError::Corrupt)
+                    })
+                    .transpose()
+            }
+        }
+    }
+
     /// Frees idempotency key `hash` (the first request failed; a retry may run again).
     pub async fn release(&self, tenant: &str, hash: &str) -> Result<(), StoreError> {
         match &*self.backend {

@@ -92,6 +92,13 @@ impl Event {
             .as_deref()
     }
 
+    /// Sets the view its maker knows: an event of another dialect (Anthropic's, OpenAI's
+    /// Responses API) carries what observers need (delivered text, usage) as a chunk's
+    /// view, since its own JSON is not a chunk.
+    pub fn set_view(&mut self, view: Option<ChunkView>) {
+        self.view = Some(view.map(Box::new));
+    }
+
     /// Replaces the data (its view stays: callers change how it is written, not what it
     /// says).
     pub fn set_data(&mut self, data: Bytes) {
@@ -174,6 +181,9 @@ pub struct Events {
     observers: Vec<Box<dyn Observer>>,
     /// Ends the stream early when it resolves (the gateway's shutdown).
     cut: Option<BoxFuture<'static, ()>>,
+    /// The last event when the source fails: [`BROKE_OFF`] unless the client's dialect
+    /// has its own ([`Events::fail_with`]).
+    broke_off: Option<Bytes>,
 }
 
 impl std::fmt::Debug for Events {
@@ -191,7 +201,21 @@ impl Events {
             front: VecDeque::new(),
             observers: Vec::new(),
             cut: None,
+            broke_off: None,
         }
+    }
+
+    /// The source as a stream of its events (the first one, when taken early, first): for
+    /// a provider that translates another provider's stream, before any observer is added.
+    pub fn into_stream(self) -> BoxStream<'static, Result<Event, StreamError>> {
+        let front = futures_util::stream::iter(self.front.into_iter().map(Ok));
+        front.chain(self.source).boxed()
+    }
+
+    /// The event the client gets when the source fails (instead of OpenAI's error event):
+    /// set where the reply meets its client's dialect.
+    pub fn fail_with(&mut self, event: Event) {
+        self.broke_off = Some(event.encode());
     }
 
     /// A finished stream of these events.
@@ -366,7 +390,12 @@ impl http_body::Body for EventBody {
                                 end: End::Failed,
                                 at: 0,
                                 hold: None,
-                                tail: Some(error_event(BROKE_OFF)),
+                                tail: Some(
+                                    this.events
+                                        .broke_off
+                                        .take()
+                                        .unwrap_or_else(|| error_event(BROKE_OFF)),
+                                ),
                                 failed: false,
                             };
                         }

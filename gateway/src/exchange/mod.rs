@@ -39,6 +39,15 @@ pub enum Endpoint {
     AudioTranslations,
     /// `/v1/audio/speech` (JSON in, audio bytes out).
     AudioSpeech,
+    /// `/v1/messages`: Anthropic's Messages API (the body and the answer in its dialect).
+    Messages,
+    /// `/v1/messages/count_tokens`: Anthropic's free prompt count.
+    CountTokens,
+    /// `/v1/responses`: OpenAI's Responses API (the body and the answer in its dialect).
+    Responses,
+    /// `GET`/`DELETE /v1/responses/{id}`, `POST .../cancel`, `GET .../input_items`: about
+    /// a response made earlier (method and path in the call's `upload`).
+    ResponseObject,
 }
 
 impl Endpoint {
@@ -56,6 +65,9 @@ impl Endpoint {
             Self::AudioTranscriptions => "/audio/transcriptions",
             Self::AudioTranslations => "/audio/translations",
             Self::AudioSpeech => "/audio/speech",
+            Self::Messages => "/messages",
+            Self::CountTokens => "/messages/count_tokens",
+            Self::Responses | Self::ResponseObject => "/responses",
         }
     }
 
@@ -73,6 +85,10 @@ impl Endpoint {
             Self::AudioTranscriptions => "audio_transcriptions",
             Self::AudioTranslations => "audio_translations",
             Self::AudioSpeech => "audio_speech",
+            Self::Messages => "messages",
+            Self::CountTokens => "messages_count_tokens",
+            Self::Responses => "responses",
+            Self::ResponseObject => "responses_object",
         }
     }
 
@@ -91,7 +107,16 @@ impl Endpoint {
 
     /// Whether a client may ask for `stream: true`.
     pub fn can_stream(self) -> bool {
-        matches!(self, Self::ChatCompletions | Self::Completions)
+        matches!(
+            self,
+            Self::ChatCompletions | Self::Completions | Self::Messages | Self::Responses
+        )
+    }
+
+    /// Anthropic's Messages API (`/v1/messages*`): the body, the answer, its stream and its
+    /// errors are in Anthropic's dialect.
+    pub fn is_anthropic(self) -> bool {
+        matches!(self, Self::Messages | Self::CountTokens)
     }
 
     /// Files, fine-tuning and batches: forwarded to the passthrough upstream, no model.
@@ -200,6 +225,12 @@ pub struct Params {
     pub temperature: Option<f64>,
     /// A non-null `seed` was given.
     pub seed: bool,
+    /// The client's `anthropic-beta` header (Messages API calls): the features it asked
+    /// for travel with the body to Anthropic deployments.
+    pub anthropic_beta: Option<http::HeaderValue>,
+    /// The deployment the call must go to (no balancing, no fallback): a Responses API
+    /// call about an earlier response goes where that response was made.
+    pub deployment: Option<Arc<str>>,
 }
 
 impl Params {

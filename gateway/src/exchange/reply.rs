@@ -112,6 +112,10 @@ pub struct Facts {
     /// The model whose price applies when it is not the call's own name: set by the
     /// router for a pattern route (`openai/*`), the upstream model that answered.
     pub price_model: Option<std::sync::Arc<str>>,
+    /// The answer was made by the gateway's own translation of the client's dialect (the
+    /// bridge): the upstream never saw the request as the client sent it, and ids in the
+    /// answer are the gateway's.
+    pub bridged: bool,
     /// The meter's report to the quota layer: resolves with what the call was charged
     /// once its usage record is appended; closes empty when none is made.
     pub charged: Option<oneshot::Receiver<Charged>>,

@@ -78,6 +78,16 @@ pub struct AnswerView {
 }
 
 impl AnswerView {
+    /// The view of another dialect's whole answer (an Anthropic message): its `object`,
+    /// and its usage given in OpenAI's shape.
+    pub fn of_usage(object: &str, usage: Option<Value>) -> Self {
+        Self {
+            object: Some(object.to_owned()),
+            usage: usage.and_then(|u| UsageView::deserialize(u).ok()),
+            ..Self::default()
+        }
+    }
+
     /// Parses a whole answer; `None` when it is not a JSON object.
     pub fn parse(body: &[u8]) -> Option<Self> {
         serde_json::from_slice(body).ok()
@@ -161,6 +171,31 @@ pub struct ChunkView {
 }
 
 impl ChunkView {
+    /// The view of another dialect's event that delivers `text` (generated text, tool
+    /// input): what the meter's fallback and the quota's output watch read.
+    pub fn text(text: String) -> Self {
+        let delta = Delta {
+            content: Some(Value::String(text)),
+            ..Delta::default()
+        };
+        Self {
+            choices: Some(vec![ChoiceDelta {
+                delta: Some(delta),
+                ..ChoiceDelta::default()
+            }]),
+            ..Self::default()
+        }
+    }
+
+    /// The view of another dialect's event that reports the answer's usage, given in
+    /// OpenAI's shape (`prompt_tokens`, `completion_tokens`, `prompt_tokens_details`).
+    pub fn usage_of(usage: Value) -> Self {
+        Self {
+            usage: Some(usage),
+            ..Self::default()
+        }
+    }
+
     /// An error event (`{"error": {...}}`) instead of a chunk.
     pub fn is_error(&self) -> bool {
         self.error.is_some()

@@ -41,11 +41,35 @@ impl Prompt {
                 }
             }
             Endpoint::Completions => prompt.inputs(payload.value("prompt").as_ref()),
+            Endpoint::Responses => {
+                for field in ["instructions", "input", "tools"] {
+                    if let Some(v) = payload.value(field) {
+                        let mut text = String::new();
+                        anthropic_texts(&v, &mut text);
+                        prompt.texts.push(text);
+                    }
+                }
+                prompt.known += TOKENS_PER_REPLY;
+            }
+            Endpoint::Messages | Endpoint::CountTokens => {
+                for field in ["system", "messages", "tools"] {
+                    if let Some(v) = payload.value(field) {
+                        let mut text = String::new();
+                        anthropic_texts(&v, &mut text);
+                        prompt.texts.push(text);
+                    }
+                }
+                if let Some(Value::Array(messages)) = payload.value("messages") {
+                    prompt.known += TOKENS_PER_MESSAGE * messages.len() as u64;
+                }
+                prompt.known += TOKENS_PER_REPLY;
+            }
             Endpoint::Embeddings | Endpoint::Moderations => {
                 prompt.inputs(payload.value("input").as_ref())
             }
             // Priced per image (or not by tokens at all): the prompt is not what is billed.
             Endpoint::ImagesGenerations
+            | Endpoint::ResponseObject
             | Endpoint::Files
             | Endpoint::FineTuning
             | Endpoint::Batches
@@ -62,6 +86,10 @@ impl Prompt {
     /// copied).
     pub fn bound(endpoint: Endpoint, payload: &Payload) -> u64 {
         let (field, chat) = match endpoint {
+            // Text scattered in blocks, besides images' data: read as for the count.
+            Endpoint::Messages | Endpoint::Responses => {
+                return Prompt::of(endpoint, payload).upper_bound();
+            }
             Endpoint::ChatCompletions => ("messages", true),
             Endpoint::Completions => ("prompt", false),
             Endpoint::Embeddings | Endpoint::Moderations => ("input", false),
@@ -132,6 +160,32 @@ impl Prompt {
     pub fn count(&self, model: &str) -> u64 {
         let bpe = encoding(model);
         self.known + self.texts.iter().map(|t| count_with(bpe, t)).sum::<u64>()
+    }
+}
+
+/// The text of an Anthropic `system`, `messages` or `tools` value (or a Responses API
+/// `instructions`, `input` or `tools`): every string in it (texts, tool inputs and
+/// results, schemas) but an image's or document's base64 `data` and `image_url`.
+fn anthropic_texts(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => {
+            out.push_str(s);
+            out.push(' ');
+        }
+        Value::Array(items) => items.iter().for_each(|i| anthropic_texts(i, out)),
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("data" | "signature" | "type" | "cache_control" | "image_url", _) => {}
+                    (_, Value::Number(n)) => {
+                        out.push_str(&n.to_string());
+                        out.push(' ');
+                    }
+                    _ => anthropic_texts(value, out),
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -362,6 +416,10 @@ impl Seen {
         let Some(view) = view else {
             return Self::default();
         };
+        if endpoint == Endpoint::ResponseObject {
+            // A response read again (or deleted): its usage was billed when it was made.
+            return Self::default();
+        }
         let mut seen = Seen {
             usage: view.usage(),
             ..Seen::default()
@@ -383,6 +441,8 @@ impl Seen {
             && !matches!(
                 endpoint,
                 Endpoint::ImagesGenerations
+                    | Endpoint::CountTokens
+                    | Endpoint::ResponseObject
                     | Endpoint::Files
                     | Endpoint::FineTuning
                     | Endpoint::Batches

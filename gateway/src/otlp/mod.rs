@@ -467,6 +467,10 @@ where
         Endpoint::AudioTranscriptions => "transcription",
         Endpoint::AudioTranslations => "translation",
         Endpoint::AudioSpeech => "speech",
+        Endpoint::Messages => "chat",
+        Endpoint::CountTokens => "count_tokens",
+        Endpoint::Responses => "chat",
+        Endpoint::ResponseObject => "responses",
     };
     let mut attributes = vec![
         ("gen_ai.operation.name", Value::Str(operation.to_owned())),

@@ -29,6 +29,8 @@ pub struct Azure {
     client: reqwest::Client,
     /// `{base_url}/openai/deployments/{deployment}`, made once.
     deployment_url: String,
+    /// `{base_url}` (the resource), for the Responses API's stored responses.
+    base: String,
     /// The `api-version` query value (config validation allows only URL-safe characters).
     api_version: String,
     api_key: Option<HeaderValue>,
@@ -51,10 +53,14 @@ impl Azure {
         let api_version = d.api_version.clone().unwrap_or_default();
         Self {
             client,
-            urls: relay::Urls::new(|e| {
-                format!("{deployment_url}{}?api-version={api_version}", e.path())
+            urls: relay::Urls::new(|e| match e {
+                // The Responses API has one URL per resource; the body's `model` names
+                // the deployment.
+                Endpoint::Responses => format!("{base}/openai/responses?api-version={api_version}"),
+                _ => format!("{deployment_url}{}?api-version={api_version}", e.path()),
             }),
             deployment_url,
+            base: base.to_owned(),
             api_version,
             api_key: d
                 .api_key
@@ -88,6 +94,23 @@ impl Provider for Azure {
                     call.endpoint,
                     "Azure OpenAI has no moderations endpoint (its content filters apply to every request).",
                 )));
+            }
+            if let (Endpoint::ResponseObject, Some(upload)) = (call.endpoint, &call.upload) {
+                // `/responses/{id}...` under the resource's `/openai`, with the API version.
+                let (path, query) = upload
+                    .path_and_query
+                    .split_once('?')
+                    .unwrap_or((&upload.path_and_query, ""));
+                let sep = if query.is_empty() { "" } else { "&" };
+                let url = format!(
+                    "{}/openai{path}?{query}{sep}api-version={}",
+                    self.base, self.api_version
+                );
+                let mut builder = self.client.request(upload.method.clone(), url);
+                if let Some(key) = &self.api_key {
+                    builder = builder.header(API_KEY_HEADER, key.clone());
+                }
+                return openai::object(builder, &upload.method, &self.timeouts, &self.guard).await;
             }
             let mut builder = match self.urls.get(call.endpoint) {
                 Some(url) => self.client.post(url),

@@ -14,6 +14,10 @@
 //! - `bedrock` (feature `bedrock`, on by default): Amazon Bedrock's Converse API, SigV4
 //!   signed, event-stream answers decoded.
 //!
+//! - [`bridge`]: client dialects (Anthropic's Messages API, OpenAI's Responses API) on
+//!   the providers that do not speak them, through chat completions; `responses` relays
+//!   the Responses API natively for `openai` and `azure`.
+//!
 //! `relay` holds the timing rules they share (deadline to headers, idle gap in streams).
 //! A provider that cannot serve an endpoint answers 400 `unsupported_endpoint` itself,
 //! without calling the upstream.
@@ -22,6 +26,7 @@ pub mod anthropic;
 pub mod azure;
 #[cfg(feature = "bedrock")]
 pub mod bedrock;
+pub mod bridge;
 pub(crate) mod chunks;
 pub mod config;
 pub mod gemini;
@@ -29,6 +34,7 @@ pub mod gemini;
 mod local;
 pub mod openai;
 pub(crate) mod relay;
+mod responses;
 pub mod vertex;
 
 use std::collections::HashMap;
@@ -88,8 +94,19 @@ impl ProviderSet {
         self.max_upstream_body
     }
 
-    /// The provider for one deployment (config validation has checked its fields).
+    /// The provider for one deployment (config validation has checked its fields), behind
+    /// the [`bridge`] for the client dialects it does not speak itself.
     pub fn build(&self, d: &DeploymentConfig) -> Arc<dyn Provider> {
+        let provider = self.build_own(d);
+        // Anthropic speaks the Messages API itself; OpenAI and Azure the Responses API.
+        let native = bridge::Native {
+            messages: d.provider == ProviderKind::Anthropic,
+            responses: matches!(d.provider, ProviderKind::Openai | ProviderKind::Azure),
+        };
+        Arc::new(bridge::Bridge::new(provider, native))
+    }
+
+    fn build_own(&self, d: &DeploymentConfig) -> Arc<dyn Provider> {
         let client = self.client_for(d);
         let max = self.max_upstream_body;
         match d.provider {

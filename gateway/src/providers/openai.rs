@@ -16,7 +16,7 @@ use http::{HeaderValue, header};
 use super::config::DeploymentConfig;
 use super::{Provider, relay};
 use crate::error::UpstreamError;
-use crate::exchange::{Call, Reply};
+use crate::exchange::{Call, Endpoint, Reply};
 
 #[derive(Debug)]
 pub struct OpenAi {
@@ -96,6 +96,10 @@ impl Provider for OpenAi {
                 return forward_audio(builder, call, upstream_model, &self.timeouts, &self.guard)
                     .await;
             }
+            if let (Endpoint::ResponseObject, Some(upload)) = (call.endpoint, &call.upload) {
+                let builder = self.request(upload.method.clone(), &upload.path_and_query);
+                return object(builder, &upload.method, &self.timeouts, &self.guard).await;
+            }
             forward(builder, call, upstream_model, &self.timeouts, &self.guard).await
         })
     }
@@ -120,7 +124,31 @@ pub(super) async fn forward(
         builder = builder.header(header::ACCEPT, "text/event-stream");
     }
     let upstream = relay::send(builder, deadlines.headers).await?;
+    if call.endpoint == Endpoint::Responses {
+        // The Responses API's own events (no `[DONE]`), read for the meter.
+        return super::responses::relay(upstream, stream, &deadlines, guard).await;
+    }
     relay::relay(upstream, stream, &deadlines, guard).await
+}
+
+/// A call about a stored response (`GET`/`DELETE /responses/{id}`, `POST .../cancel`,
+/// `GET .../input_items`): no body but `cancel`'s empty object; the answer relayed.
+pub(super) async fn object(
+    builder: reqwest::RequestBuilder,
+    method: &http::Method,
+    timeouts: &relay::Timeouts,
+    guard: &relay::Guard,
+) -> Result<Reply, UpstreamError> {
+    let deadlines = timeouts.start();
+    let builder = if method == http::Method::POST {
+        builder
+            .header(header::CONTENT_TYPE, "application/json")
+            .body("{}")
+    } else {
+        builder
+    };
+    let upstream = relay::send(builder, deadlines.headers).await?;
+    relay::relay(upstream, false, &deadlines, guard).await
 }
 
 /// The audio endpoints: an upload forwarded as it came with only its `model` field

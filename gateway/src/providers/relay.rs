@@ -647,6 +647,7 @@ impl Urls {
             Endpoint::AudioTranscriptions,
             Endpoint::AudioTranslations,
             Endpoint::AudioSpeech,
+            Endpoint::Responses,
         ];
         Self(
             endpoints

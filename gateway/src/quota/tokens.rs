@@ -40,7 +40,10 @@ pub fn estimate(call: &Call, default_max_tokens: u64, count: Count) -> Usage {
     };
     let n = call.params.n.unwrap_or(1).clamp(1, MAX_N);
     let (output_tokens, images) = match call.endpoint {
-        Endpoint::ChatCompletions | Endpoint::Completions => (
+        Endpoint::ChatCompletions
+        | Endpoint::Completions
+        | Endpoint::Messages
+        | Endpoint::Responses => (
             call.params
                 .max_output
                 .unwrap_or(default_max_tokens)

@@ -52,7 +52,9 @@ enum Outcome {
 pub async fn serve(route: &std::sync::Arc<ModelRoute>, call: &Call) -> Reply {
     let mut last: Option<Reply> = None;
     let mut routes = vec![route.clone()];
-    routes.extend(route.fallbacks());
+    if call.params.deployment.is_none() {
+        routes.extend(route.fallbacks());
+    }
     let mut attempt_no = 0u32;
     // Time spent waiting on upstreams (not on backoff): what `x-tollgate-overhead-ms` leaves out.
     let mut upstream = Duration::ZERO;
@@ -80,7 +82,16 @@ pub async fn serve(route: &std::sync::Arc<ModelRoute>, call: &Call) -> Reply {
                 tokio::time::sleep(route.retry.backoff(attempt, jitter())).await;
             }
             let now = Instant::now();
-            let Some(choice) = route.choose(&tried, now, tokens) else {
+            let choice = match &call.params.deployment {
+                // Pinned (a follow-up of a response that lives there): that one or none.
+                Some(name) => route
+                    .deployments
+                    .iter()
+                    .position(|d| *d.name == **name)
+                    .map(Choice::Healthy),
+                None => route.choose(&tried, now, tokens),
+            };
+            let Some(choice) = choice else {
                 if tried.is_empty()
                     && let Some(wait) = route.all_capped(tokens, now)
                 {

@@ -69,9 +69,12 @@ impl ToolCallKnob {
     }
 }
 
+/// `POST /v1/messages` and `POST /v1/messages/count_tokens`.
 pub(super) fn is_messages(path: &str) -> bool {
-    path == "/v1/messages"
+    path == "/v1/messages" || path == COUNT_TOKENS
 }
+
+const COUNT_TOKENS: &str = "/v1/messages/count_tokens";
 
 /// An Anthropic-shaped error.
 fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> ApiError {
@@ -174,7 +177,15 @@ pub(super) fn messages(
     let Value::Object(req) = body else {
         return Err(invalid("The request body is not valid JSON."));
     };
-    let checked = validate(req)?;
+    if parts.uri.path() == COUNT_TOKENS {
+        // Counted like a message's prompt; `max_tokens` and `stream` are not taken.
+        let checked = validate(req, true)?;
+        return Ok(Payload::Json(
+            StatusCode::OK,
+            json!({"input_tokens": knobs.prompt_tokens.unwrap_or(checked.words)}),
+        ));
+    }
+    let checked = validate(req, false)?;
     let answer = Answer::new(shared, knobs, &checked);
     if checked.stream {
         Ok(Payload::EventStream(answer.events(knobs)))
@@ -193,8 +204,12 @@ struct Checked<'a> {
     words: u64,
 }
 
-fn validate(req: &Map<String, Value>) -> Result<Checked<'_>, ApiError> {
-    if let Some(extra) = req.keys().find(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str())) {
+/// `count`: a `count_tokens` body (no `max_tokens`, no `stream`).
+fn validate(req: &Map<String, Value>, count: bool) -> Result<Checked<'_>, ApiError> {
+    if let Some(extra) = req.keys().find(|k| {
+        !TOP_LEVEL_FIELDS.contains(&k.as_str())
+            || (count && matches!(k.as_str(), "max_tokens" | "stream"))
+    }) {
         return Err(invalid(format!("{extra}: Extra inputs are not permitted")));
     }
     let model = match req.get("model") {
@@ -202,6 +217,7 @@ fn validate(req: &Map<String, Value>) -> Result<Checked<'_>, ApiError> {
         _ => return Err(invalid("model: Field required")),
     };
     let max_tokens = match req.get("max_tokens") {
+        None if count => 0,
         None => return Err(invalid("max_tokens: Field required")),
         Some(v) => v
             .as_u64()

@@ -1,6 +1,7 @@
 //! `provider: anthropic`: Anthropic's Messages API behind OpenAI's chat completions.
 //!
-//! Clients keep speaking OpenAI: the request is translated into a Messages API call
+//! Clients of Anthropic's own API (`/v1/messages`, see `dialect::anthropic`) are forwarded
+//! natively ([`native`]). Clients of chat completions keep speaking OpenAI: the request is translated into a Messages API call
 //! (`POST {base_url}/messages`, `x-api-key`, `anthropic-version: 2023-06-01`), and the
 //! answer, the stream and the errors are translated back, so the OpenAI SDKs parse them
 //! as if OpenAI had answered. Only chat completions exist there; every other endpoint is a
@@ -55,6 +56,7 @@
 
 #[doc(hidden)]
 pub mod fuzzing;
+mod native;
 mod stream;
 mod translate;
 
@@ -80,6 +82,8 @@ pub struct Anthropic {
     client: reqwest::Client,
     /// `{base_url}/messages`, made once.
     messages_url: String,
+    /// `{base_url}/messages/count_tokens`.
+    count_tokens_url: String,
     api_key: Option<HeaderValue>,
     max_tokens_default: u32,
     timeouts: relay::Timeouts,
@@ -93,6 +97,7 @@ impl Anthropic {
         Self {
             client,
             messages_url: format!("{}/messages", base.trim_end_matches('/')),
+            count_tokens_url: format!("{}/messages/count_tokens", base.trim_end_matches('/')),
             api_key: d
                 .api_key
                 .as_ref()
@@ -104,6 +109,18 @@ impl Anthropic {
     }
 
     async fn answer(&self, call: &Call, upstream_model: &str) -> Result<Reply, UpstreamError> {
+        if call.endpoint.is_anthropic() {
+            // The client speaks Anthropic's API already: its body goes as it came.
+            let to = native::Native {
+                client: &self.client,
+                messages_url: &self.messages_url,
+                count_tokens_url: &self.count_tokens_url,
+                api_key: self.api_key.as_ref(),
+                timeouts: &self.timeouts,
+                guard: &self.guard,
+            };
+            return native::forward(&to, call, upstream_model).await;
+        }
         let mut headers = vec![(
             http::HeaderName::from_static("anthropic-version"),
             HeaderValue::from_static(API_VERSION),
