@@ -58,9 +58,9 @@ const ROW_STEP: usize = 100;
 /// Bound parameters per SQLite statement, about (see [`rows_per_statement`]).
 const SQLITE_PARAMS_PER_STATEMENT: usize = 360;
 /// Columns of `usage_records`, `usage_request_ids` and `usage_daily` bound per row.
-const RECORD_COLUMNS: usize = 18;
+const RECORD_COLUMNS: usize = 20;
 const ID_COLUMNS: usize = 2;
-const DAILY_COLUMNS: usize = 10;
+const DAILY_COLUMNS: usize = 12;
 /// Tries of one batch when it hits a deadlock, a serialization failure or a partition
 /// dropped under it; each try is a fresh transaction.
 const MAX_ATTEMPTS: u32 = 4;
@@ -187,6 +187,8 @@ struct Prepared<'a> {
     input_tokens: i64,
     output_tokens: i64,
     cached_tokens: i64,
+    cache_write_tokens: i64,
+    reasoning_tokens: i64,
     images: i64,
     cost_micro_usd: i64,
     cache_hit: i64,
@@ -230,6 +232,8 @@ impl<'a> Prepared<'a> {
             input_tokens: count(r.input_tokens),
             output_tokens: count(r.output_tokens),
             cached_tokens: count(r.cached_tokens),
+            cache_write_tokens: count(r.cache_write_tokens),
+            reasoning_tokens: count(r.reasoning_tokens),
             images: count(u64::from(r.images)),
             cost_micro_usd: cost,
             cache_hit: i64::from(r.cache_hit),
@@ -268,6 +272,8 @@ struct Sums {
     input_tokens: i64,
     output_tokens: i64,
     cached_tokens: i64,
+    cache_write_tokens: i64,
+    reasoning_tokens: i64,
     images: i64,
     cost_micro_usd: i64,
 }
@@ -278,6 +284,8 @@ impl Sums {
         self.input_tokens = self.input_tokens.saturating_add(r.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(r.output_tokens);
         self.cached_tokens = self.cached_tokens.saturating_add(r.cached_tokens);
+        self.cache_write_tokens = self.cache_write_tokens.saturating_add(r.cache_write_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(r.reasoning_tokens);
         self.images = self.images.saturating_add(r.images);
         self.cost_micro_usd = self.cost_micro_usd.saturating_add(r.cost_micro_usd);
     }
@@ -318,7 +326,7 @@ fn placeholders(backend: Backend, rows: usize, columns: usize) -> String {
 const INSERT_RECORDS: &str = "INSERT INTO usage_records (request_id, tenant_id, key_id, model, \
      deployment, endpoint, status, input_tokens, output_tokens, cached_tokens, images, \
      cost_micro_usd, cache_hit, usage_reported, client_disconnected, latency_ms, ttft_ms, \
-     created_at_ms) VALUES";
+     created_at_ms, cache_write_tokens, reasoning_tokens) VALUES";
 
 /// Binds `records`' columns, row after row, in [`INSERT_RECORDS`]' order.
 fn bind_records<'q>(
@@ -344,7 +352,9 @@ fn bind_records<'q>(
             .bind(r.client_disconnected)
             .bind(r.latency_ms)
             .bind(r.ttft_ms)
-            .bind(r.created_at_ms);
+            .bind(r.created_at_ms)
+            .bind(r.cache_write_tokens)
+            .bind(r.reasoning_tokens);
     }
     query
 }
@@ -533,14 +543,17 @@ impl Store {
         for chunk in chunks(&daily, max) {
             let sql = format!(
                 "INSERT INTO usage_daily (tenant_id, day, key_id, model, requests, input_tokens, \
-                 output_tokens, cached_tokens, images, cost_micro_usd) VALUES {} \
+                 output_tokens, cached_tokens, images, cost_micro_usd, cache_write_tokens, \
+                 reasoning_tokens) VALUES {} \
                  ON CONFLICT (tenant_id, day, key_id, model) DO UPDATE SET \
                  requests = usage_daily.requests + excluded.requests, \
                  input_tokens = usage_daily.input_tokens + excluded.input_tokens, \
                  output_tokens = usage_daily.output_tokens + excluded.output_tokens, \
                  cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, \
                  images = usage_daily.images + excluded.images, \
-                 cost_micro_usd = usage_daily.cost_micro_usd + excluded.cost_micro_usd",
+                 cost_micro_usd = usage_daily.cost_micro_usd + excluded.cost_micro_usd, \
+                 cache_write_tokens = usage_daily.cache_write_tokens + excluded.cache_write_tokens, \
+                 reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens",
                 placeholders(self.backend, chunk.len(), DAILY_COLUMNS)
             );
             // Placeholders only (see `placeholders`).
@@ -557,7 +570,9 @@ impl Store {
                     .bind(sums.output_tokens)
                     .bind(sums.cached_tokens)
                     .bind(sums.images)
-                    .bind(sums.cost_micro_usd);
+                    .bind(sums.cost_micro_usd)
+                    .bind(sums.cache_write_tokens)
+                    .bind(sums.reasoning_tokens);
             }
             query.execute(&mut *tx).await?;
         }
@@ -925,6 +940,7 @@ mod tests {
             latency_ms: 3,
             ttft_ms: None,
             created_at_ms: -1,
+            ..UsageRecord::default()
         };
         let records = [record("b", "m\0"), record("a", "x"), record("b", "other")];
         let rows = prepare(&records);

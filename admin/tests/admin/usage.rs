@@ -56,6 +56,8 @@ pub fn record(id: &str, tenant: &str, key: &str, model: &str, at: i64) -> UsageR
         latency_ms: 120,
         ttft_ms: Some(30),
         created_at_ms: at,
+        cache_write_tokens: 20,
+        reasoning_tokens: 5,
     }
 }
 

@@ -313,6 +313,8 @@ impl Ledger {
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
             cached_tokens: usage.cached_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
             images: usage.images,
             cost_micro_usd: cost.micros(),
             cache_hit: facts.cache_hit,
@@ -324,6 +326,9 @@ impl Ledger {
         };
         if let Some(metrics) = &self.inner.metrics {
             metrics.observe(&record);
+            if facts.unpriced() {
+                metrics.unpriced(&record.model);
+            }
         }
         let ack = self.inner.spool.append(record)?;
         let charged = facts
@@ -359,6 +364,19 @@ pub(crate) struct RequestFacts {
     charged: Mutex<Option<oneshot::Sender<Charged>>>,
     /// Audio priced by the minute or by characters, not by tokens ([`audio`]).
     audio: Option<audio::AudioUse>,
+}
+
+impl RequestFacts {
+    /// A success that should have cost something and was recorded at 0 because its model
+    /// has no price (counted in `tollgate_unpriced_requests_total`; the price cache logs
+    /// one warning per model). Free cache hits and the passthrough endpoints, which carry
+    /// no tokens, are not.
+    fn unpriced(&self) -> bool {
+        (200..300).contains(&self.status)
+            && self.price.is_none()
+            && !self.cache_hit
+            && !self.endpoint.is_passthrough()
+    }
 }
 
 /// Whether a reply is metered: every success and every server error (the upstream's own

@@ -386,13 +386,16 @@ impl<C: Convert> Sse<C> {
         framing: Result<(), crate::sse::FrameError>,
         out: &mut VecDeque<Event>,
     ) -> Result<(), StreamError> {
-        for frame in self.frames.drain(..) {
+        // Taken out and put back, so its allocation is reused from chunk to chunk.
+        let mut frames = std::mem::take(&mut self.frames);
+        for frame in frames.drain(..) {
             if self.ended() {
-                return Ok(());
+                break;
             }
             self.convert.frame(frame, out)?;
             self.done |= out.back().is_some_and(Event::is_done);
         }
+        self.frames = frames;
         if self.ended() {
             return Ok(());
         }
@@ -736,9 +739,15 @@ mod tests {
     fn nothing_follows_the_end_not_even_a_framing_error() {
         // Bytes after `[DONE]` that are not SSE (or too large) are not read: the client's
         // stream has ended, and an error event after it would be a second end.
-        let chunks: [&[u8]; 2] = [b"data: {\"a\":1}\n\ndata: [DONE]\n\n", b"<html>502</html>\n"];
+        let chunks: [&[u8]; 2] = [
+            b"data: {\"a\":1}\n\ndata: [DONE]\n\n",
+            b"<html>502</html>\n",
+        ];
         let body = decode_all(sse(1 << 20, Relayed), &chunks).unwrap();
-        assert_eq!(body.concat(), b"data: {\"a\":1}\n\ndata: [DONE]\n\n".as_slice());
+        assert_eq!(
+            body.concat(),
+            b"data: {\"a\":1}\n\ndata: [DONE]\n\n".as_slice()
+        );
         // The same bytes before the end are a failure, after the events that were whole.
         let chunks: [&[u8]; 2] = [b"data: {\"a\":1}\n\n", b"<html>502</html>\n"];
         let body = decode_all(sse(1 << 20, Relayed), &chunks).unwrap_err();

@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 
 use super::{stream, translate};
 use crate::error::ApiError;
-use crate::openai::Request;
 use crate::exchange::{BROKE_OFF, Event};
+use crate::openai::Request;
 use crate::providers::relay;
 use crate::sse::Framer;
 
