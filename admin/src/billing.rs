@@ -123,7 +123,7 @@ impl fmt::Display for Period {
 }
 
 /// The raw parameters of a usage report, as a query string or the CLI gives them. An empty
-/// `tenant`, `key` or `model` counts as absent (no filter); an empty date or `group_by` is
+/// `tenant`, `key`, `model`, `user` or `tag` counts as absent (no filter); an empty date or `group_by` is
 /// refused like any other malformed one.
 #[derive(Clone, Debug, Default)]
 pub struct UsageParams {
@@ -134,8 +134,12 @@ pub struct UsageParams {
     pub from: Option<String>,
     /// First day excluded, `YYYY-MM-DD`.
     pub to: Option<String>,
-    /// `day` (default), `model` or `key`.
+    /// `day` (default), `model`, `key`, `user` or `tag`.
     pub group_by: Option<String>,
+    /// Only this end user.
+    pub user: Option<String>,
+    /// Only this tag.
+    pub tag: Option<String>,
 }
 
 fn present(value: Option<String>) -> Option<String> {
@@ -154,7 +158,7 @@ impl UsageParams {
             None => UsageGroupBy::default(),
             Some(g) => UsageGroupBy::parse(&g).ok_or_else(|| StoreError::Invalid {
                 field: "group_by",
-                message: "group_by must be one of day, model, key".to_owned(),
+                message: "group_by must be one of day, model, key, user, tag".to_owned(),
             })?,
         };
         let from = self.from.map(|d| parse_date("from", &d)).transpose()?;
@@ -178,6 +182,8 @@ impl UsageParams {
             model: present(self.model),
             from,
             to,
+            user: present(self.user),
+            tag: present(self.tag),
         };
         Ok((filter, group_by))
     }
@@ -275,6 +281,31 @@ impl Invoice {
         let _ = write!(out, ",{}\r\n", self.total_usd);
         out
     }
+}
+
+/// The CSV columns of a usage report, in order.
+pub const USAGE_CSV_HEADER: &str = "group,requests,input_tokens,output_tokens,cached_tokens,cache_write_tokens,reasoning_tokens,cost_usd";
+
+/// Usage rows as CSV (RFC 4180, CRLF line ends): [`USAGE_CSV_HEADER`], then one line per
+/// row, amounts as in JSON, cells defused as in [`Invoice::to_csv`].
+pub fn usage_csv(rows: &[UsageRow]) -> String {
+    let mut out = String::new();
+    let _ = write!(out, "{USAGE_CSV_HEADER}\r\n");
+    for r in rows {
+        let _ = write!(
+            out,
+            "{},{},{},{},{},{},{},{}\r\n",
+            csv_cell(&r.group),
+            r.requests,
+            r.input_tokens,
+            r.output_tokens,
+            r.cached_tokens,
+            r.cache_write_tokens,
+            r.reasoning_tokens,
+            r.cost_usd
+        );
+    }
+    out
 }
 
 /// One CSV cell: quoted when it holds a comma, quote or line break (quotes doubled), and

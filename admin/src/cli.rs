@@ -167,9 +167,19 @@ pub struct UsageArgs {
     /// First UTC day not included (exclusive end), YYYY-MM-DD.
     #[arg(long)]
     pub to: Option<String>,
-    /// One row per day, model or key.
-    #[arg(long, default_value = "day", value_parser = ["day", "model", "key"])]
+    /// One row per day, model, key, end user or tag.
+    #[arg(long, default_value = "day", value_parser = ["day", "model", "key", "user", "tag"])]
     pub group_by: String,
+    /// Only this end user (the request's `user`, else its x-tollgate-user header).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only requests carrying this tag (x-tollgate-tags).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Print CSV: group,requests,input_tokens,output_tokens,cached_tokens,
+    /// cache_write_tokens,reasoning_tokens,cost_usd.
+    #[arg(long)]
+    pub csv: bool,
 }
 
 /// `tollgate invoices`: a tenant's invoice for a month (as `GET /admin/v1/invoices`).
@@ -466,16 +476,30 @@ async fn usage(store: &Store, args: UsageArgs, p: &mut Printer<'_>) -> Result<()
         from: args.from,
         to: args.to,
         group_by: Some(args.group_by),
+        user: args.user,
+        tag: args.tag,
     };
+    if args.csv && p.json {
+        return Err(CliError::Invalid {
+            field: "csv",
+            message: "--csv and --json exclude each other".to_owned(),
+        });
+    }
     let (filter, group_by) = params.into_filter()?;
     if let Some(tenant) = &filter.tenant {
         existing_tenant(store, tenant).await?;
     }
     let rows = store.usage_summary(&filter, group_by).await?;
+    if args.csv {
+        p.out.write_all(billing::usage_csv(&rows).as_bytes())?;
+        return Ok(());
+    }
     let group = match group_by {
         UsageGroupBy::Day => "day",
         UsageGroupBy::Model => "model",
         UsageGroupBy::Key => "key",
+        UsageGroupBy::User => "user",
+        UsageGroupBy::Tag => "tag",
     };
     p.rows(
         &rows,

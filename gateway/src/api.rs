@@ -19,7 +19,9 @@ use tower_http::request_id::RequestId;
 
 use crate::base::headers;
 use crate::error::{self, ApiError};
-use crate::exchange::{Answer, Call, Directives, Endpoint, Outcome, Principal, RateLine, Reply};
+use crate::exchange::{
+    Answer, Attribution, Call, Directives, Endpoint, Outcome, Principal, RateLine, Reply,
+};
 use crate::openai;
 use crate::router::Models;
 use crate::service::Calls;
@@ -159,8 +161,19 @@ macro_rules! endpoint_handler {
             let request_id = ledger_id(made.as_deref(), client.as_deref());
             let shown = shown_id(made.as_deref());
             let directives = Directives::from_headers(&headers);
+            let attribution = match attribution(&headers) {
+                Ok(a) => a,
+                Err(e) => return e.into_response(),
+            };
             handle(
-                $endpoint, state, principal, request_id, shown, directives, body,
+                $endpoint,
+                state,
+                principal,
+                request_id,
+                shown,
+                directives,
+                attribution,
+                body,
             )
             .await
         }
@@ -231,6 +244,7 @@ fn prepare_upload(
         params: parsed.params,
         payload: Arc::new(parsed.payload),
         directives: Directives::from_headers(headers),
+        attribution: Arc::new(attribution(headers)?),
         ask_usage: false,
         upload: Some(Arc::new(crate::exchange::Upload::form(
             endpoint.path(),
@@ -251,6 +265,10 @@ fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site, the handlers' macro"
+)]
 async fn handle(
     endpoint: Endpoint,
     state: AppState,
@@ -258,9 +276,18 @@ async fn handle(
     request_id: String,
     shown_id: String,
     directives: Directives,
+    attribution: Attribution,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let call = match prepare(endpoint, &state, principal, request_id, directives, body) {
+    let call = match prepare(
+        endpoint,
+        &state,
+        principal,
+        request_id,
+        directives,
+        attribution,
+        body,
+    ) {
         Ok(call) => call,
         Err(e) => return e.into_response(),
     };
@@ -290,6 +317,7 @@ fn prepare(
     principal: Arc<Principal>,
     request_id: String,
     directives: Directives,
+    attribution: Attribution,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Call, ApiError> {
     let bytes = read_body(body)?;
@@ -310,9 +338,17 @@ fn prepare(
         params: parsed.params,
         payload: Arc::new(parsed.payload),
         directives,
+        attribution: Arc::new(attribution),
         ask_usage: false,
         upload: None,
     })
+}
+
+/// The call's end user and tags from `x-tollgate-user` and `x-tollgate-tags`; a bad value
+/// is a 400 naming the header.
+pub fn attribution(headers: &http::HeaderMap) -> Result<Attribution, ApiError> {
+    Attribution::from_headers(headers)
+        .map_err(|(header, message)| error::bad_header(header, message))
 }
 
 /// The client's response for a reply: its status and body, and every header the gateway

@@ -271,6 +271,7 @@ struct Ctx {
     path_and_query: String,
     content_type: Option<HeaderValue>,
     content_length: Option<HeaderValue>,
+    attribution: Arc<crate::exchange::Attribution>,
 }
 
 async fn files(State(s): State<Routes>, ctx: Ctx, body: Body) -> Response {
@@ -314,6 +315,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Ctx {
                 .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()),
             content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
             content_length: parts.headers.get(header::CONTENT_LENGTH).cloned(),
+            attribution: Arc::new(crate::api::attribution(&parts.headers)?),
         })
     }
 }
@@ -336,6 +338,7 @@ async fn serve(s: Routes, ctx: Ctx, kind: Kind, body: Body) -> Response {
         ask_usage: false,
         upload: Some(Arc::new(upload)),
         by_pattern: false,
+        attribution: ctx.attribution,
     };
     let outcome = Outcome {
         principal: Some(ctx.principal),

@@ -13,7 +13,10 @@ use tollgate_tests::upstream::MockUpstream;
 
 use crate::on_both_stores;
 
-on_both_stores!(every_token_kind_is_priced_at_its_rate);
+on_both_stores!(
+    every_token_kind_is_priced_at_its_rate,
+    spend_is_cut_by_user_and_tag,
+);
 
 /// One row of `usage_records`: (model, input, cached, cache writes, output, reasoning, cost).
 type Counted = (String, i64, i64, i64, i64, i64, i64);
@@ -391,4 +394,212 @@ async fn every_token_kind_is_priced_at_its_rate(backend: Backend) {
             >= 1,
         "a warning names the unpriced model"
     );
+}
+
+/// `GET /admin/v1/usage?{query}`'s rows as (group, requests, cost).
+async fn usage_rows(gw: &Gateway, query: &str) -> Vec<(String, u64, String)> {
+    let (status, body) = gw
+        .admin(Method::GET, &format!("/admin/v1/usage?{query}"), None)
+        .await;
+    assert_eq!(status, 200, "{query}: {body}");
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["group"].as_str().unwrap().to_owned(),
+                r["requests"].as_u64().unwrap(),
+                r["cost_usd"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn spend_is_cut_by_user_and_tag(backend: Backend) {
+    let upstream = MockUpstream::start().await;
+    let base = upstream.base_url();
+    let config = format!(
+        "models:
+  - name: gpt-4o-mini
+    deployments: [ {{ provider: openai, base_url: '{base}', api_key: sk-upstream }} ]
+"
+    );
+    let Some(gw) = Gateway::start(backend, &config).await else {
+        return;
+    };
+    put(
+        &gw,
+        "/admin/v1/prices/gpt-4o-mini",
+        json!({"input": "0.15", "output": "0.60"}),
+    )
+    .await;
+    let tenant = gw.create_tenant("attribution").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = gw.create_key(&tenant, json!({"name": "k"})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Each request: 100 in × 0.15 + 10 out × 0.60 = 21 µUSD.
+    let send = |user_body: Option<&str>, headers: &[(&str, &str)], stream: bool| {
+        let mut body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                              "mock": {"prompt_tokens": 100, "chunks": 10}});
+        if let Some(user) = user_body {
+            body["user"] = json!(user);
+        }
+        if stream {
+            body["stream"] = json!(true);
+        }
+        let mut request = gw
+            .http
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(&key)
+            .json(&body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    let ok = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap();
+    };
+    ok(
+        send(Some("alice"), &[("x-tollgate-tags", "search,beta")], false)
+            .await
+            .unwrap(),
+    )
+    .await;
+    ok(send(
+        None,
+        &[("x-tollgate-user", "bob"), ("x-tollgate-tags", "search")],
+        false,
+    )
+    .await
+    .unwrap())
+    .await;
+    // The body's user wins over the header's.
+    ok(send(Some("alice"), &[("x-tollgate-user", "bob")], false)
+        .await
+        .unwrap())
+    .await;
+    ok(send(None, &[], false).await.unwrap()).await;
+    ok(send(
+        None,
+        &[("x-tollgate-user", "carol"), ("x-tollgate-tags", "stream")],
+        true,
+    )
+    .await
+    .unwrap())
+    .await;
+    // Bad tags: 400 naming the header, and nothing recorded.
+    let eleven = (0..11)
+        .map(|i| format!("t{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for bad in ["a b", eleven.as_str(), "ok,,x"] {
+        let r = send(None, &[("x-tollgate-tags", bad)], false)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["param"], "x-tollgate-tags", "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+
+    let cost = |n: i64| usd(21 * n);
+    let started = Instant::now();
+    let by_user = loop {
+        let rows = usage_rows(&gw, &format!("tenant={tenant}&group_by=user")).await;
+        if rows.iter().map(|r| r.1).sum::<u64>() >= 5 || started.elapsed() > Duration::from_secs(20)
+        {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let row = |g: &str, n: i64| (g.to_owned(), n as u64, cost(n));
+    assert_eq!(
+        by_user,
+        [row("", 1), row("alice", 2), row("bob", 1), row("carol", 1)]
+    );
+    assert_eq!(
+        usage_rows(&gw, &format!("tenant={tenant}&group_by=tag")).await,
+        [
+            row("", 2),
+            row("beta", 1),
+            row("search", 2),
+            row("stream", 1)
+        ]
+    );
+    assert_eq!(
+        usage_rows(&gw, &format!("tenant={tenant}&group_by=model&user=alice")).await,
+        [row("gpt-4o-mini", 2)]
+    );
+    assert_eq!(
+        usage_rows(&gw, &format!("tenant={tenant}&group_by=day&tag=search")).await[0].1,
+        2
+    );
+    // The plain per-model report still counts every request once.
+    assert_eq!(
+        usage_rows(&gw, &format!("tenant={tenant}&group_by=model")).await,
+        [row("gpt-4o-mini", 5)]
+    );
+    // Users and tags are two rollups: cutting by both at once is refused, naming `tag`.
+    for both in [
+        "user=alice&tag=search",
+        "group_by=user&tag=search",
+        "group_by=tag&user=bob",
+    ] {
+        let (status, error) = gw
+            .admin(
+                Method::GET,
+                &format!("/admin/v1/usage?tenant={tenant}&{both}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{error}");
+        assert_eq!(error["error"]["param"], "tag");
+    }
+    let csv = gw
+        .http
+        .get(format!(
+            "{}/admin/v1/usage?tenant={tenant}&group_by=tag&format=csv",
+            gw.admin_url
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert_eq!(
+        csv.text().await.unwrap(),
+        format!(
+            "group,requests,input_tokens,output_tokens,cached_tokens,cache_write_tokens,reasoning_tokens,cost_usd\r\n\
+             ,2,200,20,0,0,0,{c2}\r\nbeta,1,100,10,0,0,0,{c1}\r\nsearch,2,200,20,0,0,0,{c2}\r\n\
+             stream,1,100,10,0,0,0,{c1}\r\n",
+            c1 = cost(1),
+            c2 = cost(2)
+        )
+    );
+
+    // Users and tags are ledger columns, never metric labels.
+    let metrics = gw
+        .http
+        .get(format!("{}/metrics", gw.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for value in ["alice", "bob", "carol", "search", "beta"] {
+        assert!(!metrics.contains(value), "{value} in the metrics");
+    }
 }

@@ -58,9 +58,11 @@ const ROW_STEP: usize = 100;
 /// Bound parameters per SQLite statement, about (see [`rows_per_statement`]).
 const SQLITE_PARAMS_PER_STATEMENT: usize = 360;
 /// Columns of `usage_records`, `usage_request_ids` and `usage_daily` bound per row.
-const RECORD_COLUMNS: usize = 20;
+const RECORD_COLUMNS: usize = 22;
 const ID_COLUMNS: usize = 2;
 const DAILY_COLUMNS: usize = 12;
+/// Columns of `usage_daily_users` / `usage_daily_tags`: `usage_daily`'s and one more.
+const DIM_DAILY_COLUMNS: usize = DAILY_COLUMNS + 1;
 /// Tries of one batch when it hits a deadlock, a serialization failure or a partition
 /// dropped under it; each try is a fresh transaction.
 const MAX_ATTEMPTS: u32 = 4;
@@ -197,6 +199,10 @@ struct Prepared<'a> {
     latency_ms: i64,
     ttft_ms: Option<i64>,
     created_at_ms: i64,
+    end_user: Option<Cow<'a, str>>,
+    /// The tags, distinct, and as stored (joined with ',').
+    tag_list: Vec<Cow<'a, str>>,
+    tags: Option<String>,
 }
 
 fn text(value: &str) -> Cow<'_, str> {
@@ -205,6 +211,23 @@ fn text(value: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(value)
     }
+}
+
+/// A record's tags as stored: without NULs or commas (the stored list's separator), empty
+/// ones dropped, each once.
+fn tags(list: &[String]) -> Vec<Cow<'_, str>> {
+    let mut out: Vec<Cow<'_, str>> = Vec::with_capacity(list.len());
+    for tag in list {
+        let tag = if tag.contains(['\0', ',']) {
+            Cow::Owned(tag.replace(['\0', ','], "_"))
+        } else {
+            Cow::Borrowed(tag.as_str())
+        };
+        if !tag.is_empty() && !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    out
 }
 
 fn count(value: u64) -> i64 {
@@ -242,6 +265,9 @@ impl<'a> Prepared<'a> {
             latency_ms: count(r.latency_ms),
             ttft_ms: r.ttft_ms.map(count),
             created_at_ms: r.created_at_ms.clamp(0, MAX_TIME_MS),
+            end_user: r.end_user.as_deref().map(text),
+            tag_list: tags(&r.tags),
+            tags: (!r.tags.is_empty()).then(|| tags(&r.tags).join(",")),
         }
     }
 
@@ -263,6 +289,44 @@ fn prepare(records: &[UsageRecord]) -> Vec<Prepared<'_>> {
         .collect();
     rows.sort_unstable_by(|a, b| a.request_id.cmp(&b.request_id));
     rows
+}
+
+/// A rollup row's key: (tenant, day, end user or tag, key, model); the third part is ''
+/// for `usage_daily`, which has no such column.
+type RollupKey<'a> = (&'a str, i64, &'a str, &'a str, &'a str);
+
+/// The summed columns of every rollup, in the order [`Store::upsert_rollup`] binds them.
+const SUM_COLUMNS: [&str; 8] = [
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "images",
+    "cost_micro_usd",
+];
+
+/// The daily rollups the flush keeps.
+#[derive(Clone, Copy)]
+enum Rollup {
+    /// `usage_daily`: per tenant, day, key and model.
+    Daily,
+    /// `usage_daily_users`: and per end user.
+    Users,
+    /// `usage_daily_tags`: and per tag.
+    Tags,
+}
+
+impl Rollup {
+    /// Its table, and the column of its extra dimension.
+    fn table(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Self::Daily => ("usage_daily", None),
+            Self::Users => ("usage_daily_users", Some("end_user")),
+            Self::Tags => ("usage_daily_tags", Some("tag")),
+        }
+    }
 }
 
 /// One rollup row's increments.
@@ -326,7 +390,7 @@ fn placeholders(backend: Backend, rows: usize, columns: usize) -> String {
 const INSERT_RECORDS: &str = "INSERT INTO usage_records (request_id, tenant_id, key_id, model, \
      deployment, endpoint, status, input_tokens, output_tokens, cached_tokens, images, \
      cost_micro_usd, cache_hit, usage_reported, client_disconnected, latency_ms, ttft_ms, \
-     created_at_ms, cache_write_tokens, reasoning_tokens) VALUES";
+     created_at_ms, cache_write_tokens, reasoning_tokens, end_user, tags) VALUES";
 
 /// Binds `records`' columns, row after row, in [`INSERT_RECORDS`]' order.
 fn bind_records<'q>(
@@ -354,7 +418,9 @@ fn bind_records<'q>(
             .bind(r.ttft_ms)
             .bind(r.created_at_ms)
             .bind(r.cache_write_tokens)
-            .bind(r.reasoning_tokens);
+            .bind(r.reasoning_tokens)
+            .bind(r.end_user.as_deref())
+            .bind(r.tags.as_deref());
     }
     query
 }
@@ -524,61 +590,92 @@ impl Store {
             return Ok(0);
         }
 
-        // 3. The rollup, one upsert per (tenant, day, key, model), in primary-key order
-        // (the same lock order in every batch).
-        let mut daily: BTreeMap<(&str, i64, &str, &str), Sums> = BTreeMap::new();
+        // 3. The rollups, one upsert per (tenant, day, [user | tag,] key, model), each in
+        // primary-key order (the same lock order in every batch): the one per key and
+        // model, the one per end user (no user: ''), the one per tag (untagged: '').
+        let mut daily: BTreeMap<RollupKey<'_>, Sums> = BTreeMap::new();
+        let mut users: BTreeMap<RollupKey<'_>, Sums> = BTreeMap::new();
+        let mut tags: BTreeMap<RollupKey<'_>, Sums> = BTreeMap::new();
         for r in &fresh {
-            daily
-                .entry((
+            let key = |dim| {
+                (
                     r.tenant_id.as_ref(),
                     r.day(),
+                    dim,
                     r.key_id.as_ref(),
                     r.model.as_ref(),
-                ))
+                )
+            };
+            daily.entry(key("")).or_default().add(r);
+            users
+                .entry(key(r.end_user.as_deref().unwrap_or("")))
                 .or_default()
                 .add(r);
+            if r.tag_list.is_empty() {
+                tags.entry(key("")).or_default().add(r);
+            }
+            for tag in &r.tag_list {
+                tags.entry(key(tag)).or_default().add(r);
+            }
         }
-        let daily: Vec<_> = daily.into_iter().collect();
-        let max = rows_per_statement(self.backend, DAILY_COLUMNS);
-        for chunk in chunks(&daily, max) {
+        self.upsert_rollup(&mut tx, Rollup::Daily, daily).await?;
+        self.upsert_rollup(&mut tx, Rollup::Users, users).await?;
+        self.upsert_rollup(&mut tx, Rollup::Tags, tags).await?;
+
+        tx.commit().await?;
+        Ok(u64::try_from(fresh.len()).unwrap_or(u64::MAX))
+    }
+
+    /// Adds `sums` to `rollup`'s rows (inserting the missing ones), in statements of at
+    /// most [`rows_per_statement`] rows.
+    async fn upsert_rollup(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        rollup: Rollup,
+        sums: BTreeMap<RollupKey<'_>, Sums>,
+    ) -> Result<(), sqlx::Error> {
+        let rows: Vec<_> = sums.into_iter().collect();
+        let (table, dim) = rollup.table();
+        let columns = if dim.is_some() {
+            DIM_DAILY_COLUMNS
+        } else {
+            DAILY_COLUMNS
+        };
+        let dim_column = dim.map(|d| format!("{d}, ")).unwrap_or_default();
+        let max = rows_per_statement(self.backend, columns);
+        for chunk in chunks(&rows, max) {
+            let add = |c: &str| format!("{c} = {table}.{c} + excluded.{c}");
+            let updates: Vec<String> = SUM_COLUMNS.iter().map(|c| add(c)).collect();
+            // Fixed table and column names (from `Rollup`) and placeholders only.
             let sql = format!(
-                "INSERT INTO usage_daily (tenant_id, day, key_id, model, requests, input_tokens, \
-                 output_tokens, cached_tokens, images, cost_micro_usd, cache_write_tokens, \
-                 reasoning_tokens) VALUES {} \
-                 ON CONFLICT (tenant_id, day, key_id, model) DO UPDATE SET \
-                 requests = usage_daily.requests + excluded.requests, \
-                 input_tokens = usage_daily.input_tokens + excluded.input_tokens, \
-                 output_tokens = usage_daily.output_tokens + excluded.output_tokens, \
-                 cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, \
-                 images = usage_daily.images + excluded.images, \
-                 cost_micro_usd = usage_daily.cost_micro_usd + excluded.cost_micro_usd, \
-                 cache_write_tokens = usage_daily.cache_write_tokens + excluded.cache_write_tokens, \
-                 reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens",
-                placeholders(self.backend, chunk.len(), DAILY_COLUMNS)
+                "INSERT INTO {table} (tenant_id, day, {dim_column}key_id, model, {}) VALUES {} \
+                 ON CONFLICT (tenant_id, day, {dim_column}key_id, model) DO UPDATE SET {}",
+                SUM_COLUMNS.join(", "),
+                placeholders(self.backend, chunk.len(), columns),
+                updates.join(", ")
             );
-            // Placeholders only (see `placeholders`).
             let mut query =
                 sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len(), max));
-            for ((tenant, day, key, model), sums) in chunk {
+            for ((tenant, day, value, key, model), sums) in chunk {
+                query = query.bind(*tenant).bind(*day);
+                if dim.is_some() {
+                    query = query.bind(*value);
+                }
                 query = query
-                    .bind(*tenant)
-                    .bind(*day)
                     .bind(*key)
                     .bind(*model)
                     .bind(sums.requests)
                     .bind(sums.input_tokens)
                     .bind(sums.output_tokens)
                     .bind(sums.cached_tokens)
-                    .bind(sums.images)
-                    .bind(sums.cost_micro_usd)
                     .bind(sums.cache_write_tokens)
-                    .bind(sums.reasoning_tokens);
+                    .bind(sums.reasoning_tokens)
+                    .bind(sums.images)
+                    .bind(sums.cost_micro_usd);
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut **tx).await?;
         }
-
-        tx.commit().await?;
-        Ok(u64::try_from(fresh.len()).unwrap_or(u64::MAX))
+        Ok(())
     }
 
     /// Postgres: claims the ids (`ON CONFLICT DO NOTHING RETURNING`), then writes the
@@ -909,7 +1006,7 @@ mod tests {
         assert_eq!(placeholders(Backend::Postgres, 1, 1), "($1)");
         assert_eq!(placeholders(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
         for backend in [Backend::Sqlite, Backend::Postgres] {
-            for columns in [ID_COLUMNS, RECORD_COLUMNS, DAILY_COLUMNS] {
+            for columns in [ID_COLUMNS, RECORD_COLUMNS, DAILY_COLUMNS, DIM_DAILY_COLUMNS] {
                 let rows = rows_per_statement(backend, columns);
                 assert!(
                     rows >= 1 && rows * columns <= 32_766,

@@ -64,6 +64,13 @@ pub struct UsageRecord {
     /// When the request started, unix milliseconds (UTC). Usage days and invoice months
     /// are taken from this.
     pub created_at_ms: i64,
+    /// The end user the request was made for (the body's `user` / `safety_identifier`,
+    /// else `x-tollgate-user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<String>,
+    /// The request's tags (`x-tollgate-tags`), distinct.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// Token and image counts to price.
@@ -187,6 +194,11 @@ pub enum UsageGroupBy {
     Model,
     /// One row per API key (`group` = the key's public id).
     Key,
+    /// One row per end user (`group` = the id; `""` for requests without one).
+    User,
+    /// One row per tag (`group` = the tag; `""` for untagged requests). A request with
+    /// several tags counts in each of their rows.
+    Tag,
 }
 
 impl UsageGroupBy {
@@ -196,6 +208,8 @@ impl UsageGroupBy {
             "day" => Some(Self::Day),
             "model" => Some(Self::Model),
             "key" => Some(Self::Key),
+            "user" => Some(Self::User),
+            "tag" => Some(Self::Tag),
             _ => None,
         }
     }
@@ -206,6 +220,8 @@ impl UsageGroupBy {
             Self::Day => "day",
             Self::Model => "model",
             Self::Key => "key_id",
+            Self::User => "end_user",
+            Self::Tag => "tag",
         }
     }
 }
@@ -221,6 +237,30 @@ pub struct UsageFilter {
     pub from: Option<Date>,
     /// The first day *not* included (exclusive end).
     pub to: Option<Date>,
+    /// An end user's id.
+    pub user: Option<String>,
+    /// A tag.
+    pub tag: Option<String>,
+}
+
+impl UsageFilter {
+    /// The rollup that answers a query by `group_by` with this filter: the per-user one
+    /// when users are grouped or filtered, the per-tag one likewise, else `usage_daily`.
+    /// Users and tags are never summed together (no rollup has both), so asking for both
+    /// is refused, naming `tag`.
+    fn table(&self, group_by: UsageGroupBy) -> Result<&'static str, StoreError> {
+        let users = self.user.is_some() || group_by == UsageGroupBy::User;
+        let tags = self.tag.is_some() || group_by == UsageGroupBy::Tag;
+        match (users, tags) {
+            (true, true) => Err(StoreError::invalid(
+                "tag",
+                "usage cannot be cut by end user and by tag at once: use one of user / tag (filter or group_by)",
+            )),
+            (true, false) => Ok("usage_daily_users"),
+            (false, true) => Ok("usage_daily_tags"),
+            (false, false) => Ok("usage_daily"),
+        }
+    }
 }
 
 /// One row of a usage report: the sums of every record in its group.
@@ -302,6 +342,7 @@ impl Store {
         group_by: UsageGroupBy,
     ) -> Result<Vec<UsageRow>, StoreError> {
         let column = group_by.column();
+        let table = filter.table(group_by)?;
         let mut conditions = Vec::new();
         let mut n = 0;
         let mut next = || {
@@ -317,6 +358,12 @@ impl Store {
         if filter.model.is_some() {
             conditions.push(format!("model = {}", next()));
         }
+        if filter.user.is_some() {
+            conditions.push(format!("end_user = {}", next()));
+        }
+        if filter.tag.is_some() {
+            conditions.push(format!("tag = {}", next()));
+        }
         if filter.from.is_some() {
             conditions.push(format!("day >= {}", next()));
         }
@@ -331,12 +378,18 @@ impl Store {
         // Fixed column names (from `UsageGroupBy`) and numbered placeholders only: every
         // value is bound.
         let sql = format!(
-            "SELECT {column} AS grp, {SUMS} FROM usage_daily{filter_sql} GROUP BY {column} ORDER BY {column}"
+            "SELECT {column} AS grp, {SUMS} FROM {table}{filter_sql} GROUP BY {column} ORDER BY {column}"
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for value in [&filter.tenant, &filter.key, &filter.model]
-            .into_iter()
-            .flatten()
+        for value in [
+            &filter.tenant,
+            &filter.key,
+            &filter.model,
+            &filter.user,
+            &filter.tag,
+        ]
+        .into_iter()
+        .flatten()
         {
             query = query.bind(value.as_str());
         }
@@ -348,7 +401,7 @@ impl Store {
             .map(|row| {
                 let group = match group_by {
                     UsageGroupBy::Day => day_text(row.try_get("grp")?)?,
-                    UsageGroupBy::Model | UsageGroupBy::Key => row.try_get("grp")?,
+                    _ => row.try_get("grp")?,
                 };
                 UsageRow::from_sums(group, row)
             })
@@ -366,7 +419,7 @@ impl Store {
         to: Date,
         split: UsageGroupBy,
     ) -> Result<Vec<DailyUsageRow>, StoreError> {
-        if split == UsageGroupBy::Day {
+        if !matches!(split, UsageGroupBy::Model | UsageGroupBy::Key) {
             return Err(StoreError::invalid("split", "split must be model or key"));
         }
         let column = split.column();

@@ -58,6 +58,8 @@ pub fn record(id: &str, tenant: &str, key: &str, model: &str, at: i64) -> UsageR
         created_at_ms: at,
         cache_write_tokens: 20,
         reasoning_tokens: 5,
+        end_user: None,
+        tags: Vec::new(),
     }
 }
 

@@ -697,6 +697,9 @@ fn usage_args(
         from: from.map(str::to_owned),
         to: to.map(str::to_owned),
         group_by: group_by.to_owned(),
+        user: None,
+        tag: None,
+        csv: false,
     }
 }
 

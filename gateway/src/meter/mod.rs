@@ -323,6 +323,8 @@ impl Ledger {
             latency_ms: u64::try_from(facts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             ttft_ms,
             created_at_ms: facts.created_at_ms,
+            end_user: facts.end_user.clone(),
+            tags: facts.tags.clone(),
         };
         if let Some(metrics) = &self.inner.metrics {
             metrics.observe(&record);
@@ -364,6 +366,9 @@ pub(crate) struct RequestFacts {
     charged: Mutex<Option<oneshot::Sender<Charged>>>,
     /// Audio priced by the minute or by characters, not by tokens ([`audio`]).
     audio: Option<audio::AudioUse>,
+    /// Attribution ([`crate::exchange::Attribution`]): ledger columns, never labels.
+    end_user: Option<String>,
+    tags: Vec<String>,
 }
 
 impl RequestFacts {
@@ -484,6 +489,8 @@ where
         cache_hit: false,
         charged: Mutex::new(Some(charged)),
         audio: None,
+        end_user: call.attribution.end_user(&call.payload),
+        tags: call.attribution.tags.clone(),
     };
     // From here on the request counts: if this future is dropped before the answer is
     // settled (the client left), the guard records that.
