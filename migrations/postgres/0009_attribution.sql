@@ -45,3 +45,14 @@ CREATE TABLE usage_daily_tags (
     PRIMARY KEY (tenant_id, day, tag, key_id, model)
 );
 CREATE INDEX usage_daily_tags_by_tag ON usage_daily_tags (tenant_id, tag, day);
+
+-- Usage recorded before this migration had neither: it counts under '' in both, so the
+-- new reports add up to the old ones from the first day.
+INSERT INTO usage_daily_users (tenant_id, day, end_user, key_id, model, requests, input_tokens,
+    output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, images, cost_micro_usd)
+SELECT tenant_id, day, '', key_id, model, requests, input_tokens, output_tokens, cached_tokens,
+    cache_write_tokens, reasoning_tokens, images, cost_micro_usd FROM usage_daily;
+INSERT INTO usage_daily_tags (tenant_id, day, tag, key_id, model, requests, input_tokens,
+    output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, images, cost_micro_usd)
+SELECT tenant_id, day, '', key_id, model, requests, input_tokens, output_tokens, cached_tokens,
+    cache_write_tokens, reasoning_tokens, images, cost_micro_usd FROM usage_daily;

@@ -1,7 +1,8 @@
 //! The usage ledger's write side: idempotent batch inserts, monthly partitions (Postgres)
 //! and raw-row retention.
 //!
-//! Four tables (`migrations/*/0003_usage.sql`):
+//! Its tables (`migrations/*/0003_usage.sql`, `0009_attribution.sql`,
+//! `0010_usage_daily_models.sql`):
 //! - `usage_records`: one raw row per request. On Postgres it is partitioned by month on
 //!   `created_at_ms`, one partition per UTC calendar month (`usage_records_pYYYYMM`),
 //!   created on demand before a batch that needs it is inserted.
@@ -9,7 +10,9 @@
 //!   idempotency holds across months (Postgres cannot keep a unique index on a partitioned
 //!   table without the partition key in it).
 //! - `usage_daily`: per UTC day, tenant, key and model, the sums that usage queries,
-//!   invoices and budgets read. Updated in the transaction that inserts the records.
+//!   invoices and budgets read. Updated in the transaction that inserts the records, as
+//!   are the other rollups: `usage_daily_users` (and per end user), `usage_daily_tags`
+//!   (and per tag) and `usage_daily_models` (per day and model over every tenant).
 //! - `usage_retention`: how far raw rows have been pruned.
 //!
 //! A batch is one transaction: its ids go into `usage_request_ids` with
@@ -60,8 +63,10 @@ const SQLITE_PARAMS_PER_STATEMENT: usize = 360;
 /// Columns of `usage_records`, `usage_request_ids` and `usage_daily` bound per row.
 const RECORD_COLUMNS: usize = 22;
 const ID_COLUMNS: usize = 2;
+#[cfg(test)]
 const DAILY_COLUMNS: usize = 12;
 /// Columns of `usage_daily_users` / `usage_daily_tags`: `usage_daily`'s and one more.
+#[cfg(test)]
 const DIM_DAILY_COLUMNS: usize = DAILY_COLUMNS + 1;
 /// Tries of one batch when it hits a deadlock, a serialization failure or a partition
 /// dropped under it; each try is a fresh transaction.
@@ -291,8 +296,8 @@ fn prepare(records: &[UsageRecord]) -> Vec<Prepared<'_>> {
     rows
 }
 
-/// A rollup row's key: (tenant, day, end user or tag, key, model); the third part is ''
-/// for `usage_daily`, which has no such column.
+/// A rollup row's key: (tenant, day, end user or tag, key, model); the parts a rollup has
+/// no column for ([`Rollup::table`]) are ''.
 type RollupKey<'a> = (&'a str, i64, &'a str, &'a str, &'a str);
 
 /// The summed columns of every rollup, in the order [`Store::upsert_rollup`] binds them.
@@ -316,15 +321,44 @@ enum Rollup {
     Users,
     /// `usage_daily_tags`: and per tag.
     Tags,
+    /// `usage_daily_models`: per day and model over every tenant.
+    Models,
+}
+
+/// The parts of a [`RollupKey`], as its columns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Tenant,
+    Day,
+    Dim(&'static str),
+    Key,
+    Model,
 }
 
 impl Rollup {
-    /// Its table, and the column of its extra dimension.
-    fn table(self) -> (&'static str, Option<&'static str>) {
+    /// Its table, and its key's columns in primary-key order.
+    fn table(self) -> (&'static str, &'static [Part]) {
+        use Part::{Day, Dim, Key, Model, Tenant};
         match self {
-            Self::Daily => ("usage_daily", None),
-            Self::Users => ("usage_daily_users", Some("end_user")),
-            Self::Tags => ("usage_daily_tags", Some("tag")),
+            Self::Daily => ("usage_daily", &[Tenant, Day, Key, Model]),
+            Self::Users => (
+                "usage_daily_users",
+                &[Tenant, Day, Dim("end_user"), Key, Model],
+            ),
+            Self::Tags => ("usage_daily_tags", &[Tenant, Day, Dim("tag"), Key, Model]),
+            Self::Models => ("usage_daily_models", &[Day, Model]),
+        }
+    }
+}
+
+impl Part {
+    fn column(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant_id",
+            Self::Day => "day",
+            Self::Dim(column) => column,
+            Self::Key => "key_id",
+            Self::Model => "model",
         }
     }
 }
@@ -596,7 +630,12 @@ impl Store {
         let mut daily: BTreeMap<RollupKey<'_>, Sums> = BTreeMap::new();
         let mut users: BTreeMap<RollupKey<'_>, Sums> = BTreeMap::new();
         let mut tags: BTreeMap<RollupKey<'_>, Sums> = BTreeMap::new();
+        let mut models: BTreeMap<RollupKey<'_>, Sums> = BTreeMap::new();
         for r in &fresh {
+            models
+                .entry(("", r.day(), "", "", r.model.as_ref()))
+                .or_default()
+                .add(r);
             let key = |dim| {
                 (
                     r.tenant_id.as_ref(),
@@ -621,6 +660,9 @@ impl Store {
         self.upsert_rollup(&mut tx, Rollup::Daily, daily).await?;
         self.upsert_rollup(&mut tx, Rollup::Users, users).await?;
         self.upsert_rollup(&mut tx, Rollup::Tags, tags).await?;
+        // Last: every batch touches the same few (day, model) rows, so their locks are held
+        // for the shortest time.
+        self.upsert_rollup(&mut tx, Rollup::Models, models).await?;
 
         tx.commit().await?;
         Ok(u64::try_from(fresh.len()).unwrap_or(u64::MAX))
@@ -635,21 +677,18 @@ impl Store {
         sums: BTreeMap<RollupKey<'_>, Sums>,
     ) -> Result<(), sqlx::Error> {
         let rows: Vec<_> = sums.into_iter().collect();
-        let (table, dim) = rollup.table();
-        let columns = if dim.is_some() {
-            DIM_DAILY_COLUMNS
-        } else {
-            DAILY_COLUMNS
-        };
-        let dim_column = dim.map(|d| format!("{d}, ")).unwrap_or_default();
+        let (table, parts) = rollup.table();
+        let keys: Vec<&str> = parts.iter().map(|p| p.column()).collect();
+        let keys = keys.join(", ");
+        let columns = parts.len() + SUM_COLUMNS.len();
         let max = rows_per_statement(self.backend, columns);
         for chunk in chunks(&rows, max) {
             let add = |c: &str| format!("{c} = {table}.{c} + excluded.{c}");
             let updates: Vec<String> = SUM_COLUMNS.iter().map(|c| add(c)).collect();
             // Fixed table and column names (from `Rollup`) and placeholders only.
             let sql = format!(
-                "INSERT INTO {table} (tenant_id, day, {dim_column}key_id, model, {}) VALUES {} \
-                 ON CONFLICT (tenant_id, day, {dim_column}key_id, model) DO UPDATE SET {}",
+                "INSERT INTO {table} ({keys}, {}) VALUES {} \
+                 ON CONFLICT ({keys}) DO UPDATE SET {}",
                 SUM_COLUMNS.join(", "),
                 placeholders(self.backend, chunk.len(), columns),
                 updates.join(", ")
@@ -657,13 +696,16 @@ impl Store {
             let mut query =
                 sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len(), max));
             for ((tenant, day, value, key, model), sums) in chunk {
-                query = query.bind(*tenant).bind(*day);
-                if dim.is_some() {
-                    query = query.bind(*value);
+                for part in parts {
+                    query = match part {
+                        Part::Tenant => query.bind(*tenant),
+                        Part::Day => query.bind(*day),
+                        Part::Dim(_) => query.bind(*value),
+                        Part::Key => query.bind(*key),
+                        Part::Model => query.bind(*model),
+                    };
                 }
                 query = query
-                    .bind(*key)
-                    .bind(*model)
                     .bind(sums.requests)
                     .bind(sums.input_tokens)
                     .bind(sums.output_tokens)

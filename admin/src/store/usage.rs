@@ -245,7 +245,9 @@ pub struct UsageFilter {
 
 impl UsageFilter {
     /// The rollup that answers a query by `group_by` with this filter: the per-user one
-    /// when users are grouped or filtered, the per-tag one likewise, else `usage_daily`.
+    /// when users are grouped or filtered, the per-tag one likewise, the platform-wide one
+    /// (per day and model) when nothing narrower than a model is asked for, else
+    /// `usage_daily`.
     /// Users and tags are never summed together (no rollup has both), so asking for both
     /// is refused, naming `tag`.
     fn table(&self, group_by: UsageGroupBy) -> Result<&'static str, StoreError> {
@@ -258,6 +260,13 @@ impl UsageFilter {
             )),
             (true, false) => Ok("usage_daily_users"),
             (false, true) => Ok("usage_daily_tags"),
+            (false, false)
+                if self.tenant.is_none()
+                    && self.key.is_none()
+                    && matches!(group_by, UsageGroupBy::Day | UsageGroupBy::Model) =>
+            {
+                Ok("usage_daily_models")
+            }
             (false, false) => Ok("usage_daily"),
         }
     }
