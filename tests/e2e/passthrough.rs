@@ -87,7 +87,10 @@ fn ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
-on_both_stores!(objects_are_scoped_per_tenant_and_metered);
+on_both_stores!(
+    objects_are_scoped_per_tenant_and_metered,
+    creating_batches_and_jobs_goes_through_the_quota,
+);
 
 async fn objects_are_scoped_per_tenant_and_metered(backend: Backend) {
     let upstream = MockUpstream::start().await;
@@ -340,4 +343,99 @@ async fn uploads_over_max_body_mb_are_refused_and_unconfigured_passthrough_is_40
             .contains("passthrough"),
         "{body}"
     );
+}
+
+/// Creating a batch or a fine-tuning job is a call like any other for the limits: rpm
+/// counts it, and a spent monthly budget refuses it (429 `insufficient_quota`).
+async fn creating_batches_and_jobs_goes_through_the_quota(backend: Backend) {
+    let upstream = MockUpstream::start().await;
+    let base = upstream.base_url();
+    let config = format!(
+        "{}models:
+  - name: gpt-4o-mini
+    deployments: [ {{ provider: openai, base_url: '{base}', api_key: sk-upstream-secret }} ]
+",
+        config(&base)
+    );
+    let Some(gw) = Gateway::start(backend, &config).await else {
+        return;
+    };
+    let (status, price) = gw
+        .admin(
+            Method::PUT,
+            "/admin/v1/prices/gpt-4o-mini",
+            Some(json!({"input": "0.15", "output": "0.60"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{price}");
+    let tenant = gw.create_tenant("quota").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = |body: Value| {
+        let gw = &gw;
+        let tenant = tenant.clone();
+        async move {
+            gw.create_key(&tenant, body).await["key"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let file: Value = upload(&gw, &key(json!({"name": "uploader"})).await, b"{}\n")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let file = file["id"].as_str().unwrap().to_owned();
+    let batch = json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                       "completion_window": "24h"});
+    let job = json!({"model": "gpt-4o-mini", "training_file": file});
+
+    // rpm: two creations pass, the third is refused.
+    let limited = key(json!({"name": "rpm", "rpm": 2})).await;
+    for body in [&batch, &job] {
+        let path = if body.get("training_file").is_some() {
+            "/v1/fine_tuning/jobs"
+        } else {
+            "/v1/batches"
+        };
+        let (status, answer) = call(&gw, &limited, Method::POST, path, Some(body.clone())).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, answer) = call(
+        &gw,
+        &limited,
+        Method::POST,
+        "/v1/batches",
+        Some(batch.clone()),
+    )
+    .await;
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(answer["error"]["code"], "rate_limit_exceeded", "{answer}");
+
+    // Budget: one chat spends it (1000 in × 0.15 + 10 out × 0.60 = 156 µUSD against 100),
+    // then neither a batch nor a job may be created.
+    let spender = key(json!({"name": "budget", "monthly_budget_usd": "0.0001"})).await;
+    let chat = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&spender)
+        .json(
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                      "max_tokens": 10, "mock": {"prompt_tokens": 1000, "chunks": 10}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200);
+    chat.text().await.unwrap();
+    for (path, body) in [("/v1/batches", &batch), ("/v1/fine_tuning/jobs", &job)] {
+        let (status, answer) = call(&gw, &spender, Method::POST, path, Some(body.clone())).await;
+        assert_eq!(status, 429, "{path}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "insufficient_quota",
+            "{path}: {answer}"
+        );
+    }
 }
