@@ -361,8 +361,8 @@ JOIN bench_models m ON m.idx = s.midx;
         "TRUNCATE usage_daily_users, usage_daily_tags;\n"
         f"INSERT INTO usage_daily_users (tenant_id, day, end_user, key_id, model, {sums})"
         f" SELECT tenant_id, day, '', key_id, model, {sums} FROM usage_daily;\n"
-        f"INSERT INTO usage_daily_tags (tenant_id, day, tag, key_id, model, {sums})"
-        f" SELECT tenant_id, day, '', key_id, model, {sums} FROM usage_daily;\n"
+        f"INSERT INTO usage_daily_tags (tenant_id, day, tag, end_user, key_id, model, {sums})"
+        f" SELECT tenant_id, day, '', '', key_id, model, {sums} FROM usage_daily;\n"
     )
     log(f"usage_daily_users / _tags: {steps['usage_daily_users_tags_s']:.0f} s")
     # What autovacuum would have done by the time anyone queries: statistics and the

@@ -296,9 +296,9 @@ fn prepare(records: &[UsageRecord]) -> Vec<Prepared<'_>> {
     rows
 }
 
-/// A rollup row's key: (tenant, day, end user or tag, key, model); the parts a rollup has
-/// no column for ([`Rollup::table`]) are ''.
-type RollupKey<'a> = (&'a str, i64, &'a str, &'a str, &'a str);
+/// A rollup row's key: (tenant, day, tag, end user, key, model); the parts a rollup has no
+/// column for ([`Rollup::table`]) are ''.
+type RollupKey<'a> = (&'a str, i64, &'a str, &'a str, &'a str, &'a str);
 
 /// The summed columns of every rollup, in the order [`Store::upsert_rollup`] binds them.
 const SUM_COLUMNS: [&str; 8] = [
@@ -319,7 +319,7 @@ enum Rollup {
     Daily,
     /// `usage_daily_users`: and per end user.
     Users,
-    /// `usage_daily_tags`: and per tag.
+    /// `usage_daily_tags`: and per tag and end user.
     Tags,
     /// `usage_daily_models`: per day and model over every tenant.
     Models,
@@ -330,7 +330,8 @@ enum Rollup {
 enum Part {
     Tenant,
     Day,
-    Dim(&'static str),
+    Tag,
+    User,
     Key,
     Model,
 }
@@ -338,14 +339,11 @@ enum Part {
 impl Rollup {
     /// Its table, and its key's columns in primary-key order.
     fn table(self) -> (&'static str, &'static [Part]) {
-        use Part::{Day, Dim, Key, Model, Tenant};
+        use Part::{Day, Key, Model, Tag, Tenant, User};
         match self {
             Self::Daily => ("usage_daily", &[Tenant, Day, Key, Model]),
-            Self::Users => (
-                "usage_daily_users",
-                &[Tenant, Day, Dim("end_user"), Key, Model],
-            ),
-            Self::Tags => ("usage_daily_tags", &[Tenant, Day, Dim("tag"), Key, Model]),
+            Self::Users => ("usage_daily_users", &[Tenant, Day, User, Key, Model]),
+            Self::Tags => ("usage_daily_tags", &[Tenant, Day, Tag, User, Key, Model]),
             Self::Models => ("usage_daily_models", &[Day, Model]),
         }
     }
@@ -356,7 +354,8 @@ impl Part {
         match self {
             Self::Tenant => "tenant_id",
             Self::Day => "day",
-            Self::Dim(column) => column,
+            Self::Tag => "tag",
+            Self::User => "end_user",
             Self::Key => "key_id",
             Self::Model => "model",
         }
@@ -633,28 +632,27 @@ impl Store {
         let mut models: BTreeMap<RollupKey<'_>, Sums> = BTreeMap::new();
         for r in &fresh {
             models
-                .entry(("", r.day(), "", "", r.model.as_ref()))
+                .entry(("", r.day(), "", "", "", r.model.as_ref()))
                 .or_default()
                 .add(r);
-            let key = |dim| {
+            let user = r.end_user.as_deref().unwrap_or("");
+            let key = |tag, user| {
                 (
                     r.tenant_id.as_ref(),
                     r.day(),
-                    dim,
+                    tag,
+                    user,
                     r.key_id.as_ref(),
                     r.model.as_ref(),
                 )
             };
-            daily.entry(key("")).or_default().add(r);
-            users
-                .entry(key(r.end_user.as_deref().unwrap_or("")))
-                .or_default()
-                .add(r);
+            daily.entry(key("", "")).or_default().add(r);
+            users.entry(key("", user)).or_default().add(r);
             if r.tag_list.is_empty() {
-                tags.entry(key("")).or_default().add(r);
+                tags.entry(key("", user)).or_default().add(r);
             }
             for tag in &r.tag_list {
-                tags.entry(key(tag)).or_default().add(r);
+                tags.entry(key(tag, user)).or_default().add(r);
             }
         }
         self.upsert_rollup(&mut tx, Rollup::Daily, daily).await?;
@@ -695,12 +693,13 @@ impl Store {
             );
             let mut query =
                 sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len(), max));
-            for ((tenant, day, value, key, model), sums) in chunk {
+            for ((tenant, day, tag, user, key, model), sums) in chunk {
                 for part in parts {
                     query = match part {
                         Part::Tenant => query.bind(*tenant),
                         Part::Day => query.bind(*day),
-                        Part::Dim(_) => query.bind(*value),
+                        Part::Tag => query.bind(*tag),
+                        Part::User => query.bind(*user),
                         Part::Key => query.bind(*key),
                         Part::Model => query.bind(*model),
                     };

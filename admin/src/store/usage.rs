@@ -244,30 +244,24 @@ pub struct UsageFilter {
 }
 
 impl UsageFilter {
-    /// The rollup that answers a query by `group_by` with this filter: the per-user one
-    /// when users are grouped or filtered, the per-tag one likewise, the platform-wide one
-    /// (per day and model) when nothing narrower than a model is asked for, else
-    /// `usage_daily`.
-    /// Users and tags are never summed together (no rollup has both), so asking for both
-    /// is refused, naming `tag`.
-    fn table(&self, group_by: UsageGroupBy) -> Result<&'static str, StoreError> {
+    /// The rollup that answers a query by `group_by` with this filter: the per-tag one
+    /// (which keeps the end user too) when tags are grouped or filtered, the per-user one
+    /// when only users are, the platform-wide one (per day and model) when nothing
+    /// narrower than a model is asked for, else `usage_daily`.
+    fn table(&self, group_by: UsageGroupBy) -> &'static str {
         let users = self.user.is_some() || group_by == UsageGroupBy::User;
         let tags = self.tag.is_some() || group_by == UsageGroupBy::Tag;
         match (users, tags) {
-            (true, true) => Err(StoreError::invalid(
-                "tag",
-                "usage cannot be cut by end user and by tag at once: use one of user / tag (filter or group_by)",
-            )),
-            (true, false) => Ok("usage_daily_users"),
-            (false, true) => Ok("usage_daily_tags"),
+            (_, true) => "usage_daily_tags",
+            (true, false) => "usage_daily_users",
             (false, false)
                 if self.tenant.is_none()
                     && self.key.is_none()
                     && matches!(group_by, UsageGroupBy::Day | UsageGroupBy::Model) =>
             {
-                Ok("usage_daily_models")
+                "usage_daily_models"
             }
-            (false, false) => Ok("usage_daily"),
+            (false, false) => "usage_daily",
         }
     }
 }
@@ -351,7 +345,7 @@ impl Store {
         group_by: UsageGroupBy,
     ) -> Result<Vec<UsageRow>, StoreError> {
         let column = group_by.column();
-        let table = filter.table(group_by)?;
+        let table = filter.table(group_by);
         let mut conditions = Vec::new();
         let mut n = 0;
         let mut next = || {

@@ -248,21 +248,19 @@ async fn rollup_equals_raw_sums(db: Db) {
     let (mut users, mut tags, mut models) = (Sums::new(), Sums::new(), Sums::new());
     for r in &all {
         let day = (r.created_at_ms / 86_400_000).to_string();
-        let base = |dim: &str| {
-            vec![
-                r.tenant_id.clone(),
-                day.clone(),
-                dim.to_owned(),
-                r.key_id.clone(),
-                r.model.clone(),
-            ]
+        let user = r.end_user.clone().unwrap_or_default();
+        let base = |dims: &[&str]| {
+            let mut key = vec![r.tenant_id.clone(), day.clone()];
+            key.extend(dims.iter().map(|d| (*d).to_owned()));
+            key.extend([r.key_id.clone(), r.model.clone()]);
+            key
         };
-        add(&mut users, base(r.end_user.as_deref().unwrap_or("")), r);
+        add(&mut users, base(&[&user]), r);
         if r.tags.is_empty() {
-            add(&mut tags, base(""), r);
+            add(&mut tags, base(&["", &user]), r);
         }
         for tag in &r.tags {
-            add(&mut tags, base(tag), r);
+            add(&mut tags, base(&[tag, &user]), r);
         }
         add(&mut models, vec![day.clone(), r.model.clone()], r);
     }
@@ -300,10 +298,10 @@ async fn rollup_equals_raw_sums(db: Db) {
     );
     assert_eq!(
         read(
-            "SELECT tenant_id, day, tag, key_id, model, requests, input_tokens, output_tokens, \
-             cached_tokens, cache_write_tokens, reasoning_tokens, images, cost_micro_usd \
-             FROM usage_daily_tags",
-            5
+            "SELECT tenant_id, day, tag, end_user, key_id, model, requests, input_tokens, \
+             output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, images, \
+             cost_micro_usd FROM usage_daily_tags",
+            6
         )
         .await,
         tags
