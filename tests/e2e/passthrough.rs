@@ -90,6 +90,7 @@ fn ids(list: &Value) -> Vec<String> {
 on_both_stores!(
     objects_are_scoped_per_tenant_and_metered,
     creating_batches_and_jobs_goes_through_the_quota,
+    a_completed_batch_is_charged_once_per_line,
 );
 
 async fn objects_are_scoped_per_tenant_and_metered(backend: Backend) {
@@ -438,4 +439,163 @@ async fn creating_batches_and_jobs_goes_through_the_quota(backend: Backend) {
             "{path}: {answer}"
         );
     }
+}
+
+/// The batch lines recorded in the ledger: request id → (model, input, cached, output, cost).
+async fn batch_records(
+    database_url: &str,
+) -> std::collections::BTreeMap<String, (String, i64, i64, i64, i64)> {
+    use sqlx::Row;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(database_url)
+        .await
+        .unwrap();
+    let rows = sqlx::query(
+        "SELECT request_id, model, input_tokens, cached_tokens, output_tokens, cost_micro_usd \
+         FROM usage_records WHERE request_id LIKE 'batch:%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    rows.iter()
+        .map(|r| {
+            (
+                r.get("request_id"),
+                (
+                    r.get("model"),
+                    r.get("input_tokens"),
+                    r.get("cached_tokens"),
+                    r.get("output_tokens"),
+                    r.get("cost_micro_usd"),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A batch is charged when a read finds it completed: one record per output line at the
+/// batch prices, once per (batch, line) however often it is read, after a restart and from
+/// a second replica.
+async fn a_completed_batch_is_charged_once_per_line(backend: Backend) {
+    let upstream = MockUpstream::start().await;
+    let config = config(&upstream.base_url());
+    let Some(gw) = Gateway::start(backend, &config).await else {
+        return;
+    };
+    for (model, price) in [
+        (
+            "gpt-4o-mini",
+            json!({"input": "0.15", "output": "0.60", "cached_input": "0.075",
+                   "batch_input": "0.075", "batch_output": "0.30"}),
+        ),
+        // Batch prices left to the rule: input and output.
+        ("gpt-4.1", json!({"input": "2", "output": "8"})),
+    ] {
+        let (status, answer) = gw
+            .admin(
+                Method::PUT,
+                &format!("/admin/v1/prices/{model}"),
+                Some(price),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (tenant, key) = tenant(&gw, "batcher").await;
+    let line = |id: &str, model: &str, mock: Value| {
+        json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions",
+               "body": {"model": model, "messages": [{"role": "user", "content": "hi"}], "mock": mock}})
+        .to_string()
+    };
+    let input = [
+        line(
+            "a",
+            "gpt-4o-mini",
+            json!({"prompt_tokens": 1000, "cached_tokens": 200, "completion_tokens": 100}),
+        ),
+        line(
+            "b",
+            "gpt-4o-mini",
+            json!({"prompt_tokens": 10000, "completion_tokens": 1000}),
+        ),
+        line(
+            "c",
+            "gpt-4.1",
+            json!({"prompt_tokens": 500, "completion_tokens": 50}),
+        ),
+    ]
+    .join("\n");
+    let file: Value = upload(&gw, &key, input.as_bytes())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (status, batch) = call(
+        &gw,
+        &key,
+        Method::POST,
+        "/v1/batches",
+        Some(
+            json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h", "metadata": {"mock": "complete"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{batch}");
+    let id = batch["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/batches/{id}");
+    let (status, read) = call(&gw, &key, Method::GET, &path, None).await;
+    assert_eq!(
+        (status, &read["status"]),
+        (200, &json!("completed")),
+        "{read}"
+    );
+
+    // 800 × 0.075 + 200 × 0.075 (cached) + 100 × 0.30; 10000 × 0.075 + 1000 × 0.30;
+    // 500 × 2 + 50 × 8 (per 1M tokens).
+    let want: std::collections::BTreeMap<String, (String, i64, i64, i64, i64)> = [
+        ("a", ("gpt-4o-mini", 1000, 200, 100, 60 + 15 + 30)),
+        ("b", ("gpt-4o-mini", 10000, 0, 1000, 750 + 300)),
+        ("c", ("gpt-4.1", 500, 0, 50, 1000 + 400)),
+    ]
+    .into_iter()
+    .map(|(line, (m, i, c, o, cost))| (format!("batch:{id}:{line}"), (m.to_owned(), i, c, o, cost)))
+    .collect();
+    assert_eq!(batch_records(&gw.database_url).await, want);
+
+    // Read again, from a second replica on the same store, and after a restart: no more.
+    let (status, _) = call(&gw, &key, Method::GET, &path, None).await;
+    assert_eq!(status, 200);
+    let replica = Gateway::start_on(&gw.database_url, &config).await;
+    let (status, _) = call(&replica, &key, Method::GET, &path, None).await;
+    assert_eq!(status, 200);
+    replica.stop().await;
+    let database_url = gw.database_url.clone();
+    let stopped = gw.stop().await;
+    let gw = Gateway::restart(stopped, &database_url, &config).await;
+    let (status, _) = call(&gw, &key, Method::GET, &path, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(batch_records(&gw.database_url).await, want);
+
+    // The tenant's usage by model includes the batch's cost.
+    let (status, usage) = gw
+        .admin(
+            Method::GET,
+            &format!("/admin/v1/usage?tenant={tenant}&group_by=model"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{usage}");
+    let cost_of = |model: &str| {
+        usage["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["group"] == model)
+            .map(|r| r["cost_usd"].clone())
+    };
+    assert_eq!(cost_of("gpt-4o-mini"), Some(json!("0.001155")), "{usage}");
+    assert_eq!(cost_of("gpt-4.1"), Some(json!("0.001400")), "{usage}");
 }

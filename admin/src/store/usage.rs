@@ -141,6 +141,20 @@ impl Price {
 }
 
 impl Price {
+    /// The cost of one request of a batch: as [`Price::cost`], with uncached input at
+    /// `batch_input` and output at `batch_output` (cached input and cache writes keep
+    /// their own prices).
+    pub fn batch_cost(&self, usage: &Usage) -> MicroUsd {
+        Price {
+            input: self.batch_input,
+            output: self.batch_output,
+            ..self.clone()
+        }
+        .cost(usage)
+    }
+}
+
+impl Price {
     /// The cost of audio priced without tokens: `audio_ms` milliseconds at
     /// `per_audio_minute`, plus `characters` at `per_1m_characters`, summed exactly and
     /// rounded half-up once. A price without the field counts 0 for that part.
