@@ -123,7 +123,7 @@ impl fmt::Display for Period {
 }
 
 /// The raw parameters of a usage report, as a query string or the CLI gives them. An empty
-/// `tenant`, `key` or `model` counts as absent (no filter); an empty date or `group_by` is
+/// `tenant`, `key`, `model`, `user` or `tag` counts as absent (no filter); an empty date or `group_by` is
 /// refused like any other malformed one.
 #[derive(Clone, Debug, Default)]
 pub struct UsageParams {
@@ -134,8 +134,12 @@ pub struct UsageParams {
     pub from: Option<String>,
     /// First day excluded, `YYYY-MM-DD`.
     pub to: Option<String>,
-    /// `day` (default), `model` or `key`.
+    /// `day` (default), `model`, `key`, `user` or `tag`.
     pub group_by: Option<String>,
+    /// Only this end user.
+    pub user: Option<String>,
+    /// Only this tag.
+    pub tag: Option<String>,
 }
 
 fn present(value: Option<String>) -> Option<String> {
@@ -154,7 +158,7 @@ impl UsageParams {
             None => UsageGroupBy::default(),
             Some(g) => UsageGroupBy::parse(&g).ok_or_else(|| StoreError::Invalid {
                 field: "group_by",
-                message: "group_by must be one of day, model, key".to_owned(),
+                message: "group_by must be one of day, model, key, user, tag".to_owned(),
             })?,
         };
         let from = self.from.map(|d| parse_date("from", &d)).transpose()?;
@@ -178,6 +182,8 @@ impl UsageParams {
             model: present(self.model),
             from,
             to,
+            user: present(self.user),
+            tag: present(self.tag),
         };
         Ok((filter, group_by))
     }
@@ -208,6 +214,15 @@ pub struct InvoiceLine {
     pub input_tokens: u64,
     #[schema(minimum = 0)]
     pub output_tokens: u64,
+    /// The part of `input_tokens` served from the provider's prompt cache.
+    #[schema(minimum = 0)]
+    pub cached_tokens: u64,
+    /// The part of `input_tokens` written to the provider's prompt cache.
+    #[schema(minimum = 0)]
+    pub cache_write_tokens: u64,
+    /// The part of `output_tokens` the model spent reasoning.
+    #[schema(minimum = 0)]
+    pub reasoning_tokens: u64,
     /// The exact sum of the costs of this model's records in the period.
     pub cost_usd: MicroUsd,
 }
@@ -219,13 +234,16 @@ impl From<UsageRow> for InvoiceLine {
             requests: row.requests,
             input_tokens: row.input_tokens,
             output_tokens: row.output_tokens,
+            cached_tokens: row.cached_tokens,
+            cache_write_tokens: row.cache_write_tokens,
+            reasoning_tokens: row.reasoning_tokens,
             cost_usd: row.cost_usd,
         }
     }
 }
 
 /// The CSV columns of an invoice, in order.
-pub const CSV_HEADER: &str = "model,requests,input_tokens,output_tokens,cost_usd";
+pub const CSV_HEADER: &str = "model,requests,input_tokens,output_tokens,cached_tokens,cache_write_tokens,reasoning_tokens,cost_usd";
 
 impl Invoice {
     /// The invoice as CSV (RFC 4180, CRLF line ends): the header [`CSV_HEADER`], one row
@@ -236,28 +254,58 @@ impl Invoice {
     pub fn to_csv(&self) -> String {
         let mut out = String::new();
         let _ = write!(out, "{CSV_HEADER}\r\n");
-        let (mut requests, mut input, mut output) = (0_u64, 0_u64, 0_u64);
+        // The count columns, in CSV order, and their totals.
+        let counts = |l: &InvoiceLine| {
+            [
+                l.requests,
+                l.input_tokens,
+                l.output_tokens,
+                l.cached_tokens,
+                l.cache_write_tokens,
+                l.reasoning_tokens,
+            ]
+        };
+        let mut totals = [0_u64; 6];
         for line in &self.lines {
-            requests = requests.saturating_add(line.requests);
-            input = input.saturating_add(line.input_tokens);
-            output = output.saturating_add(line.output_tokens);
-            let _ = write!(
-                out,
-                "{},{},{},{},{}\r\n",
-                csv_cell(&line.model),
-                line.requests,
-                line.input_tokens,
-                line.output_tokens,
-                line.cost_usd
-            );
+            let _ = write!(out, "{}", csv_cell(&line.model));
+            for (total, n) in totals.iter_mut().zip(counts(line)) {
+                *total = total.saturating_add(n);
+                let _ = write!(out, ",{n}");
+            }
+            let _ = write!(out, ",{}\r\n", line.cost_usd);
         }
-        let _ = write!(
-            out,
-            "total,{requests},{input},{output},{}\r\n",
-            self.total_usd
-        );
+        let _ = write!(out, "total");
+        for n in totals {
+            let _ = write!(out, ",{n}");
+        }
+        let _ = write!(out, ",{}\r\n", self.total_usd);
         out
     }
+}
+
+/// The CSV columns of a usage report, in order.
+pub const USAGE_CSV_HEADER: &str = "group,requests,input_tokens,output_tokens,cached_tokens,cache_write_tokens,reasoning_tokens,cost_usd";
+
+/// Usage rows as CSV (RFC 4180, CRLF line ends): [`USAGE_CSV_HEADER`], then one line per
+/// row, amounts as in JSON, cells defused as in [`Invoice::to_csv`].
+pub fn usage_csv(rows: &[UsageRow]) -> String {
+    let mut out = String::new();
+    let _ = write!(out, "{USAGE_CSV_HEADER}\r\n");
+    for r in rows {
+        let _ = write!(
+            out,
+            "{},{},{},{},{},{},{},{}\r\n",
+            csv_cell(&r.group),
+            r.requests,
+            r.input_tokens,
+            r.output_tokens,
+            r.cached_tokens,
+            r.cache_write_tokens,
+            r.reasoning_tokens,
+            r.cost_usd
+        );
+    }
+    out
 }
 
 /// One CSV cell: quoted when it holds a comma, quote or line break (quotes doubled), and
@@ -427,6 +475,9 @@ mod tests {
                     requests: 2,
                     input_tokens: 10,
                     output_tokens: 5,
+                    cached_tokens: 4,
+                    cache_write_tokens: 3,
+                    reasoning_tokens: 2,
                     cost_usd: micros(450),
                 },
                 InvoiceLine {
@@ -434,6 +485,9 @@ mod tests {
                     requests: 1,
                     input_tokens: 1,
                     output_tokens: 0,
+                    cached_tokens: 0,
+                    cache_write_tokens: 1,
+                    reasoning_tokens: 0,
                     cost_usd: micros(1_000_001),
                 },
             ],
@@ -441,10 +495,10 @@ mod tests {
         };
         assert_eq!(
             invoice.to_csv(),
-            "model,requests,input_tokens,output_tokens,cost_usd\r\n\
-             \"a,b\",2,10,5,0.000450\r\n\
-             \"'=cmd\"\"x\",1,1,0,1.000001\r\n\
-             total,3,11,5,1.000451\r\n"
+            "model,requests,input_tokens,output_tokens,cached_tokens,cache_write_tokens,reasoning_tokens,cost_usd\r\n\
+             \"a,b\",2,10,5,4,3,2,0.000450\r\n\
+             \"'=cmd\"\"x\",1,1,0,0,1,0,1.000001\r\n\
+             total,3,11,5,4,4,2,1.000451\r\n"
         );
     }
 }

@@ -111,6 +111,10 @@ pub enum PlansCommand {
 
 /// `tollgate prices ...`
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only obscure the clap definitions"
+)]
 pub enum PricesCommand {
     /// Set a model's price, in USD per 1M tokens.
     Set {
@@ -125,6 +129,21 @@ pub enum PricesCommand {
         /// USD per generated image.
         #[arg(long)]
         image: Option<String>,
+        /// Prompt-cache writes, 5-minute TTL. Default: 1.25 × the input price.
+        #[arg(long)]
+        cache_write: Option<String>,
+        /// Prompt-cache writes, 1-hour TTL. Default: 2 × the input price.
+        #[arg(long)]
+        cache_write_1h: Option<String>,
+        /// Batch input tokens. Default: the input price.
+        #[arg(long)]
+        batch_input: Option<String>,
+        /// Batch output tokens. Default: the output price.
+        #[arg(long)]
+        batch_output: Option<String>,
+        /// Tokens trained by fine-tuning jobs. Default: not priced.
+        #[arg(long)]
+        training: Option<String>,
     },
     /// List prices.
     List(PageArgs),
@@ -148,9 +167,19 @@ pub struct UsageArgs {
     /// First UTC day not included (exclusive end), YYYY-MM-DD.
     #[arg(long)]
     pub to: Option<String>,
-    /// One row per day, model or key.
-    #[arg(long, default_value = "day", value_parser = ["day", "model", "key"])]
+    /// One row per day, model, key, end user or tag.
+    #[arg(long, default_value = "day", value_parser = ["day", "model", "key", "user", "tag"])]
     pub group_by: String,
+    /// Only this end user (the request's `user`, else its x-tollgate-user header).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only requests carrying this tag (x-tollgate-tags).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Print CSV: group,requests,input_tokens,output_tokens,cached_tokens,
+    /// cache_write_tokens,reasoning_tokens,cost_usd.
+    #[arg(long)]
+    pub csv: bool,
 }
 
 /// `tollgate invoices`: a tenant's invoice for a month (as `GET /admin/v1/invoices`).
@@ -162,7 +191,8 @@ pub struct InvoicesArgs {
     /// The calendar month billed (UTC), YYYY-MM.
     #[arg(long)]
     pub period: String,
-    /// Print CSV: model,requests,input_tokens,output_tokens,cost_usd, then a `total` row.
+    /// Print CSV: model,requests,input_tokens,output_tokens,cached_tokens,
+    /// cache_write_tokens,reasoning_tokens,cost_usd, then a `total` row.
     #[arg(long)]
     pub csv: bool,
 }
@@ -404,15 +434,25 @@ async fn prices(
             output,
             cached_input,
             image,
+            cache_write,
+            cache_write_1h,
+            batch_input,
+            batch_output,
+            training,
         } => {
+            let optional = |field: &'static str, v: Option<String>| {
+                v.as_deref().map(|v| amount(field, v)).transpose()
+            };
             let new = NewPrice {
                 input: amount("input", &input)?,
                 output: amount("output", &output)?,
-                cached_input: cached_input
-                    .as_deref()
-                    .map(|v| amount("cached_input", v))
-                    .transpose()?,
-                image: image.as_deref().map(|v| amount("image", v)).transpose()?,
+                cached_input: optional("cached_input", cached_input)?,
+                image: optional("image", image)?,
+                cache_write: optional("cache_write", cache_write)?,
+                cache_write_1h: optional("cache_write_1h", cache_write_1h)?,
+                batch_input: optional("batch_input", batch_input)?,
+                batch_output: optional("batch_output", batch_output)?,
+                training: optional("training", training)?,
                 // Audio prices are set through the admin API (`PUT /admin/v1/prices`).
                 per_audio_minute: None,
                 per_1m_characters: None,
@@ -436,16 +476,30 @@ async fn usage(store: &Store, args: UsageArgs, p: &mut Printer<'_>) -> Result<()
         from: args.from,
         to: args.to,
         group_by: Some(args.group_by),
+        user: args.user,
+        tag: args.tag,
     };
+    if args.csv && p.json {
+        return Err(CliError::Invalid {
+            field: "csv",
+            message: "--csv and --json exclude each other".to_owned(),
+        });
+    }
     let (filter, group_by) = params.into_filter()?;
     if let Some(tenant) = &filter.tenant {
         existing_tenant(store, tenant).await?;
     }
     let rows = store.usage_summary(&filter, group_by).await?;
+    if args.csv {
+        p.out.write_all(billing::usage_csv(&rows).as_bytes())?;
+        return Ok(());
+    }
     let group = match group_by {
         UsageGroupBy::Day => "day",
         UsageGroupBy::Model => "model",
         UsageGroupBy::Key => "key",
+        UsageGroupBy::User => "user",
+        UsageGroupBy::Tag => "tag",
     };
     p.rows(
         &rows,
@@ -455,6 +509,8 @@ async fn usage(store: &Store, args: UsageArgs, p: &mut Printer<'_>) -> Result<()
             "input_tokens",
             "output_tokens",
             "cached_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
             "cost_usd",
         ],
         |r| {
@@ -464,6 +520,8 @@ async fn usage(store: &Store, args: UsageArgs, p: &mut Printer<'_>) -> Result<()
                 r.input_tokens.to_string(),
                 r.output_tokens.to_string(),
                 r.cached_tokens.to_string(),
+                r.cache_write_tokens.to_string(),
+                r.reasoning_tokens.to_string(),
                 r.cost_usd.to_string(),
             ]
         },
@@ -501,6 +559,9 @@ async fn invoices(store: &Store, args: InvoicesArgs, p: &mut Printer<'_>) -> Res
         requests: sum(|l| l.requests),
         input_tokens: sum(|l| l.input_tokens),
         output_tokens: sum(|l| l.output_tokens),
+        cached_tokens: sum(|l| l.cached_tokens),
+        cache_write_tokens: sum(|l| l.cache_write_tokens),
+        reasoning_tokens: sum(|l| l.reasoning_tokens),
         cost_usd: invoice.total_usd,
     });
     p.rows(
@@ -510,6 +571,9 @@ async fn invoices(store: &Store, args: InvoicesArgs, p: &mut Printer<'_>) -> Res
             "requests",
             "input_tokens",
             "output_tokens",
+            "cached_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
             "cost_usd",
         ],
         |l| {
@@ -518,6 +582,9 @@ async fn invoices(store: &Store, args: InvoicesArgs, p: &mut Printer<'_>) -> Res
                 l.requests.to_string(),
                 l.input_tokens.to_string(),
                 l.output_tokens.to_string(),
+                l.cached_tokens.to_string(),
+                l.cache_write_tokens.to_string(),
+                l.reasoning_tokens.to_string(),
                 l.cost_usd.to_string(),
             ]
         },
@@ -689,16 +756,32 @@ impl Printer<'_> {
     fn prices(&mut self, items: &[crate::store::Price]) -> Result<(), CliError> {
         self.rows(
             items,
-            &["model", "input", "output", "cached_input", "image"],
+            &[
+                "model",
+                "input",
+                "output",
+                "cached_input",
+                "cache_write",
+                "cache_write_1h",
+                "batch_input",
+                "batch_output",
+                "training",
+                "image",
+            ],
             |x| {
+                let or_dash =
+                    |v: Option<MicroUsd>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
                 vec![
                     x.model.clone(),
                     x.input.to_string(),
                     x.output.to_string(),
                     x.cached_input.to_string(),
-                    x.image
-                        .map(|v| v.to_string())
-                        .unwrap_or_else(|| "-".to_owned()),
+                    x.cache_write.to_string(),
+                    x.cache_write_1h.to_string(),
+                    x.batch_input.to_string(),
+                    x.batch_output.to_string(),
+                    or_dash(x.training),
+                    or_dash(x.image),
                 ]
             },
         )

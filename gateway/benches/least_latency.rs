@@ -84,6 +84,7 @@ fn call() -> Call {
         ask_usage: false,
         upload: None,
         by_pattern: false,
+        attribution: Default::default(),
     }
 }
 

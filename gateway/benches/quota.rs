@@ -89,6 +89,7 @@ fn main() {
             ask_usage: false,
             upload: None,
             by_pattern: false,
+            attribution: Default::default(),
         };
         let inner = tower::service_fn(|_call: Call| async {
             Ok::<_, Infallible>(Reply::json(http::StatusCode::OK, "{}".into(), None))

@@ -88,6 +88,7 @@ fn call(model: &str) -> Call {
         ask_usage: false,
         upload: None,
         by_pattern: false,
+        attribution: Default::default(),
     }
 }
 

@@ -39,6 +39,7 @@ fn record(i: usize) -> UsageRecord {
         latency_ms: 812,
         ttft_ms: Some(190),
         created_at_ms: 1_764_000_000_000 + i as i64,
+        ..UsageRecord::default()
     }
 }
 

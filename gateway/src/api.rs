@@ -20,7 +20,9 @@ use tower_http::request_id::RequestId;
 use crate::base::headers;
 use crate::dialect;
 use crate::error::{self, ApiError};
-use crate::exchange::{Answer, Call, Directives, Endpoint, Outcome, Principal, RateLine, Reply};
+use crate::exchange::{
+    Answer, Attribution, Call, Directives, Endpoint, Outcome, Principal, RateLine, Reply,
+};
 use crate::openai;
 use crate::router::Models;
 use crate::service::Calls;
@@ -171,8 +173,19 @@ macro_rules! endpoint_handler {
             let request_id = ledger_id(made.as_deref(), client.as_deref());
             let shown = shown_id(made.as_deref());
             let directives = Directives::from_headers(&headers);
+            let attribution = match attribution(&headers) {
+                Ok(a) => a,
+                Err(e) => return e.into_response(),
+            };
             handle(
-                $endpoint, state, principal, request_id, shown, directives, body,
+                $endpoint,
+                state,
+                principal,
+                request_id,
+                shown,
+                directives,
+                attribution,
+                body,
             )
             .await
         }
@@ -205,7 +218,16 @@ macro_rules! anthropic_handler {
             let call = read_body(body)
                 .and_then(|bytes| dialect::anthropic::parse($endpoint, bytes, beta))
                 .and_then(|parsed| {
-                    call_for($endpoint, &state, principal, request_id, directives, parsed)
+                    let attribution = attribution(&headers)?;
+                    call_for(
+                        $endpoint,
+                        &state,
+                        principal,
+                        request_id,
+                        directives,
+                        attribution,
+                        parsed,
+                    )
                 });
             match call {
                 Ok(call) => serve(state, call, &shown).await,
@@ -233,7 +255,18 @@ async fn responses(
     let endpoint = dialect::responses::ENDPOINT;
     let call = read_body(body)
         .and_then(dialect::responses::parse)
-        .and_then(|parsed| call_for(endpoint, &state, principal, request_id, directives, parsed));
+        .and_then(|parsed| {
+            let attribution = attribution(&headers)?;
+            call_for(
+                endpoint,
+                &state,
+                principal,
+                request_id,
+                directives,
+                attribution,
+                parsed,
+            )
+        });
     match call {
         Ok(call) => serve(state, call, &shown).await,
         Err(e) => e.into_response(),
@@ -262,6 +295,10 @@ async fn response_object(
     let Ok(payload) = crate::exchange::Payload::parse(Bytes::from_static(b"{}")) else {
         return ApiError::internal().into_response();
     };
+    let attribution = match attribution(&parts.headers) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
     let call = Call {
         request_id: Arc::from(request_id),
         principal,
@@ -271,6 +308,7 @@ async fn response_object(
         params: crate::exchange::Params::default(),
         payload: Arc::new(payload),
         directives: Directives::from_headers(&parts.headers),
+        attribution: Arc::new(attribution),
         ask_usage: false,
         upload: Some(Arc::new(crate::exchange::Upload::new(
             parts.method.clone(),
@@ -340,6 +378,7 @@ fn prepare_upload(
         params: parsed.params,
         payload: Arc::new(parsed.payload),
         directives: Directives::from_headers(headers),
+        attribution: Arc::new(attribution(headers)?),
         ask_usage: false,
         upload: Some(Arc::new(crate::exchange::Upload::form(
             endpoint.path(),
@@ -360,6 +399,10 @@ fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site, the handlers' macro"
+)]
 async fn handle(
     endpoint: Endpoint,
     state: AppState,
@@ -367,9 +410,18 @@ async fn handle(
     request_id: String,
     shown_id: String,
     directives: Directives,
+    attribution: Attribution,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let call = match prepare(endpoint, &state, principal, request_id, directives, body) {
+    let call = match prepare(
+        endpoint,
+        &state,
+        principal,
+        request_id,
+        directives,
+        attribution,
+        body,
+    ) {
         Ok(call) => call,
         Err(e) => return e.into_response(),
     };
@@ -404,11 +456,20 @@ fn prepare(
     principal: Arc<Principal>,
     request_id: String,
     directives: Directives,
+    attribution: Attribution,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Call, ApiError> {
     let bytes = read_body(body)?;
     let parsed = openai::parse(endpoint, bytes)?;
-    call_for(endpoint, state, principal, request_id, directives, parsed)
+    call_for(
+        endpoint,
+        state,
+        principal,
+        request_id,
+        directives,
+        attribution,
+        parsed,
+    )
 }
 
 /// The call for a checked body: its model resolved (404) and allowed for the key (403).
@@ -418,6 +479,7 @@ fn call_for(
     principal: Arc<Principal>,
     request_id: String,
     directives: Directives,
+    attribution: Attribution,
     parsed: openai::Parsed,
 ) -> Result<Call, ApiError> {
     let resolved = state
@@ -436,9 +498,17 @@ fn call_for(
         params: parsed.params,
         payload: Arc::new(parsed.payload),
         directives,
+        attribution: Arc::new(attribution),
         ask_usage: false,
         upload: None,
     })
+}
+
+/// The call's end user and tags from `x-tollgate-user` and `x-tollgate-tags`; a bad value
+/// is a 400 naming the header.
+pub fn attribution(headers: &http::HeaderMap) -> Result<Attribution, ApiError> {
+    Attribution::from_headers(headers)
+        .map_err(|(header, message)| error::bad_header(header, message))
 }
 
 /// The client's response for a reply: its status and body, and every header the gateway

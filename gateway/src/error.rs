@@ -45,6 +45,11 @@ pub fn body_too_large() -> ApiError {
     .with_code("request_too_large")
 }
 
+/// 400 for a request header with a value the gateway does not accept; `param` names it.
+pub fn bad_header(header: &str, message: String) -> ApiError {
+    ApiError::invalid_request(message, Some(header)).with_code("invalid_header")
+}
+
 /// 404 for a path the data plane does not serve.
 pub fn unknown_url() -> ApiError {
     ApiError::not_found("Unknown request URL. See the API reference for valid endpoints.")

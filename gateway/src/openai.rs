@@ -302,6 +302,7 @@ pub fn test_call(endpoint: Endpoint, body: Value) -> Call {
         ask_usage: false,
         upload: None,
         by_pattern: false,
+        attribution: Default::default(),
     }
 }
 

@@ -16,8 +16,9 @@
 //!   same quota and meter as chat (rpm, concurrency and budgets apply: a tenant at its
 //!   budget cannot create batch work), ending at this module's upstream exchange instead
 //!   of the router. One usage record per forwarded request (model `passthrough`, endpoint
-//!   `files`, `fine_tuning` or `batches`, no tokens, cost 0: the upstream bills the work
-//!   itself). When the meter's spool is full the request is refused with 503.
+//!   `files`, `fine_tuning` or `batches`, no tokens, cost 0). When the meter's spool is
+//!   full the request is refused with 503. A batch a read finds `completed` is charged
+//!   line by line from its output file ([`charge_batch`]).
 //! - **Where requests go.** Only to the configured base URL, with the configured key; the
 //!   client's key and headers are never forwarded. Upload bodies (multipart) stream through
 //!   as they arrive, bounded by `max_body_mb`; downloads stream back.
@@ -38,15 +39,17 @@ use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, header};
 use serde::Deserialize;
 use serde_json::Value;
-use tollgate_admin::store::Store;
+use tollgate_admin::store::{Store, UsageRecord};
 use tower_http::request_id::RequestId;
 
 use crate::api::ClientRequestId;
 use crate::base::ConfigError;
 use crate::error::{self, ApiError, UpstreamError};
+use crate::exchange::view::UsageView;
 use crate::exchange::{
     Answer, Call, Directives, Endpoint, Outcome, Params, Payload, Principal, Reply, Upload,
 };
+use crate::prices::Prices;
 use crate::providers::config::{DeploymentConfig, ProviderKind, validate_deployment};
 use crate::providers::openai::OpenAi;
 use crate::providers::{ProviderSet, relay};
@@ -89,6 +92,8 @@ struct Inner {
     name: String,
     header: HeaderValue,
     store: Store,
+    /// Prices for the work of completed batches ([`charge_batch`]); set by the stack.
+    prices: std::sync::OnceLock<Arc<Prices>>,
 }
 
 /// The kind of object an endpoint family manages, as stored.
@@ -203,8 +208,15 @@ impl Passthrough {
                 name,
                 header,
                 store,
+                prices: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// The meter's price cache, for charging completed batches (without it, batches are
+    /// not charged).
+    pub fn set_prices(&self, prices: Arc<Prices>) {
+        let _ = self.inner.prices.set(prices);
     }
 }
 
@@ -271,6 +283,7 @@ struct Ctx {
     path_and_query: String,
     content_type: Option<HeaderValue>,
     content_length: Option<HeaderValue>,
+    attribution: Arc<crate::exchange::Attribution>,
 }
 
 async fn files(State(s): State<Routes>, ctx: Ctx, body: Body) -> Response {
@@ -314,6 +327,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Ctx {
                 .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()),
             content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
             content_length: parts.headers.get(header::CONTENT_LENGTH).cloned(),
+            attribution: Arc::new(crate::api::attribution(&parts.headers)?),
         })
     }
 }
@@ -336,6 +350,7 @@ async fn serve(s: Routes, ctx: Ctx, kind: Kind, body: Body) -> Response {
         ask_usage: false,
         upload: Some(Arc::new(upload)),
         by_pattern: false,
+        attribution: ctx.attribution,
     };
     let outcome = Outcome {
         principal: Some(ctx.principal),
@@ -502,11 +517,130 @@ async fn exchange(s: &Passthrough, call: &Call) -> Result<Reply, ApiError> {
             record_result_files(store, tenant, &json).await;
         }
         Op::List => filter_list(store, tenant, kind, &mut json).await?,
-        Op::Object(_) => record_result_files(store, tenant, &json).await,
+        Op::Object(id) => {
+            record_result_files(store, tenant, &json).await;
+            if kind == Kind::Batch
+                && json.get("status").and_then(Value::as_str) == Some("completed")
+                && let Some(output) = json.get("output_file_id").and_then(Value::as_str)
+            {
+                charge_batch(s, call, id, output).await;
+            }
+        }
     }
     let mut reply = Reply::json(status, Bytes::from(json.to_string()), None);
     reply.facts.relayed = true;
     Ok(reply)
+}
+
+/// Most bytes of a batch's output file read to charge it.
+const MAX_BATCH_OUTPUT_BYTES: usize = 256 * 1024 * 1024;
+
+/// Charges a completed batch: one usage record per line of its output file, from the
+/// line's `usage` at the model's `batch_input` / `batch_output` prices, for the tenant
+/// that owns the batch and the key that read it. Each record's id is
+/// `batch:<batch id>:<custom_id>`, so the ledger counts a line once however often the
+/// batch is read, by however many replicas, across restarts. Best effort: a failure is
+/// logged and the next read of the batch tries again.
+async fn charge_batch(s: &Passthrough, call: &Call, batch: &str, output: &str) {
+    let Some(prices) = s.inner.prices.get() else {
+        return;
+    };
+    let deadlines = s.inner.upstream.timeouts().start();
+    let builder = s
+        .inner
+        .upstream
+        .request(Method::GET, &format!("/files/{output}/content"));
+    let content = match relay::send(builder, deadlines.headers).await {
+        Ok(r) if r.status().is_success() => {
+            relay::read_all(r, deadlines.body, MAX_BATCH_OUTPUT_BYTES).await
+        }
+        Ok(r) => {
+            tracing::warn!(batch, status = %r.status(), "batch output file not readable; not charged yet");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(batch, error = %e, "batch output file not readable; not charged yet");
+            return;
+        }
+    };
+    let content = match content {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(batch, error = %e, "batch output file not read whole; not charged yet");
+            return;
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut records = Vec::new();
+    for (n, line) in content.split(|b| *b == b'\n').enumerate() {
+        let Ok(line) = serde_json::from_slice::<BatchLine>(line) else {
+            continue;
+        };
+        let Some(response) = line
+            .response
+            .filter(|r| (200..300).contains(&r.status_code))
+        else {
+            continue;
+        };
+        let Some(usage) = response.body.usage.as_ref().map(UsageView::to_usage) else {
+            continue;
+        };
+        let model = response.body.model.unwrap_or_default();
+        let cost = match prices.get(&model).await {
+            Some(price) => price.batch_cost(&usage),
+            None => tollgate_admin::store::MicroUsd::ZERO,
+        };
+        let line_id = line.custom_id.unwrap_or_else(|| format!("line-{n}"));
+        records.push(UsageRecord {
+            request_id: format!("batch:{batch}:{line_id}"),
+            tenant_id: call.principal.tenant_id.clone(),
+            key_id: call.principal.key_id.clone(),
+            model,
+            deployment: s.inner.name.clone(),
+            endpoint: Endpoint::Batches.label().to_owned(),
+            status: response.status_code,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cached_tokens: usage.cached_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
+            cost_micro_usd: cost.micros(),
+            usage_reported: true,
+            created_at_ms: now,
+            ..UsageRecord::default()
+        });
+    }
+    match s.inner.store.insert_usage(&records).await {
+        Ok(new) if new > 0 => tracing::info!(batch, lines = new, "batch charged"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(batch, error = %e, "batch not charged yet (store)"),
+    }
+}
+
+/// One line of a batch's output file; only what charging reads.
+#[derive(Deserialize)]
+struct BatchLine {
+    #[serde(default)]
+    custom_id: Option<String>,
+    #[serde(default)]
+    response: Option<BatchResponse>,
+}
+
+#[derive(Deserialize)]
+struct BatchResponse {
+    status_code: u16,
+    #[serde(default)]
+    body: BatchBody,
+}
+
+#[derive(Deserialize, Default)]
+struct BatchBody {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<UsageView>,
 }
 
 /// Keeps only the tenant's objects in a list answer's `data`.

@@ -135,6 +135,7 @@ mod tests {
             image: None,
             per_audio_minute: None,
             per_1m_characters: None,
+            ..NewPrice::default()
         };
         store.put_price("a", new("0.15")).await.unwrap();
         let prices = Prices::new(store.clone());

@@ -174,6 +174,7 @@ async fn harness(fake: Arc<Fake>, limits: PlanLimits) -> Harness {
                 image: None,
                 per_audio_minute: None,
                 per_1m_characters: None,
+                ..NewPrice::default()
             },
         )
         .await

@@ -19,6 +19,7 @@ mod forwarding;
 mod hostile;
 mod limits;
 mod meter;
+mod money;
 mod observe;
 mod operators;
 mod overload;

@@ -87,7 +87,11 @@ fn ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
-on_both_stores!(objects_are_scoped_per_tenant_and_metered);
+on_both_stores!(
+    objects_are_scoped_per_tenant_and_metered,
+    creating_batches_and_jobs_goes_through_the_quota,
+    a_completed_batch_is_charged_once_per_line,
+);
 
 async fn objects_are_scoped_per_tenant_and_metered(backend: Backend) {
     let upstream = MockUpstream::start().await;
@@ -340,4 +344,258 @@ async fn uploads_over_max_body_mb_are_refused_and_unconfigured_passthrough_is_40
             .contains("passthrough"),
         "{body}"
     );
+}
+
+/// Creating a batch or a fine-tuning job is a call like any other for the limits: rpm
+/// counts it, and a spent monthly budget refuses it (429 `insufficient_quota`).
+async fn creating_batches_and_jobs_goes_through_the_quota(backend: Backend) {
+    let upstream = MockUpstream::start().await;
+    let base = upstream.base_url();
+    let config = format!(
+        "{}models:
+  - name: gpt-4o-mini
+    deployments: [ {{ provider: openai, base_url: '{base}', api_key: sk-upstream-secret }} ]
+",
+        config(&base)
+    );
+    let Some(gw) = Gateway::start(backend, &config).await else {
+        return;
+    };
+    let (status, price) = gw
+        .admin(
+            Method::PUT,
+            "/admin/v1/prices/gpt-4o-mini",
+            Some(json!({"input": "0.15", "output": "0.60"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{price}");
+    let tenant = gw.create_tenant("quota").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = |body: Value| {
+        let gw = &gw;
+        let tenant = tenant.clone();
+        async move {
+            gw.create_key(&tenant, body).await["key"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let file: Value = upload(&gw, &key(json!({"name": "uploader"})).await, b"{}\n")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let file = file["id"].as_str().unwrap().to_owned();
+    let batch = json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                       "completion_window": "24h"});
+    let job = json!({"model": "gpt-4o-mini", "training_file": file});
+
+    // rpm: two creations pass, the third is refused.
+    let limited = key(json!({"name": "rpm", "rpm": 2})).await;
+    for body in [&batch, &job] {
+        let path = if body.get("training_file").is_some() {
+            "/v1/fine_tuning/jobs"
+        } else {
+            "/v1/batches"
+        };
+        let (status, answer) = call(&gw, &limited, Method::POST, path, Some(body.clone())).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, answer) = call(
+        &gw,
+        &limited,
+        Method::POST,
+        "/v1/batches",
+        Some(batch.clone()),
+    )
+    .await;
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(answer["error"]["code"], "rate_limit_exceeded", "{answer}");
+
+    // Budget: one chat spends it (1000 in × 0.15 + 10 out × 0.60 = 156 µUSD against 100),
+    // then neither a batch nor a job may be created.
+    let spender = key(json!({"name": "budget", "monthly_budget_usd": "0.0001"})).await;
+    let chat = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&spender)
+        .json(
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                      "max_tokens": 10, "mock": {"prompt_tokens": 1000, "chunks": 10}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200);
+    chat.text().await.unwrap();
+    for (path, body) in [("/v1/batches", &batch), ("/v1/fine_tuning/jobs", &job)] {
+        let (status, answer) = call(&gw, &spender, Method::POST, path, Some(body.clone())).await;
+        assert_eq!(status, 429, "{path}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "insufficient_quota",
+            "{path}: {answer}"
+        );
+    }
+}
+
+/// The batch lines recorded in the ledger: request id → (model, input, cached, output, cost).
+async fn batch_records(
+    database_url: &str,
+) -> std::collections::BTreeMap<String, (String, i64, i64, i64, i64)> {
+    use sqlx::Row;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(database_url)
+        .await
+        .unwrap();
+    let rows = sqlx::query(
+        "SELECT request_id, model, input_tokens, cached_tokens, output_tokens, cost_micro_usd \
+         FROM usage_records WHERE request_id LIKE 'batch:%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    rows.iter()
+        .map(|r| {
+            (
+                r.get("request_id"),
+                (
+                    r.get("model"),
+                    r.get("input_tokens"),
+                    r.get("cached_tokens"),
+                    r.get("output_tokens"),
+                    r.get("cost_micro_usd"),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A batch is charged when a read finds it completed: one record per output line at the
+/// batch prices, once per (batch, line) however often it is read, after a restart and from
+/// a second replica.
+async fn a_completed_batch_is_charged_once_per_line(backend: Backend) {
+    let upstream = MockUpstream::start().await;
+    let config = config(&upstream.base_url());
+    let Some(gw) = Gateway::start(backend, &config).await else {
+        return;
+    };
+    for (model, price) in [
+        (
+            "gpt-4o-mini",
+            json!({"input": "0.15", "output": "0.60", "cached_input": "0.075",
+                   "batch_input": "0.075", "batch_output": "0.30"}),
+        ),
+        // Batch prices left to the rule: input and output.
+        ("gpt-4.1", json!({"input": "2", "output": "8"})),
+    ] {
+        let (status, answer) = gw
+            .admin(
+                Method::PUT,
+                &format!("/admin/v1/prices/{model}"),
+                Some(price),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (tenant, key) = tenant(&gw, "batcher").await;
+    let line = |id: &str, model: &str, mock: Value| {
+        json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions",
+               "body": {"model": model, "messages": [{"role": "user", "content": "hi"}], "mock": mock}})
+        .to_string()
+    };
+    let input = [
+        line(
+            "a",
+            "gpt-4o-mini",
+            json!({"prompt_tokens": 1000, "cached_tokens": 200, "completion_tokens": 100}),
+        ),
+        line(
+            "b",
+            "gpt-4o-mini",
+            json!({"prompt_tokens": 10000, "completion_tokens": 1000}),
+        ),
+        line(
+            "c",
+            "gpt-4.1",
+            json!({"prompt_tokens": 500, "completion_tokens": 50}),
+        ),
+    ]
+    .join("\n");
+    let file: Value = upload(&gw, &key, input.as_bytes())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (status, batch) = call(
+        &gw,
+        &key,
+        Method::POST,
+        "/v1/batches",
+        Some(
+            json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h", "metadata": {"mock": "complete"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{batch}");
+    let id = batch["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/batches/{id}");
+    let (status, read) = call(&gw, &key, Method::GET, &path, None).await;
+    assert_eq!(
+        (status, &read["status"]),
+        (200, &json!("completed")),
+        "{read}"
+    );
+
+    // 800 × 0.075 + 200 × 0.075 (cached) + 100 × 0.30; 10000 × 0.075 + 1000 × 0.30;
+    // 500 × 2 + 50 × 8 (per 1M tokens).
+    let want: std::collections::BTreeMap<String, (String, i64, i64, i64, i64)> = [
+        ("a", ("gpt-4o-mini", 1000, 200, 100, 60 + 15 + 30)),
+        ("b", ("gpt-4o-mini", 10000, 0, 1000, 750 + 300)),
+        ("c", ("gpt-4.1", 500, 0, 50, 1000 + 400)),
+    ]
+    .into_iter()
+    .map(|(line, (m, i, c, o, cost))| (format!("batch:{id}:{line}"), (m.to_owned(), i, c, o, cost)))
+    .collect();
+    assert_eq!(batch_records(&gw.database_url).await, want);
+
+    // Read again, from a second replica on the same store, and after a restart: no more.
+    let (status, _) = call(&gw, &key, Method::GET, &path, None).await;
+    assert_eq!(status, 200);
+    let replica = Gateway::start_on(&gw.database_url, &config).await;
+    let (status, _) = call(&replica, &key, Method::GET, &path, None).await;
+    assert_eq!(status, 200);
+    replica.stop().await;
+    let database_url = gw.database_url.clone();
+    let stopped = gw.stop().await;
+    let gw = Gateway::restart(stopped, &database_url, &config).await;
+    let (status, _) = call(&gw, &key, Method::GET, &path, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(batch_records(&gw.database_url).await, want);
+
+    // The tenant's usage by model includes the batch's cost.
+    let (status, usage) = gw
+        .admin(
+            Method::GET,
+            &format!("/admin/v1/usage?tenant={tenant}&group_by=model"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{usage}");
+    let cost_of = |model: &str| {
+        usage["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["group"] == model)
+            .map(|r| r["cost_usd"].clone())
+    };
+    assert_eq!(cost_of("gpt-4o-mini"), Some(json!("0.001155")), "{usage}");
+    assert_eq!(cost_of("gpt-4.1"), Some(json!("0.001400")), "{usage}");
 }

@@ -192,7 +192,8 @@ async fn anthropic_chat_is_translated_both_ways(backend: Backend) {
     assert_eq!(
         body["usage"],
         json!({"prompt_tokens": 15, "completion_tokens": 2, "total_tokens": 17,
-               "prompt_tokens_details": {"cached_tokens": 3}})
+               "prompt_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 2,
+                                         "cache_write_1h_tokens": 0}})
     );
     let sent = upstream.requests().pop().unwrap();
     assert_eq!(sent.body["max_tokens"], 2);

@@ -345,8 +345,14 @@ struct Knobs {
     /// Anthropic: `usage.cache_read_input_tokens` (and `prompt_tokens` is `input_tokens`,
     /// which excludes cached tokens there).
     cached_tokens: Option<u64>,
-    /// Anthropic only: `usage.cache_creation_input_tokens`.
+    /// Anthropic only: `usage.cache_creation_input_tokens` (Bedrock: `cacheWriteInputTokens`).
     cache_creation_tokens: Option<u64>,
+    /// Anthropic only: the 1-hour part of `cache_creation_tokens`. When set, the usage also
+    /// carries `cache_creation: {ephemeral_5m_input_tokens, ephemeral_1h_input_tokens}`.
+    cache_creation_1h_tokens: Option<u64>,
+    /// Chat: reported as `usage.completion_tokens_details.reasoning_tokens` (part of
+    /// `completion_tokens`, which grows by this much).
+    reasoning_tokens: Option<u64>,
     /// Anthropic only: answer with these tool calls (`tool_use` blocks, stop reason
     /// `tool_use`); text comes first only when `content` is set too.
     tool_calls: Option<Vec<anthropic::ToolCallKnob>>,
@@ -1085,6 +1091,18 @@ impl<'a> Completion<'a> {
 }
 
 fn usage(prompt: u64, completion: u64, cached: Option<u64>, details: bool) -> Value {
+    usage_with_reasoning(prompt, completion, cached, details, 0)
+}
+
+/// [`usage`] with `reasoning` more completion tokens, reported as reasoning.
+fn usage_with_reasoning(
+    prompt: u64,
+    completion: u64,
+    cached: Option<u64>,
+    details: bool,
+    reasoning: u64,
+) -> Value {
+    let completion = completion + reasoning;
     let mut u = json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -1096,7 +1114,7 @@ fn usage(prompt: u64, completion: u64, cached: Option<u64>, details: bool) -> Va
     }
     if details {
         u["completion_tokens_details"] = json!({
-            "reasoning_tokens": 0,
+            "reasoning_tokens": reasoning,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -1169,11 +1187,12 @@ fn chat(
     let prompt_tokens = knobs
         .prompt_tokens
         .unwrap_or_else(|| chat_prompt_tokens(messages));
-    let usage = usage(
+    let usage = usage_with_reasoning(
         prompt_tokens,
         completion.pieces.len() as u64 * n,
         knobs.cached_tokens,
         true,
+        knobs.reasoning_tokens.unwrap_or(0),
     );
     let id = shared.next_id("chatcmpl-");
     let created = unix_now();

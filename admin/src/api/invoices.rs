@@ -36,7 +36,8 @@ fn required(param: &'static str, value: Option<String>) -> Result<String, ApiErr
 ///
 /// The calendar month is UTC. One line per model with its requests, tokens and exact cost,
 /// and the total, the exact sum of the lines. With `format=csv`:
-/// `text/csv` with the header `model,requests,input_tokens,output_tokens,cost_usd`, one
+/// `text/csv` with the header
+/// `model,requests,input_tokens,output_tokens,cached_tokens,cache_write_tokens,reasoning_tokens,cost_usd`, one
 /// row per line, and a last row whose first cell is `total` (the column sums; its
 /// `cost_usd` is `total_usd`).
 #[utoipa::path(
@@ -52,7 +53,7 @@ fn required(param: &'static str, value: Option<String>) -> Result<String, ApiErr
     responses(
         (status = 200, description = "The invoice.", content(
             (Invoice = "application/json"),
-            (String = "text/csv", example = json!("model,requests,input_tokens,output_tokens,cost_usd\r\ngpt-4o-mini,3,3000,1500,0.001350\r\ntotal,3,3000,1500,0.001350\r\n")),
+            (String = "text/csv", example = json!("model,requests,input_tokens,output_tokens,cached_tokens,cache_write_tokens,reasoning_tokens,cost_usd\r\ngpt-4o-mini,3,3000,1500,0,0,0,0.001350\r\ntotal,3,3000,1500,0,0,0,0.001350\r\n")),
         )),
         (status = 404, description = "No such tenant (or not visible to this operator).", body = ErrorBody),
     ),

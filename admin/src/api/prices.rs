@@ -35,6 +35,28 @@ pub(super) struct PriceBody {
     #[serde(default, deserialize_with = "exact_json::nullable")]
     #[schema(schema_with = cached_input_schema)]
     cached_input: Option<MicroUsd>,
+    /// USD per 1M input tokens written to the prompt cache (5-minute TTL); absent or `null`
+    /// = 1.25 × `input`.
+    #[serde(default, deserialize_with = "exact_json::nullable")]
+    #[schema(schema_with = cache_write_schema)]
+    cache_write: Option<MicroUsd>,
+    /// USD per 1M input tokens written to the prompt cache (1-hour TTL); absent or `null` =
+    /// 2 × `input`.
+    #[serde(default, deserialize_with = "exact_json::nullable")]
+    #[schema(schema_with = cache_write_1h_schema)]
+    cache_write_1h: Option<MicroUsd>,
+    /// USD per 1M input tokens of batch requests; absent or `null` = `input`.
+    #[serde(default, deserialize_with = "exact_json::nullable")]
+    #[schema(schema_with = batch_input_schema)]
+    batch_input: Option<MicroUsd>,
+    /// USD per 1M output tokens of batch requests; absent or `null` = `output`.
+    #[serde(default, deserialize_with = "exact_json::nullable")]
+    #[schema(schema_with = batch_output_schema)]
+    batch_output: Option<MicroUsd>,
+    /// USD per 1M tokens trained by fine-tuning jobs; absent or `null` = not priced.
+    #[serde(default, deserialize_with = "exact_json::nullable")]
+    #[schema(schema_with = training_schema)]
+    training: Option<MicroUsd>,
     /// USD per generated image; absent or `null` = not priced per image.
     #[serde(default, deserialize_with = "exact_json::nullable")]
     #[schema(schema_with = image_schema)]
@@ -50,6 +72,36 @@ pub(super) struct PriceBody {
     per_1m_characters: Option<MicroUsd>,
 }
 
+fn cache_write_schema() -> utoipa::openapi::schema::Schema {
+    crate::store::amount_input_schema(
+        "USD per 1M input tokens written to the prompt cache (5-minute TTL); absent or null = 1.25 x input.",
+        true,
+    )
+}
+fn cache_write_1h_schema() -> utoipa::openapi::schema::Schema {
+    crate::store::amount_input_schema(
+        "USD per 1M input tokens written to the prompt cache (1-hour TTL); absent or null = 2 x input.",
+        true,
+    )
+}
+fn batch_input_schema() -> utoipa::openapi::schema::Schema {
+    crate::store::amount_input_schema(
+        "USD per 1M input tokens of batch requests; absent or null = the input price.",
+        true,
+    )
+}
+fn batch_output_schema() -> utoipa::openapi::schema::Schema {
+    crate::store::amount_input_schema(
+        "USD per 1M output tokens of batch requests; absent or null = the output price.",
+        true,
+    )
+}
+fn training_schema() -> utoipa::openapi::schema::Schema {
+    crate::store::amount_input_schema(
+        "USD per 1M tokens trained (fine-tuning); absent or null = not priced.",
+        true,
+    )
+}
 fn per_audio_minute_schema() -> utoipa::openapi::schema::Schema {
     crate::store::amount_input_schema(
         "USD per minute of audio; absent or null = not priced per minute.",
@@ -160,6 +212,11 @@ pub(super) async fn put(
         input: body.input,
         output: body.output,
         cached_input: body.cached_input,
+        cache_write: body.cache_write,
+        cache_write_1h: body.cache_write_1h,
+        batch_input: body.batch_input,
+        batch_output: body.batch_output,
+        training: body.training,
         image: body.image,
         per_audio_minute: body.per_audio_minute,
         per_1m_characters: body.per_1m_characters,

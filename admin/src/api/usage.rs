@@ -3,6 +3,8 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::header::CONTENT_TYPE;
 use serde::Deserialize;
 
 use super::extract::ApiQuery;
@@ -12,7 +14,7 @@ use crate::billing::UsageParams;
 use crate::error::ApiError;
 use crate::store::{Page, UsageGroupBy, UsageRow};
 
-/// `?tenant=&key=&model=&from=&to=&group_by=`.
+/// `?tenant=&key=&model=&user=&tag=&from=&to=&group_by=&format=`.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct UsageQuery {
@@ -30,9 +32,19 @@ pub(super) struct UsageQuery {
     /// `from`. Without it: no end.
     #[param(value_type = Option<String>, format = Date)]
     to: Option<String>,
-    /// One row per `day` (default), `model` or `key`.
+    /// One row per `day` (default), `model`, `key`, end `user` or `tag`.
     #[param(value_type = Option<UsageGroupBy>, inline)]
     group_by: Option<String>,
+    /// Only this end user's usage (the body's `user` / `safety_identifier`, else
+    /// `x-tollgate-user`). Not with `tag` or `group_by=tag`.
+    user: Option<String>,
+    /// Only the usage of requests carrying this tag (`x-tollgate-tags`). Not with `user`
+    /// or `group_by=user`.
+    tag: Option<String>,
+    /// `json` (default) or `csv` (header
+    /// `group,requests,input_tokens,output_tokens,cached_tokens,cache_write_tokens,reasoning_tokens,cost_usd`).
+    #[param(pattern = "^(json|csv)$")]
+    format: Option<String>,
 }
 
 /// Usage summed per day, model or key.
@@ -46,7 +58,10 @@ pub(super) struct UsageQuery {
     tag = "usage",
     params(UsageQuery),
     responses(
-        (status = 200, description = "One row per group that has usage; `has_more` is always false.", body = List<UsageRow>),
+        (status = 200, description = "One row per group that has usage; `has_more` is always false.", content(
+            (List<UsageRow> = "application/json"),
+            (String = "text/csv", example = json!("group,requests,input_tokens,output_tokens,cached_tokens,cache_write_tokens,reasoning_tokens,cost_usd\r\nalice,3,3000,1500,0,0,0,0.001350\r\n")),
+        )),
         (status = 404, description = "No such tenant (or not visible to this operator).", body = ErrorBody),
     ),
 )]
@@ -54,7 +69,17 @@ pub(super) async fn get(
     State(state): State<AdminState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<UsageQuery>,
-) -> Result<Json<List<UsageRow>>, ApiError> {
+) -> Result<Response, ApiError> {
+    let csv = match query.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => {
+            return Err(ApiError::invalid_request(
+                "format must be json or csv",
+                Some("format"),
+            ));
+        }
+    };
     let params = UsageParams {
         tenant: query.tenant,
         key: query.key,
@@ -62,6 +87,8 @@ pub(super) async fn get(
         from: query.from,
         to: query.to,
         group_by: query.group_by,
+        user: query.user,
+        tag: query.tag,
     };
     let (mut filter, group_by) = params.into_filter()?;
     // A tenant-scoped operator sees its own tenant's usage, whether it names it or not.
@@ -72,11 +99,17 @@ pub(super) async fn get(
         super::visible_tenant(&state, &caller, tenant).await?;
     }
     let rows = state.store.usage_summary(&filter, group_by).await?;
-    Ok(Json(
-        Page {
-            data: rows,
-            has_more: false,
-        }
-        .into(),
-    ))
+    if csv {
+        return Ok((
+            [(CONTENT_TYPE, "text/csv; charset=utf-8")],
+            crate::billing::usage_csv(&rows),
+        )
+            .into_response());
+    }
+    let list: List<UsageRow> = Page {
+        data: rows,
+        has_more: false,
+    }
+    .into();
+    Ok(Json(list).into_response())
 }

@@ -371,6 +371,8 @@ mod tests {
                 input_tokens: tokens,
                 output_tokens: 0,
                 cached_tokens: 0,
+                cache_write_tokens: 0,
+                reasoning_tokens: 0,
                 cost_usd: MicroUsd::from_micros(cost).unwrap(),
             },
         }

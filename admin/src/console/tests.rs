@@ -628,6 +628,7 @@ async fn record(store: &Store, tenant: &str, key: &str, model: &str, cost: i64, 
         latency_ms: 10,
         ttft_ms: None,
         created_at_ms: created,
+        ..UsageRecord::default()
     };
     store.insert_usage(&[record]).await.unwrap();
 }
@@ -720,7 +721,7 @@ async fn spend_stacks_days_by_model_or_key_and_invoices_download() {
         format!("attachment; filename=\"invoice-{}-2026-12.csv\"", tenant.id)
     );
     assert!(
-        csv.body.ends_with("total,4,400,200,0.012702\r\n"),
+        csv.body.ends_with("total,4,400,200,0,0,0,0.012702\r\n"),
         "{}",
         csv.body
     );

@@ -1,7 +1,8 @@
 //! The usage ledger's write side: idempotent batch inserts, monthly partitions (Postgres)
 //! and raw-row retention.
 //!
-//! Four tables (`migrations/*/0003_usage.sql`):
+//! Its tables (`migrations/*/0003_usage.sql`, `0009_attribution.sql`,
+//! `0010_usage_daily_models.sql`):
 //! - `usage_records`: one raw row per request. On Postgres it is partitioned by month on
 //!   `created_at_ms`, one partition per UTC calendar month (`usage_records_pYYYYMM`),
 //!   created on demand before a batch that needs it is inserted.
@@ -9,7 +10,9 @@
 //!   idempotency holds across months (Postgres cannot keep a unique index on a partitioned
 //!   table without the partition key in it).
 //! - `usage_daily`: per UTC day, tenant, key and model, the sums that usage queries,
-//!   invoices and budgets read. Updated in the transaction that inserts the records.
+//!   invoices and budgets read. Updated in the transaction that inserts the records, as
+//!   are the other rollups: `usage_daily_users` (and per end user), `usage_daily_tags`
+//!   (and per tag) and `usage_daily_models` (per day and model over every tenant).
 //! - `usage_retention`: how far raw rows have been pruned.
 //!
 //! A batch is one transaction: its ids go into `usage_request_ids` with
@@ -58,9 +61,13 @@ const ROW_STEP: usize = 100;
 /// Bound parameters per SQLite statement, about (see [`rows_per_statement`]).
 const SQLITE_PARAMS_PER_STATEMENT: usize = 360;
 /// Columns of `usage_records`, `usage_request_ids` and `usage_daily` bound per row.
-const RECORD_COLUMNS: usize = 18;
+const RECORD_COLUMNS: usize = 22;
 const ID_COLUMNS: usize = 2;
-const DAILY_COLUMNS: usize = 10;
+#[cfg(test)]
+const DAILY_COLUMNS: usize = 12;
+/// Columns of `usage_daily_users` / `usage_daily_tags`: `usage_daily`'s and one more.
+#[cfg(test)]
+const DIM_DAILY_COLUMNS: usize = DAILY_COLUMNS + 1;
 /// Tries of one batch when it hits a deadlock, a serialization failure or a partition
 /// dropped under it; each try is a fresh transaction.
 const MAX_ATTEMPTS: u32 = 4;
@@ -187,6 +194,8 @@ struct Prepared<'a> {
     input_tokens: i64,
     output_tokens: i64,
     cached_tokens: i64,
+    cache_write_tokens: i64,
+    reasoning_tokens: i64,
     images: i64,
     cost_micro_usd: i64,
     cache_hit: i64,
@@ -195,6 +204,10 @@ struct Prepared<'a> {
     latency_ms: i64,
     ttft_ms: Option<i64>,
     created_at_ms: i64,
+    end_user: Option<Cow<'a, str>>,
+    /// The tags, distinct, and as stored (joined with ',').
+    tag_list: Vec<Cow<'a, str>>,
+    tags: Option<String>,
 }
 
 fn text(value: &str) -> Cow<'_, str> {
@@ -203,6 +216,23 @@ fn text(value: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(value)
     }
+}
+
+/// A record's tags as stored: without NULs or commas (the stored list's separator), empty
+/// ones dropped, each once.
+fn tags(list: &[String]) -> Vec<Cow<'_, str>> {
+    let mut out: Vec<Cow<'_, str>> = Vec::with_capacity(list.len());
+    for tag in list {
+        let tag = if tag.contains(['\0', ',']) {
+            Cow::Owned(tag.replace(['\0', ','], "_"))
+        } else {
+            Cow::Borrowed(tag.as_str())
+        };
+        if !tag.is_empty() && !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    out
 }
 
 fn count(value: u64) -> i64 {
@@ -230,6 +260,8 @@ impl<'a> Prepared<'a> {
             input_tokens: count(r.input_tokens),
             output_tokens: count(r.output_tokens),
             cached_tokens: count(r.cached_tokens),
+            cache_write_tokens: count(r.cache_write_tokens),
+            reasoning_tokens: count(r.reasoning_tokens),
             images: count(u64::from(r.images)),
             cost_micro_usd: cost,
             cache_hit: i64::from(r.cache_hit),
@@ -238,6 +270,9 @@ impl<'a> Prepared<'a> {
             latency_ms: count(r.latency_ms),
             ttft_ms: r.ttft_ms.map(count),
             created_at_ms: r.created_at_ms.clamp(0, MAX_TIME_MS),
+            end_user: r.end_user.as_deref().map(text),
+            tag_list: tags(&r.tags),
+            tags: (!r.tags.is_empty()).then(|| tags(&r.tags).join(",")),
         }
     }
 
@@ -261,6 +296,72 @@ fn prepare(records: &[UsageRecord]) -> Vec<Prepared<'_>> {
     rows
 }
 
+/// A rollup row's key: (tenant, day, tag, end user, key, model); the parts a rollup has no
+/// column for ([`Rollup::table`]) are ''.
+type RollupKey<'a> = (&'a str, i64, &'a str, &'a str, &'a str, &'a str);
+
+/// The summed columns of every rollup, in the order [`Store::upsert_rollup`] binds them.
+const SUM_COLUMNS: [&str; 8] = [
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "images",
+    "cost_micro_usd",
+];
+
+/// The daily rollups the flush keeps.
+#[derive(Clone, Copy)]
+enum Rollup {
+    /// `usage_daily`: per tenant, day, key and model.
+    Daily,
+    /// `usage_daily_users`: and per end user.
+    Users,
+    /// `usage_daily_tags`: and per tag and end user.
+    Tags,
+    /// `usage_daily_models`: per day and model over every tenant.
+    Models,
+}
+
+/// The parts of a [`RollupKey`], as its columns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Tenant,
+    Day,
+    Tag,
+    User,
+    Key,
+    Model,
+}
+
+impl Rollup {
+    /// Its table, and its key's columns in primary-key order.
+    fn table(self) -> (&'static str, &'static [Part]) {
+        use Part::{Day, Key, Model, Tag, Tenant, User};
+        match self {
+            Self::Daily => ("usage_daily", &[Tenant, Day, Key, Model]),
+            Self::Users => ("usage_daily_users", &[Tenant, Day, User, Key, Model]),
+            Self::Tags => ("usage_daily_tags", &[Tenant, Day, Tag, User, Key, Model]),
+            Self::Models => ("usage_daily_models", &[Day, Model]),
+        }
+    }
+}
+
+impl Part {
+    fn column(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant_id",
+            Self::Day => "day",
+            Self::Tag => "tag",
+            Self::User => "end_user",
+            Self::Key => "key_id",
+            Self::Model => "model",
+        }
+    }
+}
+
 /// One rollup row's increments.
 #[derive(Default)]
 struct Sums {
@@ -268,6 +369,8 @@ struct Sums {
     input_tokens: i64,
     output_tokens: i64,
     cached_tokens: i64,
+    cache_write_tokens: i64,
+    reasoning_tokens: i64,
     images: i64,
     cost_micro_usd: i64,
 }
@@ -278,6 +381,8 @@ impl Sums {
         self.input_tokens = self.input_tokens.saturating_add(r.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(r.output_tokens);
         self.cached_tokens = self.cached_tokens.saturating_add(r.cached_tokens);
+        self.cache_write_tokens = self.cache_write_tokens.saturating_add(r.cache_write_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(r.reasoning_tokens);
         self.images = self.images.saturating_add(r.images);
         self.cost_micro_usd = self.cost_micro_usd.saturating_add(r.cost_micro_usd);
     }
@@ -318,7 +423,7 @@ fn placeholders(backend: Backend, rows: usize, columns: usize) -> String {
 const INSERT_RECORDS: &str = "INSERT INTO usage_records (request_id, tenant_id, key_id, model, \
      deployment, endpoint, status, input_tokens, output_tokens, cached_tokens, images, \
      cost_micro_usd, cache_hit, usage_reported, client_disconnected, latency_ms, ttft_ms, \
-     created_at_ms) VALUES";
+     created_at_ms, cache_write_tokens, reasoning_tokens, end_user, tags) VALUES";
 
 /// Binds `records`' columns, row after row, in [`INSERT_RECORDS`]' order.
 fn bind_records<'q>(
@@ -344,7 +449,11 @@ fn bind_records<'q>(
             .bind(r.client_disconnected)
             .bind(r.latency_ms)
             .bind(r.ttft_ms)
-            .bind(r.created_at_ms);
+            .bind(r.created_at_ms)
+            .bind(r.cache_write_tokens)
+            .bind(r.reasoning_tokens)
+            .bind(r.end_user.as_deref())
+            .bind(r.tags.as_deref());
     }
     query
 }
@@ -514,56 +623,100 @@ impl Store {
             return Ok(0);
         }
 
-        // 3. The rollup, one upsert per (tenant, day, key, model), in primary-key order
-        // (the same lock order in every batch).
-        let mut daily: BTreeMap<(&str, i64, &str, &str), Sums> = BTreeMap::new();
+        // 3. The rollups, one upsert per (tenant, day, [user | tag,] key, model), each in
+        // primary-key order (the same lock order in every batch): the one per key and
+        // model, the one per end user (no user: ''), the one per tag (untagged: '').
+        let mut daily: BTreeMap<RollupKey<'_>, Sums> = BTreeMap::new();
+        let mut users: BTreeMap<RollupKey<'_>, Sums> = BTreeMap::new();
+        let mut tags: BTreeMap<RollupKey<'_>, Sums> = BTreeMap::new();
+        let mut models: BTreeMap<RollupKey<'_>, Sums> = BTreeMap::new();
         for r in &fresh {
-            daily
-                .entry((
-                    r.tenant_id.as_ref(),
-                    r.day(),
-                    r.key_id.as_ref(),
-                    r.model.as_ref(),
-                ))
+            models
+                .entry(("", r.day(), "", "", "", r.model.as_ref()))
                 .or_default()
                 .add(r);
+            let user = r.end_user.as_deref().unwrap_or("");
+            let key = |tag, user| {
+                (
+                    r.tenant_id.as_ref(),
+                    r.day(),
+                    tag,
+                    user,
+                    r.key_id.as_ref(),
+                    r.model.as_ref(),
+                )
+            };
+            daily.entry(key("", "")).or_default().add(r);
+            users.entry(key("", user)).or_default().add(r);
+            if r.tag_list.is_empty() {
+                tags.entry(key("", user)).or_default().add(r);
+            }
+            for tag in &r.tag_list {
+                tags.entry(key(tag, user)).or_default().add(r);
+            }
         }
-        let daily: Vec<_> = daily.into_iter().collect();
-        let max = rows_per_statement(self.backend, DAILY_COLUMNS);
-        for chunk in chunks(&daily, max) {
+        self.upsert_rollup(&mut tx, Rollup::Daily, daily).await?;
+        self.upsert_rollup(&mut tx, Rollup::Users, users).await?;
+        self.upsert_rollup(&mut tx, Rollup::Tags, tags).await?;
+        // Last: every batch touches the same few (day, model) rows, so their locks are held
+        // for the shortest time.
+        self.upsert_rollup(&mut tx, Rollup::Models, models).await?;
+
+        tx.commit().await?;
+        Ok(u64::try_from(fresh.len()).unwrap_or(u64::MAX))
+    }
+
+    /// Adds `sums` to `rollup`'s rows (inserting the missing ones), in statements of at
+    /// most [`rows_per_statement`] rows.
+    async fn upsert_rollup(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        rollup: Rollup,
+        sums: BTreeMap<RollupKey<'_>, Sums>,
+    ) -> Result<(), sqlx::Error> {
+        let rows: Vec<_> = sums.into_iter().collect();
+        let (table, parts) = rollup.table();
+        let keys: Vec<&str> = parts.iter().map(|p| p.column()).collect();
+        let keys = keys.join(", ");
+        let columns = parts.len() + SUM_COLUMNS.len();
+        let max = rows_per_statement(self.backend, columns);
+        for chunk in chunks(&rows, max) {
+            let add = |c: &str| format!("{c} = {table}.{c} + excluded.{c}");
+            let updates: Vec<String> = SUM_COLUMNS.iter().map(|c| add(c)).collect();
+            // Fixed table and column names (from `Rollup`) and placeholders only.
             let sql = format!(
-                "INSERT INTO usage_daily (tenant_id, day, key_id, model, requests, input_tokens, \
-                 output_tokens, cached_tokens, images, cost_micro_usd) VALUES {} \
-                 ON CONFLICT (tenant_id, day, key_id, model) DO UPDATE SET \
-                 requests = usage_daily.requests + excluded.requests, \
-                 input_tokens = usage_daily.input_tokens + excluded.input_tokens, \
-                 output_tokens = usage_daily.output_tokens + excluded.output_tokens, \
-                 cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, \
-                 images = usage_daily.images + excluded.images, \
-                 cost_micro_usd = usage_daily.cost_micro_usd + excluded.cost_micro_usd",
-                placeholders(self.backend, chunk.len(), DAILY_COLUMNS)
+                "INSERT INTO {table} ({keys}, {}) VALUES {} \
+                 ON CONFLICT ({keys}) DO UPDATE SET {}",
+                SUM_COLUMNS.join(", "),
+                placeholders(self.backend, chunk.len(), columns),
+                updates.join(", ")
             );
-            // Placeholders only (see `placeholders`).
             let mut query =
                 sqlx::query(AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len(), max));
-            for ((tenant, day, key, model), sums) in chunk {
+            for ((tenant, day, tag, user, key, model), sums) in chunk {
+                for part in parts {
+                    query = match part {
+                        Part::Tenant => query.bind(*tenant),
+                        Part::Day => query.bind(*day),
+                        Part::Tag => query.bind(*tag),
+                        Part::User => query.bind(*user),
+                        Part::Key => query.bind(*key),
+                        Part::Model => query.bind(*model),
+                    };
+                }
                 query = query
-                    .bind(*tenant)
-                    .bind(*day)
-                    .bind(*key)
-                    .bind(*model)
                     .bind(sums.requests)
                     .bind(sums.input_tokens)
                     .bind(sums.output_tokens)
                     .bind(sums.cached_tokens)
+                    .bind(sums.cache_write_tokens)
+                    .bind(sums.reasoning_tokens)
                     .bind(sums.images)
                     .bind(sums.cost_micro_usd);
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut **tx).await?;
         }
-
-        tx.commit().await?;
-        Ok(u64::try_from(fresh.len()).unwrap_or(u64::MAX))
+        Ok(())
     }
 
     /// Postgres: claims the ids (`ON CONFLICT DO NOTHING RETURNING`), then writes the
@@ -894,7 +1047,7 @@ mod tests {
         assert_eq!(placeholders(Backend::Postgres, 1, 1), "($1)");
         assert_eq!(placeholders(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
         for backend in [Backend::Sqlite, Backend::Postgres] {
-            for columns in [ID_COLUMNS, RECORD_COLUMNS, DAILY_COLUMNS] {
+            for columns in [ID_COLUMNS, RECORD_COLUMNS, DAILY_COLUMNS, DIM_DAILY_COLUMNS] {
                 let rows = rows_per_statement(backend, columns);
                 assert!(
                     rows >= 1 && rows * columns <= 32_766,
@@ -925,6 +1078,7 @@ mod tests {
             latency_ms: 3,
             ttft_ms: None,
             created_at_ms: -1,
+            ..UsageRecord::default()
         };
         let records = [record("b", "m\0"), record("a", "x"), record("b", "other")];
         let rows = prepare(&records);

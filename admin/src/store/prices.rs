@@ -5,10 +5,16 @@
 //! a price an operator set survives every restart with an older config.
 
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::{MicroUsd, Page, Store, StoreError};
+
+/// The columns of a price row, in the order [`put`](Store::put_price) binds them.
+const COLUMNS: &str = "model, input_micro_usd, output_micro_usd, cached_input_micro_usd, \
+     image_micro_usd, per_audio_minute_micro_usd, per_1m_characters_micro_usd, \
+     cache_write_micro_usd, cache_write_1h_micro_usd, batch_input_micro_usd, \
+     batch_output_micro_usd, training_micro_usd";
 
 /// Longest model name accepted (the same bound as a key's allowed models).
 const MAX_MODEL_CHARS: usize = 256;
@@ -24,6 +30,18 @@ pub struct Price {
     pub output: MicroUsd,
     /// USD per 1M input tokens the provider reports as cached; `input` when not set.
     pub cached_input: MicroUsd,
+    /// USD per 1M input tokens written to the provider's prompt cache with the 5-minute
+    /// TTL; 1.25 × `input` when not set (Anthropic's published rule).
+    pub cache_write: MicroUsd,
+    /// USD per 1M input tokens written to the prompt cache with the 1-hour TTL; 2 ×
+    /// `input` when not set.
+    pub cache_write_1h: MicroUsd,
+    /// USD per 1M input tokens of a batch's requests; `input` when not set.
+    pub batch_input: MicroUsd,
+    /// USD per 1M output tokens of a batch's requests; `output` when not set.
+    pub batch_output: MicroUsd,
+    /// USD per 1M tokens trained (fine-tuning's `trained_tokens`); `null` when not priced.
+    pub training: Option<MicroUsd>,
     /// USD per generated image; `null` when the model is not priced per image.
     pub image: Option<MicroUsd>,
     /// USD per minute of audio transcribed or translated, when the upstream reports no
@@ -35,7 +53,7 @@ pub struct Price {
 
 /// A price to set: the body of `PUT /admin/v1/prices/{model}`, or one of the config's
 /// `prices:` entries. Amounts are USD per 1M tokens (per image for `image`).
-#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NewPrice {
     pub input: MicroUsd,
@@ -43,6 +61,21 @@ pub struct NewPrice {
     /// Absent = the `input` price.
     #[serde(default)]
     pub cached_input: Option<MicroUsd>,
+    /// Absent = 1.25 × `input`, resolved when read.
+    #[serde(default)]
+    pub cache_write: Option<MicroUsd>,
+    /// Absent = 2 × `input`, resolved when read.
+    #[serde(default)]
+    pub cache_write_1h: Option<MicroUsd>,
+    /// Absent = `input`, resolved when read.
+    #[serde(default)]
+    pub batch_input: Option<MicroUsd>,
+    /// Absent = `output`, resolved when read.
+    #[serde(default)]
+    pub batch_output: Option<MicroUsd>,
+    /// Absent = not priced.
+    #[serde(default)]
+    pub training: Option<MicroUsd>,
     #[serde(default)]
     pub image: Option<MicroUsd>,
     #[serde(default)]
@@ -51,13 +84,53 @@ pub struct NewPrice {
     pub per_1m_characters: Option<MicroUsd>,
 }
 
+/// `price` × `numerator` / `denominator`, rounded half-up to a micro-USD (per 1M tokens:
+/// far below anything a provider bills).
+fn times(price: MicroUsd, numerator: i64, denominator: i64) -> MicroUsd {
+    let scaled = i128::from(price.micros()) * i128::from(numerator);
+    let d = i128::from(denominator);
+    MicroUsd::from_micros(i64::try_from((scaled + d / 2) / d).unwrap_or(i64::MAX))
+        .unwrap_or(MicroUsd::ZERO)
+}
+
+/// The published rules for the prices an operator did not set: (cache_write,
+/// cache_write_1h, batch_input, batch_output).
+fn derived(
+    input: MicroUsd,
+    output: MicroUsd,
+    set: [Option<MicroUsd>; 4],
+) -> (MicroUsd, MicroUsd, MicroUsd, MicroUsd) {
+    let [cache_write, cache_write_1h, batch_input, batch_output] = set;
+    (
+        cache_write.unwrap_or_else(|| times(input, 5, 4)),
+        cache_write_1h.unwrap_or_else(|| times(input, 2, 1)),
+        batch_input.unwrap_or(input),
+        batch_output.unwrap_or(output),
+    )
+}
+
 impl Price {
     fn new(model: &str, new: &NewPrice) -> Self {
+        let (cache_write, cache_write_1h, batch_input, batch_output) = derived(
+            new.input,
+            new.output,
+            [
+                new.cache_write,
+                new.cache_write_1h,
+                new.batch_input,
+                new.batch_output,
+            ],
+        );
         Price {
             model: model.to_owned(),
             input: new.input,
             output: new.output,
             cached_input: new.cached_input.unwrap_or(new.input),
+            cache_write,
+            cache_write_1h,
+            batch_input,
+            batch_output,
+            training: new.training,
             image: new.image,
             per_audio_minute: new.per_audio_minute,
             per_1m_characters: new.per_1m_characters,
@@ -69,23 +142,37 @@ impl Price {
             MicroUsd::from_micros(value)
                 .ok_or_else(|| StoreError::corrupt(format!("negative {column} stored: {value}")))
         };
+        let optional =
+            |field: &'static str, column: &str| -> Result<Option<MicroUsd>, StoreError> {
+                row.try_get::<Option<i64>, _>(column)?
+                    .map(|v| amount(field, v))
+                    .transpose()
+            };
+        let input = amount("input", row.try_get("input_micro_usd")?)?;
+        let output = amount("output", row.try_get("output_micro_usd")?)?;
+        let (cache_write, cache_write_1h, batch_input, batch_output) = derived(
+            input,
+            output,
+            [
+                optional("cache_write", "cache_write_micro_usd")?,
+                optional("cache_write_1h", "cache_write_1h_micro_usd")?,
+                optional("batch_input", "batch_input_micro_usd")?,
+                optional("batch_output", "batch_output_micro_usd")?,
+            ],
+        );
         Ok(Price {
             model: row.try_get("model")?,
-            input: amount("input", row.try_get("input_micro_usd")?)?,
-            output: amount("output", row.try_get("output_micro_usd")?)?,
+            input,
+            output,
             cached_input: amount("cached_input", row.try_get("cached_input_micro_usd")?)?,
-            image: row
-                .try_get::<Option<i64>, _>("image_micro_usd")?
-                .map(|v| amount("image", v))
-                .transpose()?,
-            per_audio_minute: row
-                .try_get::<Option<i64>, _>("per_audio_minute_micro_usd")?
-                .map(|v| amount("per_audio_minute", v))
-                .transpose()?,
-            per_1m_characters: row
-                .try_get::<Option<i64>, _>("per_1m_characters_micro_usd")?
-                .map(|v| amount("per_1m_characters", v))
-                .transpose()?,
+            cache_write,
+            cache_write_1h,
+            batch_input,
+            batch_output,
+            training: optional("training", "training_micro_usd")?,
+            image: optional("image", "image_micro_usd")?,
+            per_audio_minute: optional("per_audio_minute", "per_audio_minute_micro_usd")?,
+            per_1m_characters: optional("per_1m_characters", "per_1m_characters_micro_usd")?,
         })
     }
 }
@@ -110,20 +197,48 @@ fn validate_model(field: &'static str, model: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The insert of one price row, binding [`COLUMNS`] in order ([`bind_price`]).
+const INSERT: &str = "INSERT INTO prices (model, input_micro_usd, output_micro_usd, \
+     cached_input_micro_usd, image_micro_usd, per_audio_minute_micro_usd, \
+     per_1m_characters_micro_usd, cache_write_micro_usd, cache_write_1h_micro_usd, \
+     batch_input_micro_usd, batch_output_micro_usd, training_micro_usd) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// Binds a price row. Prices derived by rule are stored as NULL (the rule is applied when
+/// read), so the row says what the operator set.
+fn bind_price<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    model: &'q str,
+    new: &NewPrice,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let micros = |v: Option<MicroUsd>| v.map(MicroUsd::micros);
+    query
+        .bind(model)
+        .bind(new.input.micros())
+        .bind(new.output.micros())
+        .bind(new.cached_input.unwrap_or(new.input).micros())
+        .bind(micros(new.image))
+        .bind(micros(new.per_audio_minute))
+        .bind(micros(new.per_1m_characters))
+        .bind(micros(new.cache_write))
+        .bind(micros(new.cache_write_1h))
+        .bind(micros(new.batch_input))
+        .bind(micros(new.batch_output))
+        .bind(micros(new.training))
+}
+
 impl Store {
     /// The price of `model`, or `None` when it has none.
     pub async fn get_price(&self, model: &str) -> Result<Option<Price>, StoreError> {
-        sqlx::query(
-            "SELECT model, input_micro_usd, output_micro_usd, cached_input_micro_usd, image_micro_usd, \
-             per_audio_minute_micro_usd, per_1m_characters_micro_usd \
-             FROM prices WHERE model = $1",
-        )
-        .bind(model)
-        .fetch_optional(self.pool())
-        .await?
-        .as_ref()
-        .map(Price::from_row)
-        .transpose()
+        let sql = format!("SELECT {COLUMNS} FROM prices WHERE model = $1");
+        // A constant column list and a placeholder only.
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(model)
+            .fetch_optional(self.pool())
+            .await?
+            .as_ref()
+            .map(Price::from_row)
+            .transpose()
     }
 
     /// Up to `limit` prices with model names after `after`, in name order.
@@ -133,15 +248,13 @@ impl Store {
         after: Option<&str>,
     ) -> Result<Page<Price>, StoreError> {
         let fetch = super::fetch_limit("limit", limit)?;
-        let rows = sqlx::query(
-            "SELECT model, input_micro_usd, output_micro_usd, cached_input_micro_usd, image_micro_usd, \
-             per_audio_minute_micro_usd, per_1m_characters_micro_usd \
-             FROM prices WHERE model > $1 ORDER BY model LIMIT $2",
-        )
-        .bind(super::cursor(after))
-        .bind(fetch)
-        .fetch_all(self.pool())
-        .await?;
+        let sql = format!("SELECT {COLUMNS} FROM prices WHERE model > $1 ORDER BY model LIMIT $2");
+        // A constant column list and placeholders only.
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(super::cursor(after))
+            .bind(fetch)
+            .fetch_all(self.pool())
+            .await?;
         let prices = rows
             .iter()
             .map(Price::from_row)
@@ -153,26 +266,23 @@ impl Store {
     pub async fn put_price(&self, model: &str, new: NewPrice) -> Result<Price, StoreError> {
         validate_model("model", model)?;
         let price = Price::new(model, &new);
-        sqlx::query(
-            "INSERT INTO prices (model, input_micro_usd, output_micro_usd, cached_input_micro_usd, image_micro_usd, \
-               per_audio_minute_micro_usd, per_1m_characters_micro_usd) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (model) DO UPDATE SET input_micro_usd = excluded.input_micro_usd, \
+        let sql = format!(
+            "{INSERT} ON CONFLICT (model) DO UPDATE SET input_micro_usd = excluded.input_micro_usd, \
                output_micro_usd = excluded.output_micro_usd, \
                cached_input_micro_usd = excluded.cached_input_micro_usd, \
                image_micro_usd = excluded.image_micro_usd, \
                per_audio_minute_micro_usd = excluded.per_audio_minute_micro_usd, \
-               per_1m_characters_micro_usd = excluded.per_1m_characters_micro_usd",
-        )
-        .bind(&price.model)
-        .bind(price.input.micros())
-        .bind(price.output.micros())
-        .bind(price.cached_input.micros())
-        .bind(price.image.map(MicroUsd::micros))
-        .bind(price.per_audio_minute.map(MicroUsd::micros))
-        .bind(price.per_1m_characters.map(MicroUsd::micros))
-        .execute(self.pool())
-        .await?;
+               per_1m_characters_micro_usd = excluded.per_1m_characters_micro_usd, \
+               cache_write_micro_usd = excluded.cache_write_micro_usd, \
+               cache_write_1h_micro_usd = excluded.cache_write_1h_micro_usd, \
+               batch_input_micro_usd = excluded.batch_input_micro_usd, \
+               batch_output_micro_usd = excluded.batch_output_micro_usd, \
+               training_micro_usd = excluded.training_micro_usd"
+        );
+        // Constant text and placeholders only.
+        bind_price(sqlx::query(AssertSqlSafe(sql)), model, &new)
+            .execute(self.pool())
+            .await?;
         Ok(price)
     }
 
@@ -185,21 +295,11 @@ impl Store {
         }
         let mut tx = self.pool().begin().await?;
         for (model, new) in prices {
-            let price = Price::new(model, new);
-            sqlx::query(
-                "INSERT INTO prices (model, input_micro_usd, output_micro_usd, cached_input_micro_usd, image_micro_usd, \
-                   per_audio_minute_micro_usd, per_1m_characters_micro_usd) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (model) DO NOTHING",
-            )
-            .bind(&price.model)
-            .bind(price.input.micros())
-            .bind(price.output.micros())
-            .bind(price.cached_input.micros())
-            .bind(price.image.map(MicroUsd::micros))
-            .bind(price.per_audio_minute.map(MicroUsd::micros))
-            .bind(price.per_1m_characters.map(MicroUsd::micros))
-            .execute(&mut *tx)
-            .await?;
+            let sql = format!("{INSERT} ON CONFLICT (model) DO NOTHING");
+            // Constant text and placeholders only.
+            bind_price(sqlx::query(AssertSqlSafe(sql)), model, new)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())

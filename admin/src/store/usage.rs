@@ -15,7 +15,7 @@ use super::{MicroUsd, Price, Store, StoreError};
 
 /// One metered request. Serialized as one JSON line in the gateway's spool, so fields are
 /// only ever added (with `#[serde(default)]`), never renamed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
     /// The request id (`x-request-id`): the idempotency key of the ledger.
     pub request_id: String,
@@ -34,6 +34,14 @@ pub struct UsageRecord {
     pub output_tokens: u64,
     /// The part of `input_tokens` the provider served from its prompt cache.
     pub cached_tokens: u64,
+    /// The part of `input_tokens` the provider wrote to its prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`, both TTLs), priced at `cache_write` / `cache_write_1h`.
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    /// The part of `output_tokens` the model spent reasoning
+    /// (`completion_tokens_details.reasoning_tokens`); priced as output.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
     /// Images generated.
     #[serde(default)]
     pub images: u32,
@@ -56,17 +64,60 @@ pub struct UsageRecord {
     /// When the request started, unix milliseconds (UTC). Usage days and invoice months
     /// are taken from this.
     pub created_at_ms: i64,
+    /// The end user the request was made for (the body's `user` / `safety_identifier`,
+    /// else `x-tollgate-user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<String>,
+    /// The request's tags (`x-tollgate-tags`), distinct.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// Token and image counts to price.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
-    /// Prompt tokens, cached ones included.
+    /// Prompt tokens, cached ones and cache writes included.
     pub input_tokens: u64,
+    /// Completion tokens, reasoning ones included.
     pub output_tokens: u64,
     /// The cached part of `input_tokens`, priced at `cached_input`.
     pub cached_tokens: u64,
+    /// The part of `input_tokens` written to the provider's prompt cache (both TTLs),
+    /// priced at `cache_write`, except its 1-hour part.
+    pub cache_write_tokens: u64,
+    /// The part of `cache_write_tokens` written with a 1-hour TTL, priced at
+    /// `cache_write_1h`.
+    pub cache_write_1h_tokens: u64,
+    /// The part of `output_tokens` spent reasoning: recorded, priced as output.
+    pub reasoning_tokens: u64,
     pub images: u32,
+}
+
+/// Input token counts by the rate each is priced at; they add up to `input_tokens`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct InputSplit {
+    plain: u64,
+    cached: u64,
+    write_5m: u64,
+    write_1h: u64,
+}
+
+impl Usage {
+    /// Splits `input_tokens` by rate. A confused upstream (more cached or written tokens
+    /// than input) never makes a negative count: reads come first, then writes, each
+    /// capped by what is left.
+    fn input_split(&self) -> InputSplit {
+        let cached = self.cached_tokens.min(self.input_tokens);
+        let left = self.input_tokens - cached;
+        let write = self.cache_write_tokens.min(left);
+        let write_1h = self.cache_write_1h_tokens.min(write);
+        InputSplit {
+            plain: left - write,
+            cached,
+            write_5m: write - write_1h,
+            write_1h,
+        }
+    }
 }
 
 impl Price {
@@ -74,16 +125,32 @@ impl Price {
     /// once to whole micro-USD, plus images × the per-image price. Saturates instead of
     /// overflowing (no real request comes near).
     pub fn cost(&self, usage: &Usage) -> MicroUsd {
-        let cached = usage.cached_tokens.min(usage.input_tokens);
-        let uncached = usage.input_tokens - cached;
+        let split = usage.input_split();
         // micro-USD per 1M tokens × tokens = micro-USD × 1e6, exact in i128.
-        let scaled = i128::from(uncached) * i128::from(self.input.micros())
-            + i128::from(cached) * i128::from(self.cached_input.micros())
-            + i128::from(usage.output_tokens) * i128::from(self.output.micros());
+        let at = |tokens: u64, price: MicroUsd| i128::from(tokens) * i128::from(price.micros());
+        let scaled = at(split.plain, self.input)
+            + at(split.cached, self.cached_input)
+            + at(split.write_5m, self.cache_write)
+            + at(split.write_1h, self.cache_write_1h)
+            + at(usage.output_tokens, self.output);
         let tokens = (scaled + 500_000) / 1_000_000;
         let images = i128::from(usage.images) * i128::from(self.image.map_or(0, MicroUsd::micros));
         let total = i64::try_from(tokens + images).unwrap_or(i64::MAX);
         MicroUsd::from_micros(total).unwrap_or(MicroUsd::ZERO)
+    }
+}
+
+impl Price {
+    /// The cost of one request of a batch: as [`Price::cost`], with uncached input at
+    /// `batch_input` and output at `batch_output` (cached input and cache writes keep
+    /// their own prices).
+    pub fn batch_cost(&self, usage: &Usage) -> MicroUsd {
+        Price {
+            input: self.batch_input,
+            output: self.batch_output,
+            ..self.clone()
+        }
+        .cost(usage)
     }
 }
 
@@ -141,6 +208,11 @@ pub enum UsageGroupBy {
     Model,
     /// One row per API key (`group` = the key's public id).
     Key,
+    /// One row per end user (`group` = the id; `""` for requests without one).
+    User,
+    /// One row per tag (`group` = the tag; `""` for untagged requests). A request with
+    /// several tags counts in each of their rows.
+    Tag,
 }
 
 impl UsageGroupBy {
@@ -150,6 +222,8 @@ impl UsageGroupBy {
             "day" => Some(Self::Day),
             "model" => Some(Self::Model),
             "key" => Some(Self::Key),
+            "user" => Some(Self::User),
+            "tag" => Some(Self::Tag),
             _ => None,
         }
     }
@@ -160,6 +234,8 @@ impl UsageGroupBy {
             Self::Day => "day",
             Self::Model => "model",
             Self::Key => "key_id",
+            Self::User => "end_user",
+            Self::Tag => "tag",
         }
     }
 }
@@ -175,6 +251,33 @@ pub struct UsageFilter {
     pub from: Option<Date>,
     /// The first day *not* included (exclusive end).
     pub to: Option<Date>,
+    /// An end user's id.
+    pub user: Option<String>,
+    /// A tag.
+    pub tag: Option<String>,
+}
+
+impl UsageFilter {
+    /// The rollup that answers a query by `group_by` with this filter: the per-tag one
+    /// (which keeps the end user too) when tags are grouped or filtered, the per-user one
+    /// when only users are, the platform-wide one (per day and model) when nothing
+    /// narrower than a model is asked for, else `usage_daily`.
+    fn table(&self, group_by: UsageGroupBy) -> &'static str {
+        let users = self.user.is_some() || group_by == UsageGroupBy::User;
+        let tags = self.tag.is_some() || group_by == UsageGroupBy::Tag;
+        match (users, tags) {
+            (_, true) => "usage_daily_tags",
+            (true, false) => "usage_daily_users",
+            (false, false)
+                if self.tenant.is_none()
+                    && self.key.is_none()
+                    && matches!(group_by, UsageGroupBy::Day | UsageGroupBy::Model) =>
+            {
+                "usage_daily_models"
+            }
+            (false, false) => "usage_daily",
+        }
+    }
 }
 
 /// One row of a usage report: the sums of every record in its group.
@@ -193,6 +296,12 @@ pub struct UsageRow {
     /// The part of `input_tokens` served from the provider's prompt cache.
     #[schema(minimum = 0)]
     pub cached_tokens: u64,
+    /// The part of `input_tokens` written to the provider's prompt cache.
+    #[schema(minimum = 0)]
+    pub cache_write_tokens: u64,
+    /// The part of `output_tokens` the model spent reasoning.
+    #[schema(minimum = 0)]
+    pub reasoning_tokens: u64,
     /// The exact sum of the records' costs (each rounded to a micro-USD when recorded).
     pub cost_usd: MicroUsd,
 }
@@ -204,6 +313,36 @@ pub struct DailyUsageRow {
     pub day: String,
     /// `group` is the model name or the key's public id.
     pub usage: UsageRow,
+}
+
+/// The sums a usage query selects, named as [`UsageRow::from_sums`] reads them.
+const SUMS: &str = "CAST(SUM(requests) AS BIGINT) AS requests, \
+     CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
+     CAST(SUM(output_tokens) AS BIGINT) AS output_tokens, \
+     CAST(SUM(cached_tokens) AS BIGINT) AS cached_tokens, \
+     CAST(SUM(cache_write_tokens) AS BIGINT) AS cache_write_tokens, \
+     CAST(SUM(reasoning_tokens) AS BIGINT) AS reasoning_tokens, \
+     CAST(SUM(cost_micro_usd) AS BIGINT) AS cost_micro_usd";
+
+impl UsageRow {
+    /// A row of `group` from the [`SUMS`] columns of `row`.
+    fn from_sums(group: String, row: &sqlx::any::AnyRow) -> Result<Self, StoreError> {
+        let count = |column: &'static str| -> Result<u64, StoreError> {
+            non_negative(column, row.try_get(column)?)
+        };
+        let cost: i64 = row.try_get("cost_micro_usd")?;
+        Ok(UsageRow {
+            group,
+            requests: count("requests")?,
+            input_tokens: count("input_tokens")?,
+            output_tokens: count("output_tokens")?,
+            cached_tokens: count("cached_tokens")?,
+            cache_write_tokens: count("cache_write_tokens")?,
+            reasoning_tokens: count("reasoning_tokens")?,
+            cost_usd: MicroUsd::from_micros(cost)
+                .ok_or_else(|| StoreError::corrupt(format!("negative cost sum: {cost}")))?,
+        })
+    }
 }
 
 /// A stored sum as a count; a negative one means the table was changed by hand.
@@ -220,6 +359,7 @@ impl Store {
         group_by: UsageGroupBy,
     ) -> Result<Vec<UsageRow>, StoreError> {
         let column = group_by.column();
+        let table = filter.table(group_by);
         let mut conditions = Vec::new();
         let mut n = 0;
         let mut next = || {
@@ -235,6 +375,12 @@ impl Store {
         if filter.model.is_some() {
             conditions.push(format!("model = {}", next()));
         }
+        if filter.user.is_some() {
+            conditions.push(format!("end_user = {}", next()));
+        }
+        if filter.tag.is_some() {
+            conditions.push(format!("tag = {}", next()));
+        }
         if filter.from.is_some() {
             conditions.push(format!("day >= {}", next()));
         }
@@ -249,12 +395,18 @@ impl Store {
         // Fixed column names (from `UsageGroupBy`) and numbered placeholders only: every
         // value is bound.
         let sql = format!(
-            "SELECT {column} AS grp, CAST(SUM(requests) AS BIGINT) AS requests,              CAST(SUM(input_tokens) AS BIGINT) AS input_tokens,              CAST(SUM(output_tokens) AS BIGINT) AS output_tokens,              CAST(SUM(cached_tokens) AS BIGINT) AS cached_tokens,              CAST(SUM(cost_micro_usd) AS BIGINT) AS cost_micro_usd              FROM usage_daily{filter_sql} GROUP BY {column} ORDER BY {column}"
+            "SELECT {column} AS grp, {SUMS} FROM {table}{filter_sql} GROUP BY {column} ORDER BY {column}"
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for value in [&filter.tenant, &filter.key, &filter.model]
-            .into_iter()
-            .flatten()
+        for value in [
+            &filter.tenant,
+            &filter.key,
+            &filter.model,
+            &filter.user,
+            &filter.tag,
+        ]
+        .into_iter()
+        .flatten()
         {
             query = query.bind(value.as_str());
         }
@@ -266,18 +418,9 @@ impl Store {
             .map(|row| {
                 let group = match group_by {
                     UsageGroupBy::Day => day_text(row.try_get("grp")?)?,
-                    UsageGroupBy::Model | UsageGroupBy::Key => row.try_get("grp")?,
+                    _ => row.try_get("grp")?,
                 };
-                let cost: i64 = row.try_get("cost_micro_usd")?;
-                Ok(UsageRow {
-                    group,
-                    requests: non_negative("requests", row.try_get("requests")?)?,
-                    input_tokens: non_negative("input_tokens", row.try_get("input_tokens")?)?,
-                    output_tokens: non_negative("output_tokens", row.try_get("output_tokens")?)?,
-                    cached_tokens: non_negative("cached_tokens", row.try_get("cached_tokens")?)?,
-                    cost_usd: MicroUsd::from_micros(cost)
-                        .ok_or_else(|| StoreError::corrupt(format!("negative cost sum: {cost}")))?,
-                })
+                UsageRow::from_sums(group, row)
             })
             .collect()
     }
@@ -293,17 +436,13 @@ impl Store {
         to: Date,
         split: UsageGroupBy,
     ) -> Result<Vec<DailyUsageRow>, StoreError> {
-        if split == UsageGroupBy::Day {
+        if !matches!(split, UsageGroupBy::Model | UsageGroupBy::Key) {
             return Err(StoreError::invalid("split", "split must be model or key"));
         }
         let column = split.column();
         // A fixed column name (from `UsageGroupBy`) and placeholders only.
         let sql = format!(
-            "SELECT day, {column} AS grp, CAST(SUM(requests) AS BIGINT) AS requests, \
-             CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
-             CAST(SUM(output_tokens) AS BIGINT) AS output_tokens, \
-             CAST(SUM(cached_tokens) AS BIGINT) AS cached_tokens, \
-             CAST(SUM(cost_micro_usd) AS BIGINT) AS cost_micro_usd \
+            "SELECT day, {column} AS grp, {SUMS} \
              FROM usage_daily WHERE tenant_id = $1 AND day >= $2 AND day < $3 \
              GROUP BY day, {column} ORDER BY day, {column}"
         );
@@ -315,25 +454,9 @@ impl Store {
             .await?;
         rows.iter()
             .map(|row| {
-                let cost: i64 = row.try_get("cost_micro_usd")?;
                 Ok(DailyUsageRow {
                     day: day_text(row.try_get("day")?)?,
-                    usage: UsageRow {
-                        group: row.try_get("grp")?,
-                        requests: non_negative("requests", row.try_get("requests")?)?,
-                        input_tokens: non_negative("input_tokens", row.try_get("input_tokens")?)?,
-                        output_tokens: non_negative(
-                            "output_tokens",
-                            row.try_get("output_tokens")?,
-                        )?,
-                        cached_tokens: non_negative(
-                            "cached_tokens",
-                            row.try_get("cached_tokens")?,
-                        )?,
-                        cost_usd: MicroUsd::from_micros(cost).ok_or_else(|| {
-                            StoreError::corrupt(format!("negative cost sum: {cost}"))
-                        })?,
-                    },
+                    usage: UsageRow::from_sums(row.try_get("grp")?, row)?,
                 })
             })
             .collect()
@@ -387,10 +510,53 @@ mod tests {
             input: input.parse().unwrap(),
             output: output.parse().unwrap(),
             cached_input: cached.parse().unwrap(),
+            cache_write: "0".parse().unwrap(),
+            cache_write_1h: "0".parse().unwrap(),
+            batch_input: "0".parse().unwrap(),
+            batch_output: "0".parse().unwrap(),
+            training: None,
             image: image.map(|i| i.parse().unwrap()),
             per_audio_minute: None,
             per_1m_characters: None,
         }
+    }
+
+    #[test]
+    fn every_input_kind_is_priced_at_its_rate() {
+        // Claude Sonnet's published prices: 3 in, 15 out, 0.30 cache read, 3.75 / 6 writes.
+        let p = Price {
+            cache_write: "3.75".parse().unwrap(),
+            cache_write_1h: "6".parse().unwrap(),
+            ..price("3", "15", "0.30", None)
+        };
+        // 10 000 input: 2 000 read, 3 000 written (1 000 of them for an hour), 5 000 plain.
+        let u = Usage {
+            input_tokens: 10_000,
+            cached_tokens: 2_000,
+            cache_write_tokens: 3_000,
+            cache_write_1h_tokens: 1_000,
+            output_tokens: 400,
+            reasoning_tokens: 100,
+            images: 0,
+        };
+        // 5000 × 3 + 2000 × 0.30 + 2000 × 3.75 + 1000 × 6 + 400 × 15 (per 1M tokens).
+        assert_eq!(p.cost(&u).micros(), 15_000 + 600 + 7_500 + 6_000 + 6_000);
+        // A confused upstream: more writes than input left after reads are capped.
+        let u = Usage {
+            input_tokens: 10,
+            cached_tokens: 4,
+            cache_write_tokens: 50,
+            cache_write_1h_tokens: 70,
+            ..Usage::default()
+        };
+        let capped = Usage {
+            input_tokens: 10,
+            cached_tokens: 4,
+            cache_write_tokens: 6,
+            cache_write_1h_tokens: 6,
+            ..Usage::default()
+        };
+        assert_eq!(p.cost(&u), p.cost(&capped));
     }
 
     #[test]
@@ -450,8 +616,7 @@ mod tests {
         let u = Usage {
             input_tokens: 1000,
             cached_tokens: 400,
-            output_tokens: 0,
-            images: 0,
+            ..Usage::default()
         };
         assert_eq!(p.cost(&u).micros(), 90 + 30);
         // More cached than input (a confused upstream) never makes a negative count.

@@ -849,7 +849,10 @@ fn the_checker_rejects_what_it_should() {
         .is_err()
     );
     let price = json!({"$ref": "#/components/schemas/Price"});
-    let p = json!({"model": "m", "input": "0.150000", "output": "1.000000", "cached_input": "0.150000", "image": null});
+    let p = json!({"model": "m", "input": "0.150000", "output": "1.000000", "cached_input": "0.150000",
+                   "cache_write": "0.187500", "cache_write_1h": "0.300000", "batch_input": "0.150000",
+                   "batch_output": "1.000000", "training": null, "image": null,
+                   "per_audio_minute": null, "per_1m_characters": null});
     assert!(validate(&doc, &price, &p, "$").is_ok());
     let mut bad = p.clone();
     bad["input"] = json!(0.15);

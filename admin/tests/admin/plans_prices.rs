@@ -14,6 +14,7 @@ on_both_backends!(
     plan_api,
     plan_api_bad_requests,
     price_put_get_list,
+    unset_prices_follow_the_published_rules,
     price_seed_fills_gaps_only,
     price_api,
     price_api_bad_requests,
@@ -311,6 +312,7 @@ async fn price_put_get_list(db: Db) {
         image: None,
         per_audio_minute: None,
         per_1m_characters: None,
+        ..NewPrice::default()
     };
     let price = store.put_price("gpt-4o-mini", new).await.unwrap();
     assert_eq!(price.input.micros(), 150_000);
@@ -332,6 +334,7 @@ async fn price_put_get_list(db: Db) {
                 image: Some(usd("0.04")),
                 per_audio_minute: None,
                 per_1m_characters: None,
+                ..NewPrice::default()
             },
         )
         .await
@@ -360,6 +363,7 @@ async fn price_put_get_list(db: Db) {
                     image: None,
                     per_audio_minute: None,
                     per_1m_characters: None,
+                    ..NewPrice::default()
                 },
             )
             .await
@@ -379,6 +383,7 @@ async fn price_seed_fills_gaps_only(db: Db) {
         image: None,
         per_audio_minute: None,
         per_1m_characters: None,
+        ..NewPrice::default()
     };
     store.put_price("a", price("9")).await.unwrap();
     store
@@ -404,6 +409,53 @@ async fn price_seed_fills_gaps_only(db: Db) {
     assert_eq!(store.get_price("c").await.unwrap(), None);
 }
 
+/// Prices an operator leaves out are derived when read (cache writes 1.25 × and 2 × input,
+/// batches at input / output), so they follow a later change of `input`; set ones stay.
+async fn unset_prices_follow_the_published_rules(db: Db) {
+    let store = &db.store;
+    let price = |input: &str| NewPrice {
+        input: usd(input),
+        output: usd("15"),
+        ..NewPrice::default()
+    };
+    let p = store.put_price("claude", price("3")).await.unwrap();
+    assert_eq!(
+        (
+            p.cache_write,
+            p.cache_write_1h,
+            p.batch_input,
+            p.batch_output
+        ),
+        (usd("3.75"), usd("6"), usd("3"), usd("15"))
+    );
+    assert_eq!(p.training, None);
+    assert_eq!(store.get_price("claude").await.unwrap(), Some(p));
+    let p = store.put_price("claude", price("0.8")).await.unwrap();
+    assert_eq!((p.cache_write, p.cache_write_1h), (usd("1"), usd("1.6")));
+    assert_eq!(store.get_price("claude").await.unwrap(), Some(p));
+    // Set explicitly: kept as set, zero included (a deliberate 0 is not "absent").
+    let set = NewPrice {
+        cache_write: Some(usd("0")),
+        cache_write_1h: Some(usd("7")),
+        batch_input: Some(usd("1.5")),
+        batch_output: Some(usd("7.5")),
+        training: Some(usd("25")),
+        ..price("3")
+    };
+    let p = store.put_price("claude", set).await.unwrap();
+    assert_eq!(
+        (
+            p.cache_write,
+            p.cache_write_1h,
+            p.batch_input,
+            p.batch_output,
+            p.training
+        ),
+        (usd("0"), usd("7"), usd("1.5"), usd("7.5"), Some(usd("25")))
+    );
+    assert_eq!(store.get_price("claude").await.unwrap(), Some(p));
+}
+
 async fn price_api(db: Db) {
     let app = app(&db.store);
     let (status, price) = admin(
@@ -417,7 +469,9 @@ async fn price_api(db: Db) {
     assert_eq!(
         price,
         json!({"model": "gpt-4o-mini", "input": "0.150000", "output": "0.600000",
-               "cached_input": "0.075000", "image": null,
+               "cached_input": "0.075000", "cache_write": "0.187500",
+               "cache_write_1h": "0.300000", "batch_input": "0.150000",
+               "batch_output": "0.600000", "training": null, "image": null,
                "per_audio_minute": null, "per_1m_characters": null})
     );
     // Audio prices (issue 19): per minute and per 1M characters, stored and shown exactly.

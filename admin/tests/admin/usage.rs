@@ -56,6 +56,10 @@ pub fn record(id: &str, tenant: &str, key: &str, model: &str, at: i64) -> UsageR
         latency_ms: 120,
         ttft_ms: Some(30),
         created_at_ms: at,
+        cache_write_tokens: 20,
+        reasoning_tokens: 5,
+        end_user: None,
+        tags: Vec::new(),
     }
 }
 
@@ -210,12 +214,107 @@ async fn rollup_equals_raw_sums(db: Db) {
         r.cached_tokens = (i % 4) as u64;
         r.images = (i % 2) as u32;
         r.cost_micro_usd = i * 3 % 1001;
+        r.cache_write_tokens = (i % 6) as u64;
+        r.reasoning_tokens = (i % 5) as u64;
+        r.end_user = (i % 4 != 0).then(|| format!("user{}", i % 7));
+        r.tags = match i % 3 {
+            0 => vec![],
+            1 => vec!["a".into()],
+            _ => vec!["a".into(), "b:c".into()],
+        };
         all.push(r);
     }
     for window in [0..150, 100..300, 250..400, 0..400] {
         db.store.insert_usage(&all[window]).await.unwrap();
     }
+    // The per-user, per-tag and platform rollups, against sums made here from the records:
+    // (rollup key) → [requests, input, output, cached, writes, reasoning, images, cost].
+    type Sums = BTreeMap<Vec<String>, [i64; 8]>;
+    let add = |sums: &mut Sums, key: Vec<String>, r: &UsageRecord| {
+        let s = sums.entry(key).or_default();
+        for (sum, n) in s.iter_mut().zip([
+            1,
+            r.input_tokens as i64,
+            r.output_tokens as i64,
+            r.cached_tokens as i64,
+            r.cache_write_tokens as i64,
+            r.reasoning_tokens as i64,
+            i64::from(r.images),
+            r.cost_micro_usd,
+        ]) {
+            *sum += n;
+        }
+    };
+    let (mut users, mut tags, mut models) = (Sums::new(), Sums::new(), Sums::new());
+    for r in &all {
+        let day = (r.created_at_ms / 86_400_000).to_string();
+        let user = r.end_user.clone().unwrap_or_default();
+        let base = |dims: &[&str]| {
+            let mut key = vec![r.tenant_id.clone(), day.clone()];
+            key.extend(dims.iter().map(|d| (*d).to_owned()));
+            key.extend([r.key_id.clone(), r.model.clone()]);
+            key
+        };
+        add(&mut users, base(&[&user]), r);
+        if r.tags.is_empty() {
+            add(&mut tags, base(&["", &user]), r);
+        }
+        for tag in &r.tags {
+            add(&mut tags, base(&[tag, &user]), r);
+        }
+        add(&mut models, vec![day.clone(), r.model.clone()], r);
+    }
     let pool = raw_pool(&db).await;
+    let read = |sql: &'static str, keys: usize| {
+        let pool = pool.clone();
+        async move {
+            let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap();
+            rows.iter()
+                .map(|r| {
+                    let key: Vec<String> = (0..keys)
+                        .map(|i| {
+                            r.try_get::<String, _>(i)
+                                .unwrap_or_else(|_| r.try_get::<i64, _>(i).unwrap().to_string())
+                        })
+                        .collect();
+                    let mut values = [0_i64; 8];
+                    for (j, v) in values.iter_mut().enumerate() {
+                        *v = r.try_get(keys + j).unwrap();
+                    }
+                    (key, values)
+                })
+                .collect::<Sums>()
+        }
+    };
+    assert_eq!(
+        read(
+            "SELECT tenant_id, day, end_user, key_id, model, requests, input_tokens, output_tokens, \
+             cached_tokens, cache_write_tokens, reasoning_tokens, images, cost_micro_usd \
+             FROM usage_daily_users",
+            5
+        )
+        .await,
+        users
+    );
+    assert_eq!(
+        read(
+            "SELECT tenant_id, day, tag, end_user, key_id, model, requests, input_tokens, \
+             output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, images, \
+             cost_micro_usd FROM usage_daily_tags",
+            6
+        )
+        .await,
+        tags
+    );
+    assert_eq!(
+        read(
+            "SELECT day, model, requests, input_tokens, output_tokens, cached_tokens, \
+             cache_write_tokens, reasoning_tokens, images, cost_micro_usd FROM usage_daily_models",
+            2
+        )
+        .await,
+        models
+    );
     let sums = |sql: &'static str| {
         let pool = pool.clone();
         async move {

@@ -61,6 +61,11 @@ fn price() -> Price {
         input: "0.15".parse().unwrap(),
         output: "0.60".parse().unwrap(),
         cached_input: "0.075".parse().unwrap(),
+        cache_write: "0.1875".parse().unwrap(),
+        cache_write_1h: "0.30".parse().unwrap(),
+        batch_input: "0.075".parse().unwrap(),
+        batch_output: "0.30".parse().unwrap(),
+        training: None,
         image: Some("0.04".parse().unwrap()),
         per_audio_minute: None,
         per_1m_characters: None,
@@ -81,12 +86,19 @@ fn priced(
         output_tokens: output,
         cached_tokens: cached,
         images,
+        // A tenth of the uncached input written to the cache, a fifth of the output
+        // reasoning: every column carries something.
+        cache_write_tokens: (input - cached) / 10,
+        reasoning_tokens: output / 5,
+        ..Usage::default()
     };
     UsageRecord {
         input_tokens: input,
         output_tokens: output,
         cached_tokens: cached,
         images,
+        cache_write_tokens: usage.cache_write_tokens,
+        reasoning_tokens: usage.reasoning_tokens,
         cost_micro_usd: price().cost(&usage).micros(),
         ..record(id, tenant, key, model, at)
     }
@@ -160,7 +172,7 @@ fn expected_rows(
     keep: impl Fn(&UsageRecord) -> bool,
     group: impl Fn(&UsageRecord) -> String,
 ) -> Vec<Value> {
-    let mut sums: BTreeMap<String, [i64; 5]> = BTreeMap::new();
+    let mut sums: BTreeMap<String, [i64; 7]> = BTreeMap::new();
     for r in records.iter().filter(|r| keep(r)) {
         let s = sums.entry(group(r)).or_default();
         s[0] += 1;
@@ -168,11 +180,14 @@ fn expected_rows(
         s[2] += r.output_tokens as i64;
         s[3] += r.cached_tokens as i64;
         s[4] += r.cost_micro_usd;
+        s[5] += r.cache_write_tokens as i64;
+        s[6] += r.reasoning_tokens as i64;
     }
     sums.into_iter()
         .map(|(g, s)| {
             json!({"group": g, "requests": s[0], "input_tokens": s[1], "output_tokens": s[2],
-                   "cached_tokens": s[3], "cost_usd": usd(s[4])})
+                   "cached_tokens": s[3], "cache_write_tokens": s[5],
+                   "reasoning_tokens": s[6], "cost_usd": usd(s[4])})
         })
         .collect()
 }
@@ -213,11 +228,13 @@ async fn usage(app: &Router, query: &str) -> Vec<Value> {
         assert_eq!(
             keys_of(row),
             [
+                "cache_write_tokens",
                 "cached_tokens",
                 "cost_usd",
                 "group",
                 "input_tokens",
                 "output_tokens",
+                "reasoning_tokens",
                 "requests"
             ]
         );
@@ -360,7 +377,7 @@ async fn invoice_json_and_csv_match_usage_and_records(db: Db) {
     assert_eq!(invoice["tenant"], a.as_str());
     assert_eq!(invoice["period"], "2024-01");
 
-    // Lines = the usage query per model for the month, minus cached_tokens.
+    // Lines = the usage query per model for the month, token columns and all.
     let usage_rows = usage(
         &app,
         &format!("tenant={a}&from=2024-01-01&to=2024-02-01&group_by=model"),
@@ -372,15 +389,26 @@ async fn invoice_json_and_csv_match_usage_and_records(db: Db) {
         assert_eq!(
             keys_of(line),
             [
+                "cache_write_tokens",
+                "cached_tokens",
                 "cost_usd",
                 "input_tokens",
                 "model",
                 "output_tokens",
+                "reasoning_tokens",
                 "requests"
             ]
         );
         assert_eq!(line["model"], row["group"]);
-        for field in ["requests", "input_tokens", "output_tokens", "cost_usd"] {
+        for field in [
+            "requests",
+            "input_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "cost_usd",
+        ] {
             assert_eq!(line[field], row[field], "{field}");
         }
     }
@@ -431,25 +459,33 @@ async fn invoice_json_and_csv_match_usage_and_records(db: Db) {
         disposition,
         format!("attachment; filename=\"invoice-{a}-2024-01.csv\"")
     );
-    let mut expected = String::from("model,requests,input_tokens,output_tokens,cost_usd\r\n");
-    let (mut requests, mut input, mut output) = (0, 0, 0);
+    let mut expected = String::from(
+        "model,requests,input_tokens,output_tokens,cached_tokens,cache_write_tokens,reasoning_tokens,cost_usd\r\n",
+    );
+    let columns = [
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+    ];
+    let mut totals = [0_u64; 6];
     for line in lines {
-        requests += line["requests"].as_u64().unwrap();
-        input += line["input_tokens"].as_u64().unwrap();
-        output += line["output_tokens"].as_u64().unwrap();
-        expected.push_str(&format!(
-            "{},{},{},{},{}\r\n",
-            line["model"].as_str().unwrap(),
-            line["requests"],
-            line["input_tokens"],
-            line["output_tokens"],
-            line["cost_usd"].as_str().unwrap()
-        ));
+        expected.push_str(line["model"].as_str().unwrap());
+        for (total, column) in totals.iter_mut().zip(columns) {
+            let n = line[column].as_u64().unwrap();
+            *total += n;
+            expected.push_str(&format!(",{n}"));
+        }
+        expected.push_str(&format!(",{}\r\n", line["cost_usd"].as_str().unwrap()));
     }
-    expected.push_str(&format!(
-        "total,{requests},{input},{output},{}\r\n",
-        invoice["total_usd"].as_str().unwrap()
-    ));
+    expected.push_str("total");
+    for n in totals {
+        expected.push_str(&format!(",{n}"));
+    }
+    expected.push_str(&format!(",{}\r\n", invoice["total_usd"].as_str().unwrap()));
+    let requests = totals[0];
     assert_eq!(csv, expected);
     assert_eq!(requests, january.len() as u64);
 
@@ -481,7 +517,7 @@ async fn invoice_json_and_csv_match_usage_and_records(db: Db) {
     .await;
     assert_eq!(
         empty_csv,
-        "model,requests,input_tokens,output_tokens,cost_usd\r\ntotal,0,0,0,0.000000\r\n"
+        "model,requests,input_tokens,output_tokens,cached_tokens,cache_write_tokens,reasoning_tokens,cost_usd\r\ntotal,0,0,0,0,0,0,0.000000\r\n"
     );
     // February holds the edge record and the tail of the 36-hour series.
     let (_, feb) = admin(
@@ -661,6 +697,9 @@ fn usage_args(
         from: from.map(str::to_owned),
         to: to.map(str::to_owned),
         group_by: group_by.to_owned(),
+        user: None,
+        tag: None,
+        csv: false,
     }
 }
 

@@ -210,6 +210,101 @@ impl Directives {
     }
 }
 
+/// Who a call is for and what it is part of, for the usage ledger only (never a metric
+/// label: both are unbounded): the end user from `x-tollgate-user` (the body's `user` or
+/// `safety_identifier` wins, see the meter) and the tags of `x-tollgate-tags`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attribution {
+    pub user: Option<String>,
+    /// Distinct, in the order given.
+    pub tags: Vec<String>,
+}
+
+/// Longest end-user id kept, in bytes (longer ones from a body are cut at a character
+/// boundary; a longer header is refused).
+pub const MAX_USER_BYTES: usize = 256;
+/// Most tags one request may carry.
+pub const MAX_TAGS: usize = 10;
+/// Longest tag, in characters of `[A-Za-z0-9_.:-]`.
+pub const MAX_TAG_CHARS: usize = 64;
+/// The request headers read by [`Attribution::from_headers`].
+pub const USER_HEADER: &str = "x-tollgate-user";
+pub const TAGS_HEADER: &str = "x-tollgate-tags";
+
+impl Attribution {
+    /// Reads `x-tollgate-user` and `x-tollgate-tags`; on a bad value, `Err((header,
+    /// message))` for a 400 naming the header.
+    pub fn from_headers(headers: &http::HeaderMap) -> Result<Self, (&'static str, String)> {
+        let mut out = Self::default();
+        if let Some(value) = headers.get(USER_HEADER) {
+            let user = value
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|u| {
+                    !u.is_empty() && u.len() <= MAX_USER_BYTES && !u.chars().any(char::is_control)
+                })
+                .ok_or_else(|| {
+                    (
+                        USER_HEADER,
+                        format!("The {USER_HEADER} header must be 1 to {MAX_USER_BYTES} bytes of visible ASCII text."),
+                    )
+                })?;
+            out.user = Some(user.to_owned());
+        }
+        for value in headers.get_all(TAGS_HEADER) {
+            let bad = || {
+                (
+                    TAGS_HEADER,
+                    format!(
+                        "The {TAGS_HEADER} header must be a comma-separated list of at most {MAX_TAGS} tags, each 1 to {MAX_TAG_CHARS} characters of A-Z, a-z, 0-9, '_', '.', ':' or '-'."
+                    ),
+                )
+            };
+            let text = value.to_str().map_err(|_| bad())?;
+            if text.trim().is_empty() {
+                continue;
+            }
+            for tag in text.split(',').map(str::trim) {
+                let valid = (1..=MAX_TAG_CHARS).contains(&tag.len())
+                    && tag.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')
+                    });
+                if !valid {
+                    return Err(bad());
+                }
+                if !out.tags.iter().any(|t| t == tag) {
+                    out.tags.push(tag.to_owned());
+                }
+                if out.tags.len() > MAX_TAGS {
+                    return Err(bad());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The end user a record carries: the body's `user`, else its `safety_identifier`
+    /// (strings only), else the header's; cut to [`MAX_USER_BYTES`].
+    pub fn end_user(&self, payload: &Payload) -> Option<String> {
+        let from_body = ["user", "safety_identifier"].into_iter().find_map(|field| {
+            match payload.value(field) {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
+                _ => None,
+            }
+        });
+        let mut user = from_body.or_else(|| self.user.clone())?;
+        if user.len() > MAX_USER_BYTES {
+            let mut end = MAX_USER_BYTES;
+            while !user.is_char_boundary(end) {
+                end -= 1;
+            }
+            user.truncate(end);
+        }
+        Some(user)
+    }
+}
+
 /// The parameters of a request that the layers decide on, read once from the body.
 #[derive(Clone, Debug, Default)]
 pub struct Params {
@@ -331,11 +426,95 @@ pub struct Call {
     /// end); the meter prices the call by the upstream model that answered
     /// ([`Facts::price_model`]).
     pub by_pattern: bool,
+    /// End user and tags for the usage record ([`Attribution`]).
+    pub attribution: Arc<Attribution>,
 }
 
+#[allow(clippy::unwrap_used, reason = "tests")]
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{Attribution, MAX_TAG_CHARS, Payload, TAGS_HEADER, USER_HEADER, glob_match};
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, http::HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn attribution_reads_and_checks_its_headers() {
+        let a = Attribution::from_headers(&headers(&[
+            (USER_HEADER, " alice "),
+            (TAGS_HEADER, "feature:search, team-a,feature:search"),
+            (TAGS_HEADER, "v1.2_x"),
+        ]))
+        .unwrap();
+        assert_eq!(a.user.as_deref(), Some("alice"));
+        assert_eq!(a.tags, ["feature:search", "team-a", "v1.2_x"]);
+        assert_eq!(
+            Attribution::from_headers(&headers(&[(TAGS_HEADER, " ")])).unwrap(),
+            Attribution::default()
+        );
+        let eleven = (0..11)
+            .map(|i| format!("t{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let long = "x".repeat(MAX_TAG_CHARS + 1);
+        for bad in ["a,,b", "a b", "é", "a;b", eleven.as_str(), long.as_str()] {
+            let (header, message) =
+                Attribution::from_headers(&headers(&[(TAGS_HEADER, bad)])).unwrap_err();
+            assert_eq!(header, TAGS_HEADER, "{bad}");
+            assert!(message.contains(TAGS_HEADER));
+        }
+        let ten = (0..10)
+            .map(|i| format!("t{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            Attribution::from_headers(&headers(&[(TAGS_HEADER, &ten)]))
+                .unwrap()
+                .tags
+                .len(),
+            10
+        );
+        assert_eq!(
+            Attribution::from_headers(&headers(&[(USER_HEADER, &"u".repeat(257))]))
+                .unwrap_err()
+                .0,
+            USER_HEADER
+        );
+    }
+
+    #[test]
+    fn the_body_names_the_end_user_first() {
+        let a = Attribution {
+            user: Some("header-user".into()),
+            tags: vec![],
+        };
+        let body = |json: &str| Payload::parse(bytes::Bytes::from(json.to_owned())).unwrap();
+        assert_eq!(
+            a.end_user(&body(r#"{"user":"body-user","safety_identifier":"s"}"#))
+                .as_deref(),
+            Some("body-user")
+        );
+        assert_eq!(
+            a.end_user(&body(r#"{"safety_identifier":"s"}"#)).as_deref(),
+            Some("s")
+        );
+        assert_eq!(
+            a.end_user(&body(r#"{"user":7}"#)).as_deref(),
+            Some("header-user")
+        );
+        let long = format!(r#"{{"user":"{}é"}}"#, "u".repeat(255));
+        assert_eq!(
+            a.end_user(&body(&long)).unwrap().len(),
+            255,
+            "cut at a character boundary"
+        );
+        assert_eq!(Attribution::default().end_user(&body("{}")), None);
+    }
 
     #[test]
     fn globs_match_stars_anywhere() {

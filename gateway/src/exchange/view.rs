@@ -19,8 +19,16 @@ use serde_json::Value;
 use tollgate_admin::store::Usage;
 
 /// An OpenAI `usage` object, any of its shapes: chat, completions and embeddings
-/// (`prompt_tokens`, `completion_tokens`, `prompt_tokens_details.cached_tokens`) or images
-/// and responses (`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`).
+/// (`prompt_tokens`, `completion_tokens`, `prompt_tokens_details.cached_tokens`,
+/// `completion_tokens_details.reasoning_tokens`) or images and responses (`input_tokens`,
+/// `output_tokens`, `input_tokens_details.cached_tokens`,
+/// `output_tokens_details.reasoning_tokens`).
+///
+/// Prompt-cache writes travel in `prompt_tokens_details` as `cache_write_tokens` (both
+/// TTLs) and `cache_write_1h_tokens` (the 1-hour part), where the translating providers
+/// put them. Anthropic's own shape (`input_tokens` without the cache, plus
+/// `cache_read_input_tokens`, `cache_creation_input_tokens` and `cache_creation`'s
+/// `ephemeral_5m_input_tokens` / `ephemeral_1h_input_tokens`) is read too.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct UsageView {
     #[serde(default)]
@@ -35,27 +43,104 @@ pub struct UsageView {
     prompt_tokens_details: Option<DetailsView>,
     #[serde(default)]
     input_tokens_details: Option<DetailsView>,
+    #[serde(default)]
+    completion_tokens_details: Option<OutputDetailsView>,
+    #[serde(default)]
+    output_tokens_details: Option<OutputDetailsView>,
+    /// Anthropic's shape.
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation: Option<CacheCreationView>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
 struct DetailsView {
     #[serde(default)]
     cached_tokens: Option<u64>,
+    #[serde(default)]
+    cache_write_tokens: Option<u64>,
+    #[serde(default)]
+    cache_write_1h_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+struct OutputDetailsView {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+/// Anthropic's `usage.cache_creation`: prompt-cache writes by TTL.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct CacheCreationView {
+    #[serde(default)]
+    pub ephemeral_5m_input_tokens: Option<u64>,
+    #[serde(default)]
+    pub ephemeral_1h_input_tokens: Option<u64>,
+}
+
+impl CacheCreationView {
+    /// (all writes, the 1-hour part) given Anthropic's `cache_creation_input_tokens`
+    /// (`total`): the split when it is there, else every write at the 5-minute TTL.
+    pub fn writes(split: Option<&Self>, total: Option<u64>) -> (u64, u64) {
+        let five = split.and_then(|c| c.ephemeral_5m_input_tokens).unwrap_or(0);
+        let hour = split.and_then(|c| c.ephemeral_1h_input_tokens).unwrap_or(0);
+        let all = total.unwrap_or(0).max(five.saturating_add(hour));
+        (all, hour.min(all))
+    }
 }
 
 impl UsageView {
     pub fn to_usage(&self) -> Usage {
-        let input = self.prompt_tokens.or(self.input_tokens).unwrap_or(0);
-        let cached = self
-            .prompt_tokens_details
+        let reasoning = self
+            .completion_tokens_details
             .as_ref()
-            .or(self.input_tokens_details.as_ref())
-            .and_then(|d| d.cached_tokens)
+            .or(self.output_tokens_details.as_ref())
+            .and_then(|d| d.reasoning_tokens)
             .unwrap_or(0);
+        let output = self.completion_tokens.or(self.output_tokens).unwrap_or(0);
+        let anthropic = self.prompt_tokens.is_none()
+            && (self.cache_read_input_tokens.is_some()
+                || self.cache_creation_input_tokens.is_some()
+                || self.cache_creation.is_some());
+        let (input, cached, write, write_1h) = if anthropic {
+            // Anthropic's input_tokens leaves out what was read from or written to the cache.
+            let read = self.cache_read_input_tokens.unwrap_or(0);
+            let (write, write_1h) = CacheCreationView::writes(
+                self.cache_creation.as_ref(),
+                self.cache_creation_input_tokens,
+            );
+            let input = self
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(read)
+                .saturating_add(write);
+            (input, read, write, write_1h)
+        } else {
+            let input = self.prompt_tokens.or(self.input_tokens).unwrap_or(0);
+            let details = self
+                .prompt_tokens_details
+                .as_ref()
+                .or(self.input_tokens_details.as_ref());
+            let field = |f: fn(&DetailsView) -> Option<u64>| details.and_then(f).unwrap_or(0);
+            (
+                input,
+                field(|d| d.cached_tokens),
+                field(|d| d.cache_write_tokens),
+                field(|d| d.cache_write_1h_tokens),
+            )
+        };
+        let cached = cached.min(input);
+        let write = write.min(input - cached);
         Usage {
             input_tokens: input,
-            output_tokens: self.completion_tokens.or(self.output_tokens).unwrap_or(0),
-            cached_tokens: cached.min(input),
+            output_tokens: output,
+            cached_tokens: cached,
+            cache_write_tokens: write,
+            cache_write_1h_tokens: write_1h.min(write),
+            reasoning_tokens: reasoning.min(output),
             images: 0,
         }
     }
@@ -68,8 +153,9 @@ pub struct AnswerView {
     pub object: Option<String>,
     #[serde(default)]
     error: Option<IgnoredAny>,
+    /// Boxed: most of the view's size, and only read once.
     #[serde(default)]
-    usage: Option<UsageView>,
+    usage: Option<Box<UsageView>>,
     #[serde(default)]
     choices: Option<Vec<IgnoredAny>>,
     /// Images and embeddings: only counted.
@@ -83,7 +169,9 @@ impl AnswerView {
     pub fn of_usage(object: &str, usage: Option<Value>) -> Self {
         Self {
             object: Some(object.to_owned()),
-            usage: usage.and_then(|u| UsageView::deserialize(u).ok()),
+            usage: usage
+                .and_then(|u| UsageView::deserialize(u).ok())
+                .map(Box::new),
             ..Self::default()
         }
     }
@@ -95,7 +183,7 @@ impl AnswerView {
 
     /// The upstream's usage, when it reported one.
     pub fn usage(&self) -> Option<Usage> {
-        self.usage.as_ref().map(UsageView::to_usage)
+        self.usage.as_deref().map(UsageView::to_usage)
     }
 
     /// An `error` object instead of an answer.
@@ -404,7 +492,7 @@ mod tests {
                 input_tokens: 10,
                 output_tokens: 5,
                 cached_tokens: 4,
-                images: 0
+                ..Usage::default()
             }
         );
         let u: UsageView = serde_json::from_str(
@@ -412,6 +500,62 @@ mod tests {
         )
         .unwrap();
         assert_eq!(u.to_usage().cached_tokens, 7, "never more than the input");
+        // Reasoning (chat and responses), and cache writes as the translating providers
+        // report them.
+        let u: UsageView = serde_json::from_str(
+            r#"{"prompt_tokens":100,"completion_tokens":50,"completion_tokens_details":{"reasoning_tokens":30},
+                "prompt_tokens_details":{"cached_tokens":10,"cache_write_tokens":60,"cache_write_1h_tokens":20}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            u.to_usage(),
+            Usage {
+                input_tokens: 100,
+                output_tokens: 50,
+                cached_tokens: 10,
+                cache_write_tokens: 60,
+                cache_write_1h_tokens: 20,
+                reasoning_tokens: 30,
+                images: 0
+            }
+        );
+        let u: UsageView = serde_json::from_str(
+            r#"{"input_tokens":7,"output_tokens":9,"output_tokens_details":{"reasoning_tokens":4}}"#,
+        )
+        .unwrap();
+        assert_eq!(u.to_usage().reasoning_tokens, 4);
+        // Anthropic's own shape: input_tokens leaves the cache out; the split by TTL wins
+        // over the total when both are there.
+        let u: UsageView = serde_json::from_str(
+            r#"{"input_tokens":5,"output_tokens":9,"cache_read_input_tokens":100,"cache_creation_input_tokens":40,
+                "cache_creation":{"ephemeral_5m_input_tokens":30,"ephemeral_1h_input_tokens":10}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            u.to_usage(),
+            Usage {
+                input_tokens: 145,
+                output_tokens: 9,
+                cached_tokens: 100,
+                cache_write_tokens: 40,
+                cache_write_1h_tokens: 10,
+                reasoning_tokens: 0,
+                images: 0
+            }
+        );
+        let u: UsageView = serde_json::from_str(
+            r#"{"input_tokens":5,"output_tokens":1,"cache_creation_input_tokens":8}"#,
+        )
+        .unwrap();
+        let usage = u.to_usage();
+        assert_eq!(
+            (
+                usage.input_tokens,
+                usage.cache_write_tokens,
+                usage.cache_write_1h_tokens
+            ),
+            (13, 8, 0)
+        );
     }
 
     #[test]

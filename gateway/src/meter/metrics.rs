@@ -22,6 +22,7 @@ pub struct UsageMetrics {
     ttft: HistogramVec,
     cost: IntCounterVec,
     records: IntCounterVec,
+    unpriced: IntCounterVec,
 }
 
 impl UsageMetrics {
@@ -56,6 +57,14 @@ impl UsageMetrics {
             ),
             &["model", "deployment", "status"],
         )?;
+        let unpriced = IntCounterVec::new(
+            Opts::new(
+                "tollgate_unpriced_requests_total",
+                "Successful requests recorded at cost 0 because their model has no price, by model",
+            ),
+            &["model"],
+        )?;
+        registry.register(Box::new(unpriced.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(ttft.clone()))?;
         registry.register(Box::new(cost.clone()))?;
@@ -65,7 +74,13 @@ impl UsageMetrics {
             ttft,
             cost,
             records,
+            unpriced,
         })
+    }
+
+    /// One more request of `model` served without a price.
+    pub fn unpriced(&self, model: &str) {
+        self.unpriced.with_label_values(&[model]).inc();
     }
 
     pub fn observe(&self, record: &UsageRecord) {

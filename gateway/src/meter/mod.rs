@@ -313,6 +313,8 @@ impl Ledger {
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
             cached_tokens: usage.cached_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
             images: usage.images,
             cost_micro_usd: cost.micros(),
             cache_hit: facts.cache_hit,
@@ -321,9 +323,14 @@ impl Ledger {
             latency_ms: u64::try_from(facts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             ttft_ms,
             created_at_ms: facts.created_at_ms,
+            end_user: facts.end_user.clone(),
+            tags: facts.tags.clone(),
         };
         if let Some(metrics) = &self.inner.metrics {
             metrics.observe(&record);
+            if facts.unpriced() {
+                metrics.unpriced(&record.model);
+            }
         }
         let ack = self.inner.spool.append(record)?;
         let charged = facts
@@ -359,6 +366,22 @@ pub(crate) struct RequestFacts {
     charged: Mutex<Option<oneshot::Sender<Charged>>>,
     /// Audio priced by the minute or by characters, not by tokens ([`audio`]).
     audio: Option<audio::AudioUse>,
+    /// Attribution ([`crate::exchange::Attribution`]): ledger columns, never labels.
+    end_user: Option<String>,
+    tags: Vec<String>,
+}
+
+impl RequestFacts {
+    /// A success that should have cost something and was recorded at 0 because its model
+    /// has no price (counted in `tollgate_unpriced_requests_total`; the price cache logs
+    /// one warning per model). Free cache hits and the passthrough endpoints, which carry
+    /// no tokens, are not.
+    fn unpriced(&self) -> bool {
+        (200..300).contains(&self.status)
+            && self.price.is_none()
+            && !self.cache_hit
+            && !self.endpoint.is_passthrough()
+    }
 }
 
 /// Whether a reply is metered: every success and every server error (the upstream's own
@@ -466,6 +489,8 @@ where
         cache_hit: false,
         charged: Mutex::new(Some(charged)),
         audio: None,
+        end_user: call.attribution.end_user(&call.payload),
+        tags: call.attribution.tags.clone(),
     };
     // From here on the request counts: if this future is dropped before the answer is
     // settled (the client left), the guard records that.

@@ -1238,6 +1238,7 @@ mod tests {
             latency_ms: 1,
             ttft_ms: None,
             created_at_ms: 1,
+            ..UsageRecord::default()
         }
     }
 

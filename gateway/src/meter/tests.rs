@@ -44,6 +44,7 @@ async fn setup_with(max_bytes: u64, charge: CacheHitCharge) -> Setup {
                 image: None,
                 per_audio_minute: None,
                 per_1m_characters: None,
+                ..NewPrice::default()
             },
         )
         .await

@@ -468,8 +468,7 @@ impl Seen {
         let usage = Usage {
             input_tokens: Prompt::of(endpoint, payload).count(model),
             output_tokens: count_tokens(model, &self.output_text),
-            cached_tokens: 0,
-            images: 0,
+            ..Usage::default()
         };
         (usage, false)
     }
@@ -509,7 +508,7 @@ mod tests {
                 input_tokens: 10,
                 output_tokens: 5,
                 cached_tokens: 4,
-                images: 0
+                ..Usage::default()
             }
         );
     }
@@ -535,7 +534,8 @@ mod tests {
                 input_tokens: 7,
                 output_tokens: 9,
                 cached_tokens: 2,
-                images: 1
+                images: 1,
+                ..Usage::default()
             }
         );
     }

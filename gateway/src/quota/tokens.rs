@@ -56,8 +56,8 @@ pub fn estimate(call: &Call, default_max_tokens: u64, count: Count) -> Usage {
     Usage {
         input_tokens,
         output_tokens,
-        cached_tokens: 0,
         images,
+        ..Usage::default()
     }
 }
 

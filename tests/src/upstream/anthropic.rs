@@ -586,13 +586,20 @@ impl<'a> Answer<'a> {
             }
         }
         let output = text.len() + tools.iter().map(|t| t.pieces.len()).sum::<usize>();
-        let usage = json!({
+        let written = knobs.cache_creation_tokens.unwrap_or(0);
+        let mut usage = json!({
             "input_tokens": knobs.prompt_tokens.unwrap_or(req.words.max(1)),
-            "cache_creation_input_tokens": knobs.cache_creation_tokens.unwrap_or(0),
+            "cache_creation_input_tokens": written,
             "cache_read_input_tokens": knobs.cached_tokens.unwrap_or(0),
             "output_tokens": output,
             "service_tier": "standard",
         });
+        if let Some(hour) = knobs.cache_creation_1h_tokens {
+            usage["cache_creation"] = json!({
+                "ephemeral_5m_input_tokens": written.saturating_sub(hour),
+                "ephemeral_1h_input_tokens": hour,
+            });
+        }
         Answer {
             id: shared.next_id("msg_"),
             model: req.model,

@@ -4,7 +4,11 @@
 //! against it: multipart uploads (`purpose` + `file`), file objects and their content,
 //! deletion, jobs and their events, batches, cancel, and OpenAI's list and 404 shapes.
 //! Every object lives in one account, as it would upstream; the gateway is what keeps
-//! tenants apart. Nothing here progresses on its own (a job stays `validating_files`).
+//! tenants apart. Nothing here progresses on its own (a job stays `validating_files`),
+//! except a batch created with `metadata: {"mock": "complete"}`: it is `completed` at once,
+//! with an output file holding one chat completion per input line, whose `usage` is the
+//! line's `body.mock` knobs `prompt_tokens` (default 10), `cached_tokens` (default 0) and
+//! `completion_tokens` (default 5), and whose `model` is the line's.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -262,7 +266,8 @@ impl Inner {
         }
         let id = self.id("batch_");
         let created = now();
-        let object = json!({"id": id, "object": "batch", "endpoint": endpoint, "errors": null,
+        let complete = body["metadata"]["mock"] == "complete";
+        let mut object = json!({"id": id, "object": "batch", "endpoint": endpoint, "errors": null,
             "input_file_id": input, "completion_window": window, "status": "validating",
             "output_file_id": null, "error_file_id": null, "created_at": created,
             "in_progress_at": null, "expires_at": created + 86_400, "finalizing_at": null,
@@ -270,6 +275,47 @@ impl Inner {
             "cancelling_at": null, "cancelled_at": null,
             "request_counts": {"total": 0, "completed": 0, "failed": 0},
             "metadata": body.get("metadata").cloned().unwrap_or(Value::Null)});
+        if complete {
+            let input = self
+                .files
+                .get(input)
+                .map(|(_, c)| c.clone())
+                .unwrap_or_default();
+            let mut out = String::new();
+            let mut n = 0;
+            for line in String::from_utf8_lossy(&input).lines() {
+                let Ok(line) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                n += 1;
+                let knob = |k: &str, d: u64| line["body"]["mock"][k].as_u64().unwrap_or(d);
+                let (prompt, completion) =
+                    (knob("prompt_tokens", 10), knob("completion_tokens", 5));
+                let answer = json!({"id": format!("batch_req_{n}"), "custom_id": line["custom_id"],
+                    "response": {"status_code": 200, "request_id": format!("req_{n}"),
+                        "body": {"id": format!("chatcmpl-b{n}"), "object": "chat.completion",
+                            "created": created, "model": line["body"]["model"],
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                "finish_reason": "stop"}],
+                            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                                "total_tokens": prompt + completion,
+                                "prompt_tokens_details": {"cached_tokens": knob("cached_tokens", 0)}}}},
+                    "error": null});
+                out.push_str(&answer.to_string());
+                out.push('\n');
+            }
+            let file = self.id("file-");
+            let file_object = json!({"id": file, "object": "file", "bytes": out.len(),
+                "created_at": created, "filename": "batch_output.jsonl",
+                "purpose": "batch_output", "status": "processed", "expires_at": null,
+                "status_details": null});
+            self.files
+                .insert(file.clone(), (file_object, Bytes::from(out)));
+            object["status"] = json!("completed");
+            object["output_file_id"] = json!(file);
+            object["completed_at"] = json!(created);
+            object["request_counts"] = json!({"total": n, "completed": n, "failed": 0});
+        }
         self.batches.insert(id, object.clone());
         json_response(StatusCode::OK, &object)
     }

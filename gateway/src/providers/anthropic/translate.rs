@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
+use crate::exchange::view::CacheCreationView;
 use crate::openai::Request;
 
 /// Joins the texts of system and developer messages (and of their parts) into Anthropic's
@@ -545,6 +546,8 @@ pub(super) struct Usage {
     output_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
+    /// Cache writes by TTL (`ephemeral_5m_input_tokens`, `ephemeral_1h_input_tokens`).
+    cache_creation: Option<CacheCreationView>,
 }
 
 impl Usage {
@@ -558,24 +561,38 @@ impl Usage {
         self.cache_read_input_tokens = newer
             .cache_read_input_tokens
             .or(self.cache_read_input_tokens);
+        self.cache_creation = newer.cache_creation.or(self.cache_creation);
     }
 
     /// OpenAI's `usage`. Anthropic's `input_tokens` excludes the tokens read from or written
     /// to its prompt cache, while OpenAI's `prompt_tokens` includes cached tokens, so all
-    /// three are added; `cached_tokens` are the ones read from the cache.
+    /// three are added; `cached_tokens` are the ones read from the cache. Writes, which
+    /// Anthropic bills above the input price (1.25 × for 5 minutes, 2 × for an hour), are
+    /// named in `prompt_tokens_details` as `cache_write_tokens` and
+    /// `cache_write_1h_tokens` (the 1-hour part) when there are any, so the meter prices
+    /// each at its rate.
     pub(super) fn to_openai(self) -> Value {
         let cached = self.cache_read_input_tokens.unwrap_or(0);
+        let (write, write_1h) = CacheCreationView::writes(
+            self.cache_creation.as_ref(),
+            self.cache_creation_input_tokens,
+        );
         let prompt = self
             .input_tokens
             .unwrap_or(0)
             .saturating_add(cached)
-            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0));
+            .saturating_add(write);
         let completion = self.output_tokens.unwrap_or(0);
+        let mut details = json!({"cached_tokens": cached});
+        if write > 0 {
+            details["cache_write_tokens"] = json!(write);
+            details["cache_write_1h_tokens"] = json!(write_1h);
+        }
         json!({
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt.saturating_add(completion),
-            "prompt_tokens_details": {"cached_tokens": cached},
+            "prompt_tokens_details": details,
         })
     }
 }
@@ -1005,7 +1022,19 @@ mod tests {
         assert_eq!(
             out["usage"],
             json!({"prompt_tokens": 16, "completion_tokens": 7, "total_tokens": 23,
-                   "prompt_tokens_details": {"cached_tokens": 4}})
+                   "prompt_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 2,
+                                             "cache_write_1h_tokens": 0}})
+        );
+        // Writes split by TTL: the 1-hour part is named, the total counts both.
+        let split = json!({"id": "m", "model": "c", "content": [], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 3, "output_tokens": 1, "cache_creation_input_tokens": 50,
+                      "cache_creation": {"ephemeral_5m_input_tokens": 20, "ephemeral_1h_input_tokens": 30}}});
+        let out = response(split.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            out["usage"],
+            json!({"prompt_tokens": 53, "completion_tokens": 1, "total_tokens": 54,
+                   "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 50,
+                                             "cache_write_1h_tokens": 30}})
         );
 
         let only_tool = json!({"id": "m", "model": "c", "content": [

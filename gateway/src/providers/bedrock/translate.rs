@@ -393,17 +393,22 @@ pub(crate) struct Usage {
 impl Usage {
     /// OpenAI's `usage`: Converse's `inputTokens` leaves out the tokens read from and
     /// written to the prompt cache, OpenAI's `prompt_tokens` counts them, so all three are
-    /// added; `cached_tokens` are the ones read.
+    /// added; `cached_tokens` are the ones read, `cache_write_tokens` the ones written.
     pub(crate) fn to_openai(self) -> Value {
         let prompt = self
             .input_tokens
             .saturating_add(self.cache_read_input_tokens)
             .saturating_add(self.cache_write_input_tokens);
+        let mut details = json!({ "cached_tokens": self.cache_read_input_tokens });
+        if self.cache_write_input_tokens > 0 {
+            // Priced at `cache_write` by the meter (Bedrock's Claude writes: 5-minute TTL).
+            details["cache_write_tokens"] = json!(self.cache_write_input_tokens);
+        }
         json!({
             "prompt_tokens": prompt,
             "completion_tokens": self.output_tokens,
             "total_tokens": prompt.saturating_add(self.output_tokens),
-            "prompt_tokens_details": { "cached_tokens": self.cache_read_input_tokens },
+            "prompt_tokens_details": details,
         })
     }
 }
@@ -648,6 +653,10 @@ mod tests {
         );
         assert_eq!(out["usage"]["prompt_tokens"], 16);
         assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 10);
+        assert_eq!(
+            out["usage"]["prompt_tokens_details"]["cache_write_tokens"],
+            1
+        );
         assert!(response(b"{}", "m").is_none());
         let mut h = http::HeaderMap::new();
         h.insert(
