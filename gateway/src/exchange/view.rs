@@ -20,7 +20,9 @@ use tollgate_admin::store::Usage;
 
 /// An OpenAI `usage` object, any of its shapes: chat, completions and embeddings
 /// (`prompt_tokens`, `completion_tokens`, `prompt_tokens_details.cached_tokens`) or images
-/// and responses (`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`).
+/// and responses (`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`);
+/// or Anthropic's (`input_tokens` plus `cache_read_input_tokens` and
+/// `cache_creation_input_tokens`, cache reads as cached), read from a cached message.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct UsageView {
     #[serde(default)]
@@ -35,6 +37,13 @@ pub struct UsageView {
     prompt_tokens_details: Option<DetailsView>,
     #[serde(default)]
     input_tokens_details: Option<DetailsView>,
+    /// Anthropic's (the Messages API): prompt tokens read from its cache, not part of its
+    /// `input_tokens`.
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    /// Anthropic's: prompt tokens written to its cache, not part of its `input_tokens`.
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -45,13 +54,19 @@ struct DetailsView {
 
 impl UsageView {
     pub fn to_usage(&self) -> Usage {
-        let input = self.prompt_tokens.or(self.input_tokens).unwrap_or(0);
+        let read = self.cache_read_input_tokens.unwrap_or(0);
+        let input = self
+            .prompt_tokens
+            .or(self.input_tokens)
+            .unwrap_or(0)
+            .saturating_add(read)
+            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0));
         let cached = self
             .prompt_tokens_details
             .as_ref()
             .or(self.input_tokens_details.as_ref())
             .and_then(|d| d.cached_tokens)
-            .unwrap_or(0);
+            .unwrap_or(read);
         Usage {
             input_tokens: input,
             output_tokens: self.completion_tokens.or(self.output_tokens).unwrap_or(0),
@@ -412,6 +427,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(u.to_usage().cached_tokens, 7, "never more than the input");
+        let u: UsageView = serde_json::from_str(
+            r#"{"input_tokens":9,"cache_read_input_tokens":3,"cache_creation_input_tokens":2,"output_tokens":4}"#,
+        )
+        .unwrap();
+        let usage = u.to_usage();
+        assert_eq!(
+            (usage.input_tokens, usage.cached_tokens, usage.output_tokens),
+            (14, 3, 4)
+        );
     }
 
     #[test]
