@@ -33,7 +33,9 @@ use tower::Service;
 
 use crate::cache::store::Store;
 use crate::error::ApiError;
-use crate::exchange::{Answer, Call, End, Endpoint, Event, Flow, Hold, Observer, Payload, Reply};
+use crate::exchange::{
+    Answer, CacheStatus, Call, End, Endpoint, Event, Flow, Hold, Observer, Payload, Reply,
+};
 use crate::service::Stage;
 
 /// `responses:` in the config.
@@ -197,7 +199,8 @@ impl ResponseIds {
         let keep = request.get("store") != Some(&Value::Bool(false));
         let model = call.model.to_string();
         let mut reply = crate::service::call(next, call).await;
-        if !keep || !reply.is_success() {
+        // A cache hit repeats an answer whose id was remembered when it was made.
+        if !keep || !reply.is_success() || reply.facts.cache == Some(CacheStatus::Hit) {
             return reply;
         }
         let deployment = reply
@@ -208,6 +211,10 @@ impl ResponseIds {
             .unwrap_or_default()
             .to_owned();
         let bridged = reply.facts.bridged;
+        if deployment.is_empty() && !bridged {
+            // Nowhere to send a follow-up: not remembered.
+            return reply;
+        }
         let record = Record {
             model,
             deployment,

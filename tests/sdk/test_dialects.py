@@ -67,6 +67,7 @@ def dialects_config(mock: MockUpstream, database_url: str) -> str:
             "prices:\n",
             "  claude: { input: 3, output: 15 }\n",
             "  gpt: { input: 1, output: 2 }\n",
+            "cache: { enabled: true, ttl_s: 600 }\n",
         ]
     )
 
@@ -725,3 +726,35 @@ def test_responses_stream_cut_midway_is_billed_for_what_was_delivered(
     row = usage_rows(gw, key["tenant"], 1)["gpt"]
     assert row["input_tokens"] > 0
     assert row["output_tokens"] == len(deltas), "the delivered words, counted by the tokenizer"
+
+
+def test_whole_deterministic_answers_are_cached_in_each_dialect(
+    gw: Gateway, client: anthropic.Anthropic, oai: openai.OpenAI, key: dict[str, Any]
+) -> None:
+    m = marker()
+    user = [{"role": "user", "content": f"cache me {m}"}]
+    # This SDK has no `temperature` argument any more; the API still takes the field.
+    cold = {"temperature": 0}
+    for model in ("claude", "gpt"):
+        first = client.messages.with_raw_response.create(model=model, max_tokens=50, messages=user, extra_body=cold)
+        again = client.messages.with_raw_response.create(model=model, max_tokens=50, messages=user, extra_body=cold)
+        assert (first.headers["x-tollgate-cache"], again.headers["x-tollgate-cache"]) == ("miss", "hit")
+        assert again.parse().content[0].text == first.parse().content[0].text
+        assert again.parse().usage.input_tokens == first.parse().usage.input_tokens
+    hot = client.messages.with_raw_response.create(
+        model="gpt", max_tokens=50, messages=user, extra_body={"temperature": 1}
+    )
+    assert hot.headers["x-tollgate-cache"] == "bypass"
+    with client.messages.with_streaming_response.create(
+        model="gpt", max_tokens=50, messages=user, stream=True, extra_body=cold
+    ) as streamed:
+        assert streamed.headers["x-tollgate-cache"] == "bypass"
+        streamed.read()
+    first = oai.responses.with_raw_response.create(model="gpt", input=f"cache me {m}", temperature=0)
+    again = oai.responses.with_raw_response.create(model="gpt", input=f"cache me {m}", temperature=0)
+    assert (first.headers["x-tollgate-cache"], again.headers["x-tollgate-cache"]) == ("miss", "hit")
+    assert again.parse().id == first.parse().id
+    # The id a hit repeats is still the tenant's, and still found.
+    assert oai.responses.retrieve(first.parse().id).id == first.parse().id
+    rows = usage_rows(gw, key["tenant"], 8)
+    assert rows["claude"]["requests"] == 2 and rows["gpt"]["requests"] >= 6

@@ -28,7 +28,11 @@ const TRANSPORT_FIELDS: [&str; 3] = ["stream", "stream_options", "user"];
 pub fn cacheable_endpoint(endpoint: Endpoint) -> bool {
     matches!(
         endpoint,
-        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
+        Endpoint::ChatCompletions
+            | Endpoint::Completions
+            | Endpoint::Embeddings
+            | Endpoint::Messages
+            | Endpoint::Responses
     )
 }
 

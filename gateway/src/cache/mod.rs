@@ -4,11 +4,13 @@
 //! The cache is a stage of the inner stack between the meter and the router, so a hit is
 //! metered (its reply says [`CacheStatus::Hit`], and the meter records deployment `cache`)
 //! and a miss is cached once however many upstream attempts the router made. For each call
-//! to chat completions, completions or embeddings its reply says (`x-tollgate-cache`):
+//! to chat completions, completions, embeddings, the Messages API or the Responses API its
+//! reply says (`x-tollgate-cache`):
 //!
 //! - `bypass`: the policy is off for this model or plan ([`CacheConfig`]), or the answer
 //!   is not deterministic (chat and completions need `temperature: 0` or a `seed`;
-//!   embeddings always are);
+//!   embeddings always are; the Messages and Responses APIs need `temperature: 0` and no
+//!   `stream`, since a replay is written as chat chunks);
 //! - `hit`: the entry for the canonical request ([`key`]) of this tenant was there, or an
 //!   identical request in flight produced it ([`flight`]); a streamed request gets it
 //!   replayed as events ([`replay`]);

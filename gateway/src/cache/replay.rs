@@ -30,6 +30,8 @@ pub fn valid_entry(endpoint: Endpoint, view: &AnswerView) -> bool {
         Endpoint::ChatCompletions => object == Some("chat.completion") && view.has_choices(),
         Endpoint::Completions => object == Some("text_completion") && view.has_choices(),
         Endpoint::Embeddings => object == Some("list") && view.has_data(),
+        Endpoint::Messages => object == Some("message"),
+        Endpoint::Responses => object == Some("response"),
         _ => false,
     }
 }

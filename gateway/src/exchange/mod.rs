@@ -330,12 +330,18 @@ pub struct Params {
 
 impl Params {
     /// Whether the answer is determined by the request: embeddings always; chat and
-    /// completions when `temperature` is 0 or a `seed` is given.
+    /// completions when `temperature` is 0 or a `seed` is given; the Messages and
+    /// Responses APIs when `temperature` is 0 and the answer is not streamed.
     pub fn deterministic(&self, endpoint: Endpoint) -> bool {
         match endpoint {
             Endpoint::Embeddings => true,
             Endpoint::ChatCompletions | Endpoint::Completions => {
                 self.temperature == Some(0.0) || self.seed
+            }
+            // The client dialects: whole answers only (a cached answer is replayed as chat
+            // chunks, which is not their stream).
+            Endpoint::Messages | Endpoint::Responses => {
+                self.temperature == Some(0.0) && !self.stream
             }
             _ => false,
         }

@@ -556,6 +556,16 @@ mod tests {
             ),
             (13, 8, 0)
         );
+        // A message read back from the cache (the Messages API's own usage).
+        let u: UsageView = serde_json::from_str(
+            r#"{"input_tokens":9,"cache_read_input_tokens":3,"cache_creation_input_tokens":2,"output_tokens":4}"#,
+        )
+        .unwrap();
+        let usage = u.to_usage();
+        assert_eq!(
+            (usage.input_tokens, usage.cached_tokens, usage.output_tokens),
+            (14, 3, 4)
+        );
     }
 
     #[test]
