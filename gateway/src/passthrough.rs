@@ -525,6 +525,11 @@ async fn exchange(s: &Passthrough, call: &Call) -> Result<Reply, ApiError> {
             {
                 charge_batch(s, call, id, output).await;
             }
+            if kind == Kind::FineTuningJob
+                && json.get("status").and_then(Value::as_str) == Some("succeeded")
+            {
+                charge_job(s, call, id, &json).await;
+            }
         }
     }
     let mut reply = Reply::json(status, Bytes::from(json.to_string()), None);
@@ -616,6 +621,60 @@ async fn charge_batch(s: &Passthrough, call: &Call, batch: &str, output: &str) {
         Ok(new) if new > 0 => tracing::info!(batch, lines = new, "batch charged"),
         Ok(_) => {}
         Err(e) => tracing::warn!(batch, error = %e, "batch not charged yet (store)"),
+    }
+}
+
+/// Charges a fine-tuning job that has succeeded: one usage record of its
+/// `trained_tokens` (as input tokens) at its base model's `training` price (0 when the
+/// model has none), for the tenant that owns it and the key that read it; id
+/// `fine_tuning:<job id>`, so once however often it is read. Best effort, as batches.
+async fn charge_job(s: &Passthrough, call: &Call, job: &str, json: &Value) {
+    let Some(prices) = s.inner.prices.get() else {
+        return;
+    };
+    let Some(trained) = json.get("trained_tokens").and_then(Value::as_u64) else {
+        return;
+    };
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let cost = match prices.get(&model).await.and_then(|p| p.training) {
+        // USD per 1M tokens × tokens, rounded half-up once.
+        Some(per_1m) => {
+            let scaled = i128::from(trained) * i128::from(per_1m.micros());
+            i64::try_from((scaled + 500_000) / 1_000_000).unwrap_or(i64::MAX)
+        }
+        None => {
+            tracing::warn!(
+                job,
+                model,
+                "fine-tuning job's model has no training price; recorded at cost 0"
+            );
+            0
+        }
+    };
+    let record = UsageRecord {
+        request_id: format!("fine_tuning:{job}"),
+        tenant_id: call.principal.tenant_id.clone(),
+        key_id: call.principal.key_id.clone(),
+        model,
+        deployment: s.inner.name.clone(),
+        endpoint: Endpoint::FineTuning.label().to_owned(),
+        status: 200,
+        input_tokens: trained,
+        cost_micro_usd: cost,
+        usage_reported: true,
+        created_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        ..UsageRecord::default()
+    };
+    match s.inner.store.insert_usage(&[record]).await {
+        Ok(new) if new > 0 => tracing::info!(job, trained, "fine-tuning job charged"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(job, error = %e, "fine-tuning job not charged yet (store)"),
     }
 }
 

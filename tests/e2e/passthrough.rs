@@ -489,7 +489,7 @@ async fn a_completed_batch_is_charged_once_per_line(backend: Backend) {
         (
             "gpt-4o-mini",
             json!({"input": "0.15", "output": "0.60", "cached_input": "0.075",
-                   "batch_input": "0.075", "batch_output": "0.30"}),
+                   "batch_input": "0.075", "batch_output": "0.30", "training": "3"}),
         ),
         // Batch prices left to the rule: input and output.
         ("gpt-4.1", json!({"input": "2", "output": "8"})),
@@ -598,4 +598,51 @@ async fn a_completed_batch_is_charged_once_per_line(backend: Backend) {
     };
     assert_eq!(cost_of("gpt-4o-mini"), Some(json!("0.001155")), "{usage}");
     assert_eq!(cost_of("gpt-4.1"), Some(json!("0.001400")), "{usage}");
+
+    // A fine-tuning job that succeeded: its trained tokens at the training price, once.
+    let (status, job) = call(
+        &gw,
+        &key,
+        Method::POST,
+        "/v1/fine_tuning/jobs",
+        Some(json!({"model": "gpt-4o-mini", "training_file": file["id"],
+                    "metadata": {"mock": "complete", "trained_tokens": "123457"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{job}");
+    let path = format!("/v1/fine_tuning/jobs/{}", job["id"].as_str().unwrap());
+    for _ in 0..2 {
+        let (status, read) = call(&gw, &key, Method::GET, &path, None).await;
+        assert_eq!(
+            (status, &read["status"]),
+            (200, &json!("succeeded")),
+            "{read}"
+        );
+    }
+    use sqlx::Row;
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&gw.database_url)
+        .await
+        .unwrap();
+    let rows = sqlx::query(
+        "SELECT model, input_tokens, cost_micro_usd FROM usage_records \
+         WHERE request_id LIKE 'fine_tuning:%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    // 123,457 tokens × 3 USD per 1M = 0.370371 USD.
+    let got: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get("model"),
+                r.get("input_tokens"),
+                r.get("cost_micro_usd"),
+            )
+        })
+        .collect();
+    assert_eq!(got, [("gpt-4o-mini".to_owned(), 123_457, 370_371)]);
 }
