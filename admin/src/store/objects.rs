@@ -63,7 +63,8 @@ impl Store {
     }
 
     /// Batches and fine-tuning jobs created since `since` (unix seconds) whose work is not
-    /// charged yet, oldest first, at most `limit`.
+    /// charged yet, at most `limit`, in random order: with more pending than `limit`,
+    /// every one is still looked at within a few polls.
     pub async fn uncharged_passthrough_work(
         &self,
         since: i64,
@@ -72,7 +73,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT kind, object_id, tenant_id, key_id FROM passthrough_objects \
              WHERE charged_at IS NULL AND kind <> 'file' AND created_at >= $1 \
-             ORDER BY created_at LIMIT $2",
+             ORDER BY random() LIMIT $2",
         )
         .bind(since)
         .bind(limit)
