@@ -62,6 +62,14 @@ pub struct PassthroughConfig {
     /// One OpenAI-compatible deployment (`provider: openai`): these objects live in one
     /// upstream account, so they cannot be spread over several.
     pub deployment: DeploymentConfig,
+    /// Seconds between polls of the batches and fine-tuning jobs whose work is not charged
+    /// yet (default 60; 0 = only when a client reads them).
+    #[serde(default = "default_poll_s")]
+    pub poll_s: u64,
+}
+
+fn default_poll_s() -> u64 {
+    60
 }
 
 impl PassthroughConfig {
@@ -511,7 +519,12 @@ async fn exchange(s: &Passthrough, call: &Call) -> Result<Reply, ApiError> {
                 return Ok(Reply::error(e.to_api(&s.inner.name)));
             };
             store
-                .record_passthrough_object(kind.stored(), id, tenant)
+                .record_passthrough_object(
+                    kind.stored(),
+                    id,
+                    tenant,
+                    Some(call.principal.key_id.as_str()),
+                )
                 .await
                 .map_err(store_unavailable)?;
             record_result_files(store, tenant, &json).await;
@@ -519,11 +532,12 @@ async fn exchange(s: &Passthrough, call: &Call) -> Result<Reply, ApiError> {
         Op::List => filter_list(store, tenant, kind, &mut json).await?,
         Op::Object(id) => {
             record_result_files(store, tenant, &json).await;
-            if kind == Kind::Batch
-                && json.get("status").and_then(Value::as_str) == Some("completed")
-                && let Some(output) = json.get("output_file_id").and_then(Value::as_str)
-            {
-                charge_batch(s, call, id, output).await;
+            if matches!(kind, Kind::Batch | Kind::FineTuningJob) {
+                let payer = Payer {
+                    tenant,
+                    key: &call.principal.key_id,
+                };
+                charge_if_ended(s, kind, id, &json, payer).await;
             }
         }
     }
@@ -537,13 +551,13 @@ const MAX_BATCH_OUTPUT_BYTES: usize = 256 * 1024 * 1024;
 
 /// Charges a completed batch: one usage record per line of its output file, from the
 /// line's `usage` at the model's `batch_input` / `batch_output` prices, for the tenant
-/// that owns the batch and the key that read it. Each record's id is
+/// that owns the batch and the key that created it. Each record's id is
 /// `batch:<batch id>:<custom_id>`, so the ledger counts a line once however often the
 /// batch is read, by however many replicas, across restarts. Best effort: a failure is
-/// logged and the next read of the batch tries again.
-async fn charge_batch(s: &Passthrough, call: &Call, batch: &str, output: &str) {
+/// logged, `false` returned, and the next read or poll tries again.
+async fn charge_batch(s: &Passthrough, payer: Payer<'_>, batch: &str, output: &str) -> bool {
     let Some(prices) = s.inner.prices.get() else {
-        return;
+        return false;
     };
     let deadlines = s.inner.upstream.timeouts().start();
     let builder = s
@@ -556,18 +570,18 @@ async fn charge_batch(s: &Passthrough, call: &Call, batch: &str, output: &str) {
         }
         Ok(r) => {
             tracing::warn!(batch, status = %r.status(), "batch output file not readable; not charged yet");
-            return;
+            return false;
         }
         Err(e) => {
             tracing::warn!(batch, error = %e, "batch output file not readable; not charged yet");
-            return;
+            return false;
         }
     };
     let content = match content {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(batch, error = %e, "batch output file not read whole; not charged yet");
-            return;
+            return false;
         }
     };
     let now = std::time::SystemTime::now()
@@ -595,8 +609,8 @@ async fn charge_batch(s: &Passthrough, call: &Call, batch: &str, output: &str) {
         let line_id = line.custom_id.unwrap_or_else(|| format!("line-{n}"));
         records.push(UsageRecord {
             request_id: format!("batch:{batch}:{line_id}"),
-            tenant_id: call.principal.tenant_id.clone(),
-            key_id: call.principal.key_id.clone(),
+            tenant_id: payer.tenant.to_owned(),
+            key_id: payer.key.to_owned(),
             model,
             deployment: s.inner.name.clone(),
             endpoint: Endpoint::Batches.label().to_owned(),
@@ -613,9 +627,185 @@ async fn charge_batch(s: &Passthrough, call: &Call, batch: &str, output: &str) {
         });
     }
     match s.inner.store.insert_usage(&records).await {
-        Ok(new) if new > 0 => tracing::info!(batch, lines = new, "batch charged"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(batch, error = %e, "batch not charged yet (store)"),
+        Ok(new) => {
+            if new > 0 {
+                tracing::info!(batch, lines = new, "batch charged");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(batch, error = %e, "batch not charged yet (store)");
+            false
+        }
+    }
+}
+
+/// Charges a fine-tuning job that has succeeded: one usage record of its
+/// `trained_tokens` (as input tokens) at its base model's `training` price (0 when the
+/// model has none), for the tenant that owns it and the key that created it; id
+/// `fine_tuning:<job id>`, so once however often it is read. Best effort, as batches.
+async fn charge_job(s: &Passthrough, payer: Payer<'_>, job: &str, json: &Value) -> bool {
+    let Some(prices) = s.inner.prices.get() else {
+        return false;
+    };
+    let Some(trained) = json.get("trained_tokens").and_then(Value::as_u64) else {
+        return true;
+    };
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let cost = match prices.get(&model).await.and_then(|p| p.training) {
+        // USD per 1M tokens × tokens, rounded half-up once.
+        Some(per_1m) => {
+            let scaled = i128::from(trained) * i128::from(per_1m.micros());
+            i64::try_from((scaled + 500_000) / 1_000_000).unwrap_or(i64::MAX)
+        }
+        None => {
+            tracing::warn!(
+                job,
+                model,
+                "fine-tuning job's model has no training price; recorded at cost 0"
+            );
+            0
+        }
+    };
+    let record = UsageRecord {
+        request_id: format!("fine_tuning:{job}"),
+        tenant_id: payer.tenant.to_owned(),
+        key_id: payer.key.to_owned(),
+        model,
+        deployment: s.inner.name.clone(),
+        endpoint: Endpoint::FineTuning.label().to_owned(),
+        status: 200,
+        input_tokens: trained,
+        cost_micro_usd: cost,
+        usage_reported: true,
+        created_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        ..UsageRecord::default()
+    };
+    match s.inner.store.insert_usage(&[record]).await {
+        Ok(new) => {
+            if new > 0 {
+                tracing::info!(job, trained, "fine-tuning job charged");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(job, error = %e, "fine-tuning job not charged yet (store)");
+            false
+        }
+    }
+}
+
+/// Who a batch's or job's work is charged to.
+#[derive(Clone, Copy)]
+struct Payer<'a> {
+    tenant: &'a str,
+    key: &'a str,
+}
+
+/// Charges a batch or job whose object (`json`, as the upstream answered it) says it has
+/// ended, and marks it charged: a completed (or cancelled, expired, failed) batch by the
+/// lines of its output file, a succeeded job by its trained tokens; one that ended with
+/// nothing to charge is marked too. One still running is left for the next read or poll.
+async fn charge_if_ended(s: &Passthrough, kind: Kind, id: &str, json: &Value, payer: Payer<'_>) {
+    let status = json
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let charged = match kind {
+        Kind::Batch => match status {
+            "completed" | "cancelled" | "expired" | "failed" => {
+                match json.get("output_file_id").and_then(Value::as_str) {
+                    Some(output) => charge_batch(s, payer, id, output).await,
+                    None => true,
+                }
+            }
+            _ => return,
+        },
+        Kind::FineTuningJob => match status {
+            "succeeded" => charge_job(s, payer, id, json).await,
+            "failed" | "cancelled" => true,
+            _ => return,
+        },
+        Kind::File => return,
+    };
+    if charged
+        && let Err(e) = s
+            .inner
+            .store
+            .mark_passthrough_charged(kind.stored(), id)
+            .await
+    {
+        tracing::warn!(id, error = %e, "charged work not marked; the poll will look again");
+    }
+}
+
+/// How far back the poll looks for uncharged batches and jobs (OpenAI keeps a batch's
+/// output 30 days).
+const POLL_HORIZON_S: i64 = 30 * 86_400;
+/// Batches and jobs looked at per poll.
+const POLL_PAGE: i64 = 100;
+
+impl Passthrough {
+    /// Every `every`, asks the upstream about the batches and fine-tuning jobs whose work
+    /// is not charged yet and charges those that have ended ([`charge_if_ended`]), so work
+    /// nobody reads back is charged too. Every replica may run it: the ledger counts each
+    /// line once. Runs until the task is dropped.
+    pub async fn poll(self, every: std::time::Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let pending = match self
+                .inner
+                .store
+                .uncharged_passthrough_work(now - POLL_HORIZON_S, POLL_PAGE)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(error = %e, "passthrough poll: store unavailable");
+                    continue;
+                }
+            };
+            for work in pending {
+                let (kind, path) = match work.kind.as_str() {
+                    "batch" => (Kind::Batch, format!("/batches/{}", work.object_id)),
+                    "fine_tuning.job" => (
+                        Kind::FineTuningJob,
+                        format!("/fine_tuning/jobs/{}", work.object_id),
+                    ),
+                    _ => continue,
+                };
+                let deadlines = self.inner.upstream.timeouts().start();
+                let builder = self.inner.upstream.request(Method::GET, &path);
+                let answer = match relay::send(builder, deadlines.headers).await {
+                    Ok(r) if r.status().is_success() => {
+                        relay::read_all(r, deadlines.body, MAX_JSON_BYTES)
+                            .await
+                            .ok()
+                    }
+                    _ => None,
+                };
+                let Some(json) = answer.and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                else {
+                    continue;
+                };
+                let payer = Payer {
+                    tenant: &work.tenant_id,
+                    key: &work.key_id,
+                };
+                charge_if_ended(&self, kind, &work.object_id, &json, payer).await;
+            }
+        }
     }
 }
 
@@ -693,7 +883,7 @@ async fn record_result_files(store: &Store, tenant: &str, json: &Value) {
     }
     for id in ids {
         if let Err(e) = store
-            .record_passthrough_object(Kind::File.stored(), id, tenant)
+            .record_passthrough_object(Kind::File.stored(), id, tenant, None)
             .await
         {
             tracing::warn!(error = %e, "passthrough: result file not recorded");

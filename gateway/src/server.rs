@@ -178,10 +178,18 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     .map_err(|e| ServeError::Other(format!("metrics: {e}")))?;
     let purge_hook = tollgate_admin::api::CachePurgeHook(Arc::new(cache.clone()));
     let passthrough = match &config.passthrough {
-        Some(p) => Some(
-            crate::passthrough::Passthrough::new(&p.deployment, &providers, store.clone())
-                .map_err(ServeError::Other)?,
-        ),
+        Some(p) => {
+            let passthrough =
+                crate::passthrough::Passthrough::new(&p.deployment, &providers, store.clone())
+                    .map_err(ServeError::Other)?;
+            // Batches and fine-tuning jobs nobody reads back are charged by this poll
+            // (at the meter's prices).
+            passthrough.set_prices(ledger.prices());
+            if p.poll_s > 0 {
+                tokio::spawn(passthrough.clone().poll(Duration::from_secs(p.poll_s)));
+            }
+            Some(passthrough)
+        }
         None => None,
     };
     // Plans and spend come from the store; reservations are priced like the meter prices.

@@ -113,8 +113,6 @@ pub fn model_calls(
 
 /// The inner stack of passthrough calls: quota → meter → the passthrough upstream.
 pub fn passthrough_calls(quota: &Quota, ledger: &Ledger, passthrough: Passthrough) -> Calls {
-    // Completed batches are charged at the meter's prices.
-    passthrough.set_prices(ledger.prices());
     BoxCloneSyncService::new(
         ServiceBuilder::new()
             .layer(StageLayer(quota.clone()))

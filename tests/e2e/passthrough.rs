@@ -91,6 +91,7 @@ on_both_stores!(
     objects_are_scoped_per_tenant_and_metered,
     creating_batches_and_jobs_goes_through_the_quota,
     a_completed_batch_is_charged_once_per_line,
+    work_nobody_reads_is_charged_by_the_poll,
 );
 
 async fn objects_are_scoped_per_tenant_and_metered(backend: Backend) {
@@ -489,7 +490,7 @@ async fn a_completed_batch_is_charged_once_per_line(backend: Backend) {
         (
             "gpt-4o-mini",
             json!({"input": "0.15", "output": "0.60", "cached_input": "0.075",
-                   "batch_input": "0.075", "batch_output": "0.30"}),
+                   "batch_input": "0.075", "batch_output": "0.30", "training": "3"}),
         ),
         // Batch prices left to the rule: input and output.
         ("gpt-4.1", json!({"input": "2", "output": "8"})),
@@ -598,4 +599,164 @@ async fn a_completed_batch_is_charged_once_per_line(backend: Backend) {
     };
     assert_eq!(cost_of("gpt-4o-mini"), Some(json!("0.001155")), "{usage}");
     assert_eq!(cost_of("gpt-4.1"), Some(json!("0.001400")), "{usage}");
+
+    // A fine-tuning job that succeeded: its trained tokens at the training price, once.
+    let (status, job) = call(
+        &gw,
+        &key,
+        Method::POST,
+        "/v1/fine_tuning/jobs",
+        Some(json!({"model": "gpt-4o-mini", "training_file": file["id"],
+                    "metadata": {"mock": "complete", "trained_tokens": "123457"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{job}");
+    let path = format!("/v1/fine_tuning/jobs/{}", job["id"].as_str().unwrap());
+    for _ in 0..2 {
+        let (status, read) = call(&gw, &key, Method::GET, &path, None).await;
+        assert_eq!(
+            (status, &read["status"]),
+            (200, &json!("succeeded")),
+            "{read}"
+        );
+    }
+    use sqlx::Row;
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&gw.database_url)
+        .await
+        .unwrap();
+    let rows = sqlx::query(
+        "SELECT model, input_tokens, cost_micro_usd FROM usage_records \
+         WHERE request_id LIKE 'fine_tuning:%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    // 123,457 tokens × 3 USD per 1M = 0.370371 USD.
+    let got: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get("model"),
+                r.get("input_tokens"),
+                r.get("cost_micro_usd"),
+            )
+        })
+        .collect();
+    assert_eq!(got, [("gpt-4o-mini".to_owned(), 123_457, 370_371)]);
+}
+
+/// A batch and a job nobody reads back are charged by the gateway's poll, once.
+async fn work_nobody_reads_is_charged_by_the_poll(backend: Backend) {
+    let upstream = MockUpstream::start().await;
+    let config = format!(
+        "max_body_mb: 1
+passthrough:
+  deployment: {{ provider: openai, base_url: '{}', api_key: sk-upstream-secret, name: openai-files }}
+  poll_s: 1
+",
+        upstream.base_url()
+    );
+    let Some(gw) = Gateway::start(backend, &config).await else {
+        return;
+    };
+    let (status, answer) = gw
+        .admin(
+            Method::PUT,
+            "/admin/v1/prices/gpt-4o-mini",
+            Some(
+                json!({"input": "0.15", "output": "0.60", "batch_input": "0.075",
+                        "batch_output": "0.30", "training": "3"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (_, key) = tenant(&gw, "polled").await;
+    let line = json!({"custom_id": "only", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [], "mock": {"prompt_tokens": 2000, "completion_tokens": 100}}});
+    let file: Value = upload(&gw, &key, line.to_string().as_bytes())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (status, batch) = call(
+        &gw,
+        &key,
+        Method::POST,
+        "/v1/batches",
+        Some(
+            json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h", "metadata": {"mock": "complete"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{batch}");
+    let (status, job) = call(
+        &gw,
+        &key,
+        Method::POST,
+        "/v1/fine_tuning/jobs",
+        Some(json!({"model": "gpt-4o-mini", "training_file": file["id"],
+                    "metadata": {"mock": "complete", "trained_tokens": "1000"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{job}");
+    // 2000 × 0.075 + 100 × 0.30 = 180 µUSD; 1000 trained × 3 = 3000 µUSD.
+    let want: std::collections::BTreeMap<String, i64> = [
+        (format!("batch:{}:only", batch["id"].as_str().unwrap()), 180),
+        (format!("fine_tuning:{}", job["id"].as_str().unwrap()), 3000),
+    ]
+    .into_iter()
+    .collect();
+    let started = Instant::now();
+    let got = loop {
+        let got: std::collections::BTreeMap<String, i64> = charged(&gw.database_url).await;
+        if got.len() >= 2 || started.elapsed() > Duration::from_secs(15) {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(got, want);
+    // Marked charged: later polls leave them alone (and the ledger would not double them).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(charged(&gw.database_url).await, want);
+    use sqlx::Row;
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&gw.database_url)
+        .await
+        .unwrap();
+    let uncharged: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM passthrough_objects WHERE kind <> 'file' AND charged_at IS NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .get(0);
+    pool.close().await;
+    assert_eq!(uncharged, 0);
+}
+
+/// Batch and job records: request id → cost.
+async fn charged(database_url: &str) -> std::collections::BTreeMap<String, i64> {
+    use sqlx::Row;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(database_url)
+        .await
+        .unwrap();
+    let rows = sqlx::query(
+        "SELECT request_id, cost_micro_usd FROM usage_records \
+         WHERE request_id LIKE 'batch:%' OR request_id LIKE 'fine_tuning:%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    rows.iter()
+        .map(|r| (r.get("request_id"), r.get("cost_micro_usd")))
+        .collect()
 }

@@ -20,6 +20,7 @@ mod keys;
 mod ledger;
 mod money;
 mod objects;
+pub use objects::PendingWork;
 mod plans;
 mod prices;
 mod tenants;

@@ -24,6 +24,17 @@ fn check(field: &'static str, value: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A batch or fine-tuning job whose work is not charged yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingWork {
+    /// `batch` or `fine_tuning.job`.
+    pub kind: String,
+    pub object_id: String,
+    pub tenant_id: String,
+    /// The key that created it (`""` for objects created before migration 0011).
+    pub key_id: String,
+}
+
 impl Store {
     /// Remembers that `tenant_id` created the upstream object `object_id` of `kind`. An
     /// id already recorded keeps its first owner (ids are the upstream's, unique in its
@@ -33,17 +44,68 @@ impl Store {
         kind: &str,
         object_id: &str,
         tenant_id: &str,
+        key_id: Option<&str>,
     ) -> Result<(), StoreError> {
         check("kind", kind)?;
         check("id", object_id)?;
         sqlx::query(
-            "INSERT INTO passthrough_objects (kind, object_id, tenant_id, created_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (kind, object_id) DO NOTHING",
+            "INSERT INTO passthrough_objects (kind, object_id, tenant_id, created_at, key_id) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, object_id) DO NOTHING",
         )
         .bind(kind)
         .bind(object_id)
         .bind(tenant_id)
         .bind(super::now_unix())
+        .bind(key_id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Batches and fine-tuning jobs created since `since` (unix seconds) whose work is not
+    /// charged yet, at most `limit`, in random order: with more pending than `limit`,
+    /// every one is still looked at within a few polls.
+    pub async fn uncharged_passthrough_work(
+        &self,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<PendingWork>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, object_id, tenant_id, key_id FROM passthrough_objects \
+             WHERE charged_at IS NULL AND kind <> 'file' AND created_at >= $1 \
+             ORDER BY random() LIMIT $2",
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingWork {
+                    kind: r.try_get("kind")?,
+                    object_id: r.try_get("object_id")?,
+                    tenant_id: r.try_get("tenant_id")?,
+                    key_id: r
+                        .try_get::<Option<String>, _>("key_id")?
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a batch's or job's work as charged (or ended with nothing to charge).
+    pub async fn mark_passthrough_charged(
+        &self,
+        kind: &str,
+        object_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE passthrough_objects SET charged_at = $1 \
+             WHERE kind = $2 AND object_id = $3 AND charged_at IS NULL",
+        )
+        .bind(super::now_unix())
+        .bind(kind)
+        .bind(object_id)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -104,19 +166,59 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn uncharged_batches_and_jobs_are_listed_until_marked() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        for (kind, id) in [
+            ("file", "file-1"),
+            ("batch", "batch_1"),
+            ("fine_tuning.job", "ft-1"),
+        ] {
+            store
+                .record_passthrough_object(kind, id, "t", Some("k"))
+                .await
+                .unwrap();
+        }
+        let pending = store.uncharged_passthrough_work(0, 10).await.unwrap();
+        let ids: Vec<&str> = pending.iter().map(|w| w.object_id.as_str()).collect();
+        assert_eq!(ids.len(), 2);
+        assert!(ids.contains(&"batch_1") && ids.contains(&"ft-1"));
+        assert!(
+            pending
+                .iter()
+                .all(|w| w.tenant_id == "t" && w.key_id == "k")
+        );
+        store
+            .mark_passthrough_charged("batch", "batch_1")
+            .await
+            .unwrap();
+        let pending = store.uncharged_passthrough_work(0, 10).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].object_id, "ft-1");
+        // Older than the horizon: not listed.
+        assert!(
+            store
+                .uncharged_passthrough_work(i64::MAX, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
     async fn owners_are_recorded_once_and_lists_filter_by_tenant() {
         let store = Store::connect("sqlite::memory:").await.unwrap();
         store.migrate().await.unwrap();
         store
-            .record_passthrough_object("file", "file-a", "t1")
+            .record_passthrough_object("file", "file-a", "t1", None)
             .await
             .unwrap();
         store
-            .record_passthrough_object("file", "file-b", "t2")
+            .record_passthrough_object("file", "file-b", "t2", None)
             .await
             .unwrap();
         store
-            .record_passthrough_object("file", "file-a", "t2")
+            .record_passthrough_object("file", "file-a", "t2", None)
             .await
             .unwrap();
         assert_eq!(
@@ -147,7 +249,7 @@ mod tests {
         assert_eq!(owned, HashSet::from(["file-b".to_owned()]));
         assert!(
             store
-                .record_passthrough_object("file", "", "t1")
+                .record_passthrough_object("file", "", "t1", None)
                 .await
                 .is_err()
         );

@@ -8,7 +8,9 @@
 //! except a batch created with `metadata: {"mock": "complete"}`: it is `completed` at once,
 //! with an output file holding one chat completion per input line, whose `usage` is the
 //! line's `body.mock` knobs `prompt_tokens` (default 10), `cached_tokens` (default 0) and
-//! `completion_tokens` (default 5), and whose `model` is the line's.
+//! `completion_tokens` (default 5), and whose `model` is the line's; and a fine-tuning job
+//! created with `metadata: {"mock": "complete", "trained_tokens": "N"}`: it has
+//! `succeeded` at once, having trained N tokens.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -229,7 +231,7 @@ impl Inner {
             );
         }
         let id = self.id("ftjob-");
-        let object = json!({"id": id, "object": "fine_tuning.job", "created_at": now(),
+        let mut object = json!({"id": id, "object": "fine_tuning.job", "created_at": now(),
             "error": null, "fine_tuned_model": null, "finished_at": null,
             "hyperparameters": {"n_epochs": "auto", "batch_size": "auto",
                 "learning_rate_multiplier": "auto"},
@@ -239,6 +241,17 @@ impl Inner {
             "estimated_finish": null, "integrations": [], "metadata": null,
             "method": {"type": "supervised", "supervised": {"hyperparameters": {
                 "n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}}}});
+        if body["metadata"]["mock"] == "complete" {
+            let trained: u64 = body["metadata"]["trained_tokens"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            object["status"] = json!("succeeded");
+            object["trained_tokens"] = json!(trained);
+            object["finished_at"] = json!(now());
+            object["fine_tuned_model"] = json!(format!("ft:{model}:mock::{id}"));
+            object["metadata"] = body["metadata"].clone();
+        }
         self.jobs.insert(id, object.clone());
         json_response(StatusCode::OK, &object)
     }
