@@ -17,3 +17,4 @@ pub mod error;
 pub mod keys;
 pub mod operator;
 pub mod store;
+pub mod webhooks;

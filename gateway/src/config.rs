@@ -115,6 +115,9 @@ pub struct Config {
     /// (`crate::response_ids`).
     #[serde(default)]
     pub responses: crate::response_ids::ResponsesConfig,
+    /// Budget and key event delivery (`crate::webhooks`).
+    #[serde(default)]
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 fn default_spool_dir() -> String {
@@ -192,6 +195,7 @@ impl Default for Config {
             passthrough: None,
             otlp: None,
             responses: Default::default(),
+            webhooks: Default::default(),
         }
     }
 }

@@ -40,3 +40,4 @@ pub mod stack;
 mod stack_tests;
 pub mod tls;
 pub mod trace;
+pub mod webhooks;

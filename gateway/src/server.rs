@@ -232,6 +232,8 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     )
     .map_err(ServeError::Other)?;
     let auth = Arc::new(auth);
+    // Budget and key events, from the store's outbox (one replica at a time).
+    tokio::spawn(crate::webhooks::run(store.clone(), config.webhooks.clone()));
     let admin = tollgate_admin::api::router(AdminState {
         store,
         auth,
@@ -241,7 +243,11 @@ pub async fn serve(config: Config, startup: Startup) -> Result<(), ServeError> {
     })
     .merge(metrics::router(registry))
     // `DELETE /admin/v1/tenants/{id}/cache` reaches the data plane's cache through this.
-    .layer(axum::Extension(purge_hook));
+    .layer(axum::Extension(purge_hook))
+    // Webhook URLs are checked against SSRF at creation under the same rule as delivery.
+    .layer(axum::Extension(tollgate_admin::webhooks::WebhookPolicy {
+        allow_private_targets: config.webhooks.allow_private_targets,
+    }));
     let readiness = Arc::new(Readiness {
         stopping: AtomicBool::new(false),
         // The store answered at start (migrations); the window counts from there.

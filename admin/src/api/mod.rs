@@ -39,6 +39,7 @@ mod plans;
 mod prices;
 mod tenants;
 mod usage;
+mod webhooks;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, State};

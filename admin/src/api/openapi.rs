@@ -20,7 +20,7 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AdminState, cache, invoices, keys, limits, plans, prices, tenants, usage};
+use super::{AdminState, cache, invoices, keys, limits, plans, prices, tenants, usage, webhooks};
 use crate::error::ApiError;
 
 /// Every error answer, in OpenAI's shape.
@@ -109,6 +109,7 @@ pub(super) fn nullable_plan_name() -> Schema {
         (name = "plans", description = "Limits and monthly budgets; null = unlimited."),
         (name = "prices", description = "USD per 1M tokens (per image for `image`), per model."),
         (name = "usage", description = "Metered usage and monthly invoices, summed exactly from the usage ledger; days and months are UTC."),
+        (name = "webhooks", description = "Endpoints that receive signed budget and key events."),
         (name = "probes", description = "Liveness, readiness and this document; no token needed."),
     ),
 )]
@@ -136,6 +137,8 @@ pub(super) fn split() -> (axum::Router<AdminState>, OpenApi) {
         .routes(routes!(prices::get, prices::put))
         .routes(routes!(usage::get))
         .routes(routes!(invoices::get))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::delete))
         .split_for_parts();
     finish(&mut doc);
     (router, doc)

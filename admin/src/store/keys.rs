@@ -477,9 +477,16 @@ impl Store {
         }
         self.publish_logged(Invalidation::Key(public_id.to_owned()))
             .await;
-        self.get_key(public_id)
+        let key = self
+            .get_key(public_id)
             .await?
-            .ok_or_else(|| key_not_found(public_id))
+            .ok_or_else(|| key_not_found(public_id))?;
+        // Once per key (a second revoke changes nothing and sends nothing).
+        let data = serde_json::json!({"tenant": key.tenant, "key": key.id});
+        let dedupe = format!("key.revoked|{public_id}");
+        self.queue_webhook_event("key.revoked", data, Some(&dedupe))
+            .await?;
+        Ok(key)
     }
 
     /// Gives a key a new secret; the old one stops working at once (one UPDATE replaces

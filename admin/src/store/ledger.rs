@@ -662,6 +662,18 @@ impl Store {
         // for the shortest time.
         self.upsert_rollup(&mut tx, Rollup::Models, models).await?;
 
+        // 4. Budget alerts: in this transaction, so the event exists iff the spend does.
+        let spends: Vec<super::webhooks::Spend<'_>> = fresh
+            .iter()
+            .filter(|r| r.cost_micro_usd > 0)
+            .map(|r| super::webhooks::Spend {
+                tenant: r.tenant_id.as_ref(),
+                key: r.key_id.as_ref(),
+                at_ms: r.created_at_ms,
+            })
+            .collect();
+        super::webhooks::queue_budget_alerts(&mut tx, &spends).await?;
+
         tx.commit().await?;
         Ok(u64::try_from(fresh.len()).unwrap_or(u64::MAX))
     }

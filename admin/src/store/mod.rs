@@ -25,6 +25,7 @@ mod plans;
 mod prices;
 mod tenants;
 mod usage;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -41,6 +42,10 @@ pub use plans::{Plan, PlanLimits};
 pub use prices::{NewPrice, Price};
 pub use tenants::{DEFAULT_PLAN, Tenant, TenantUpdate};
 pub use usage::{DailyUsageRow, Usage, UsageFilter, UsageGroupBy, UsageRecord, UsageRow};
+pub use webhooks::{
+    DEFAULT_THRESHOLDS, DeliveryOutcome, DueDelivery, EVENT_TYPES, Webhook, normalize_thresholds,
+    thresholds_from_json, validate_thresholds,
+};
 
 /// How long a query waits for a connection before the store counts as unavailable: short,
 /// so a dead database turns into a quick 503 instead of requests piling up.
