@@ -123,6 +123,7 @@ pub fn signature(secret: &str, t: i64, body: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

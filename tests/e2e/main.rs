@@ -32,6 +32,7 @@ mod scaleout;
 mod secrets;
 mod tracing;
 mod upstream_hostile;
+mod webhooks;
 
 use serde_json::Value;
 use tollgate_tests::harness::{Backend, Gateway, closed_port};

@@ -41,6 +41,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("put", "/admin/v1/prices/{model}"),
     ("get", "/admin/v1/usage"),
     ("get", "/admin/v1/invoices"),
+    ("post", "/admin/v1/webhooks"),
+    ("get", "/admin/v1/webhooks"),
+    ("get", "/admin/v1/webhooks/{id}"),
+    ("delete", "/admin/v1/webhooks/{id}"),
 ];
 
 /// A purge hook with nothing to purge.
@@ -598,6 +602,40 @@ async fn answers_match_the_document(db: Db) {
         "/admin/v1/invoices?tenant=ten_nobodyhere00000&period=2026-01".to_owned(),
     ] {
         c.check(&app, t, invoices, &path, None).await;
+    }
+
+    // Webhooks: a loopback URL is refused unless the gateway allows private targets.
+    let hooks = ("post", "/admin/v1/webhooks");
+    let body = r#"{"url":"http://127.0.0.1:9/hook"}"#;
+    c.check(&app, t, hooks, "/admin/v1/webhooks", Some(body))
+        .await;
+    let private_ok = app
+        .clone()
+        .layer(axum::Extension(tollgate_admin::webhooks::WebhookPolicy {
+            allow_private_targets: true,
+        }));
+    let (_, hook) = c
+        .check(&private_ok, t, hooks, "/admin/v1/webhooks", Some(body))
+        .await;
+    let hook_path = format!("/admin/v1/webhooks/{}", hook["id"].as_str().unwrap());
+    let list_hooks = ("get", "/admin/v1/webhooks");
+    c.check(&app, t, list_hooks, "/admin/v1/webhooks", None)
+        .await;
+    c.check(&app, t, list_hooks, "/admin/v1/webhooks?limit=abc", None)
+        .await;
+    for (method, path) in [("get", hook_path.as_str()), ("delete", hook_path.as_str())] {
+        c.check(&app, t, (method, "/admin/v1/webhooks/{id}"), path, None)
+            .await;
+    }
+    for method in ["get", "delete"] {
+        c.check(
+            &app,
+            t,
+            (method, "/admin/v1/webhooks/{id}"),
+            "/admin/v1/webhooks/wh_nobody",
+            None,
+        )
+        .await;
     }
 
     // Cache purge: 503 without the gateway's hook, 200 with one, 404 for another tenant.
