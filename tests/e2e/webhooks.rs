@@ -177,10 +177,20 @@ async fn budget_alerts_are_signed_retried_and_sent_once(backend: Backend) {
         .admin(
             Method::PUT,
             &format!("/admin/v1/plans/{plan}"),
-            Some(json!({"monthly_budget_usd": "0.021"})),
+            Some(json!({"monthly_budget_usd": "0.021", "alert_thresholds_pct": [0, 80]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "alert_thresholds_pct", "{body}");
+    let (status, body) = gw
+        .admin(
+            Method::PUT,
+            &format!("/admin/v1/plans/{plan}"),
+            Some(json!({"monthly_budget_usd": "0.021", "alert_thresholds_pct": [100, 80, 80]})),
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body["alert_thresholds_pct"], json!([80, 100]), "{body}");
     let (status, tenant) = gw
         .admin(
             Method::POST,

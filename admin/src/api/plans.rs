@@ -39,6 +39,11 @@ pub(super) struct PlanBody {
     #[serde(default, deserialize_with = "json_int::opt_u64")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 9223372036854775807_i64)]
     monthly_tokens: Option<u64>,
+    /// Percentages of the budget at which webhooks are told: integers 1..=100 (100 =
+    /// `budget.exhausted`); absent or null = `[80, 100]`. Stored sorted and distinct.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<i64>>)]
+    alert_thresholds_pct: Option<Vec<i64>>,
 }
 
 fn budget_schema() -> utoipa::openapi::schema::Schema {
@@ -129,7 +134,15 @@ pub(super) async fn put(
         monthly_budget_usd: body.monthly_budget_usd,
         monthly_tokens: body.monthly_tokens,
     };
-    let plan = state.store.put_plan(&name, limits).await?;
+    let thresholds = body
+        .alert_thresholds_pct
+        .as_deref()
+        .map(crate::store::validate_thresholds)
+        .transpose()?;
+    let plan = state
+        .store
+        .put_plan_with_alerts(&name, limits, thresholds)
+        .await?;
     tracing::info!(plan = %name, operator = %caller.0.subject, "plan set");
     Ok(Json(plan))
 }

@@ -18,6 +18,10 @@ pub struct Plan {
     pub name: String,
     #[serde(flatten)]
     pub limits: PlanLimits,
+    /// Percentages of `monthly_budget_usd` at which webhooks are told (`budget.threshold`;
+    /// 100 = `budget.exhausted`), sorted and distinct; default `[80, 100]`.
+    #[schema(value_type = Vec<i64>, examples(json!([80, 100])))]
+    pub alert_thresholds_pct: Vec<u8>,
 }
 
 /// What a plan allows; each `null` is unlimited. `rpm`, `tpm` and `max_concurrent` count
@@ -49,6 +53,7 @@ impl Plan {
         Plan {
             name: name.to_owned(),
             limits: PlanLimits::default(),
+            alert_thresholds_pct: super::DEFAULT_THRESHOLDS.to_vec(),
         }
     }
 
@@ -77,6 +82,10 @@ impl Plan {
                 monthly_budget_usd: budget,
                 monthly_tokens: tokens,
             },
+            alert_thresholds_pct: super::thresholds_from_json(
+                row.try_get::<Option<String>, _>("alert_thresholds_pct")?
+                    .as_deref(),
+            ),
         })
     }
 }
@@ -85,8 +94,8 @@ impl Store {
     /// The plan named `name`, or `None`. The gateway reads a tenant's limits with this.
     pub async fn get_plan(&self, name: &str) -> Result<Option<Plan>, StoreError> {
         sqlx::query(
-            "SELECT name, rpm, tpm, max_concurrent, monthly_budget_micro_usd, monthly_tokens \
-             FROM plans WHERE name = $1",
+            "SELECT name, rpm, tpm, max_concurrent, monthly_budget_micro_usd, monthly_tokens, \
+             alert_thresholds_pct FROM plans WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(self.pool())
@@ -104,8 +113,8 @@ impl Store {
     ) -> Result<Page<Plan>, StoreError> {
         let fetch = super::fetch_limit("limit", limit)?;
         let rows = sqlx::query(
-            "SELECT name, rpm, tpm, max_concurrent, monthly_budget_micro_usd, monthly_tokens \
-             FROM plans WHERE name > $1 ORDER BY name LIMIT $2",
+            "SELECT name, rpm, tpm, max_concurrent, monthly_budget_micro_usd, monthly_tokens, \
+             alert_thresholds_pct FROM plans WHERE name > $1 ORDER BY name LIMIT $2",
         )
         .bind(super::cursor(after))
         .bind(fetch)
@@ -125,6 +134,17 @@ impl Store {
     /// drop its cached auth data ([`Invalidation::All`]), since any number of tenants may
     /// be on this plan.
     pub async fn put_plan(&self, name: &str, limits: PlanLimits) -> Result<Plan, StoreError> {
+        self.put_plan_with_alerts(name, limits, None).await
+    }
+
+    /// [`Store::put_plan`] with the plan's `alert_thresholds_pct` (`None` = `[80, 100]`;
+    /// see [`super::validate_thresholds`]).
+    pub async fn put_plan_with_alerts(
+        &self,
+        name: &str,
+        limits: PlanLimits,
+        alert_thresholds_pct: Option<Vec<u8>>,
+    ) -> Result<Plan, StoreError> {
         validate_plan_name("name", name)?;
         let tokens = limits
             .monthly_tokens
@@ -135,12 +155,14 @@ impl Store {
             })
             .transpose()?;
         sqlx::query(
-            "INSERT INTO plans (name, rpm, tpm, max_concurrent, monthly_budget_micro_usd, monthly_tokens) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
+            "INSERT INTO plans (name, rpm, tpm, max_concurrent, monthly_budget_micro_usd, monthly_tokens, \
+               alert_thresholds_pct) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (name) DO UPDATE SET rpm = excluded.rpm, tpm = excluded.tpm, \
                max_concurrent = excluded.max_concurrent, \
                monthly_budget_micro_usd = excluded.monthly_budget_micro_usd, \
-               monthly_tokens = excluded.monthly_tokens",
+               monthly_tokens = excluded.monthly_tokens, \
+               alert_thresholds_pct = excluded.alert_thresholds_pct",
         )
         .bind(name)
         .bind(limits.rpm.map(i64::from))
@@ -148,12 +170,19 @@ impl Store {
         .bind(limits.max_concurrent.map(i64::from))
         .bind(limits.monthly_budget_usd.map(MicroUsd::micros))
         .bind(tokens)
+        .bind(
+            alert_thresholds_pct
+                .as_ref()
+                .and_then(|t| serde_json::to_string(t).ok()),
+        )
         .execute(self.pool())
         .await?;
         self.publish_logged(Invalidation::All).await;
         Ok(Plan {
             name: name.to_owned(),
             limits,
+            alert_thresholds_pct: alert_thresholds_pct
+                .unwrap_or_else(|| super::DEFAULT_THRESHOLDS.to_vec()),
         })
     }
 }

@@ -121,7 +121,7 @@ async fn plan_api(db: Db) {
     assert_eq!(
         plan,
         json!({"name": "default", "rpm": null, "tpm": null, "max_concurrent": null,
-               "monthly_budget_usd": null, "monthly_tokens": null})
+               "monthly_budget_usd": null, "monthly_tokens": null, "alert_thresholds_pct": [80, 100]})
     );
 
     let body = r#"{"rpm":600,"tpm":100000,"max_concurrent":8,"monthly_budget_usd":"25","monthly_tokens":5000000}"#;
@@ -130,7 +130,8 @@ async fn plan_api(db: Db) {
     assert_eq!(
         pro,
         json!({"name": "pro", "rpm": 600, "tpm": 100000, "max_concurrent": 8,
-               "monthly_budget_usd": "25.000000", "monthly_tokens": 5000000})
+               "monthly_budget_usd": "25.000000", "monthly_tokens": 5000000,
+               "alert_thresholds_pct": [80, 100]})
     );
     assert_eq!(
         admin(&app, Method::GET, "/admin/v1/plans/pro", None).await,
