@@ -337,6 +337,7 @@ async fn keys(store: &Store, command: KeysCommand, p: &mut Printer<'_>) -> Resul
             monthly_tokens,
         } => {
             let new = NewKey {
+                alert_thresholds_pct: None,
                 name,
                 models: (!models.is_empty()).then_some(models),
                 expires_at,

@@ -290,7 +290,23 @@ async fn key_revoked_is_delivered(backend: Backend) {
     create_webhook(&gw, &r, &url).await;
     let tenant = gw.create_tenant("revoking").await;
     let tenant = tenant["id"].as_str().unwrap().to_owned();
-    let key = gw.create_key(&tenant, json!({"name": "k"})).await;
+    // A key's own thresholds: validated, stored sorted and distinct.
+    let (status, body) = gw
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/tenants/{tenant}/keys"),
+            Some(json!({"name": "bad", "alert_thresholds_pct": [101]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "alert_thresholds_pct", "{body}");
+    let key = gw
+        .create_key(
+            &tenant,
+            json!({"name": "k", "alert_thresholds_pct": [90, 50, 50]}),
+        )
+        .await;
+    assert_eq!(key["alert_thresholds_pct"], json!([50, 90]), "{key}");
     let key_id = key["id"].as_str().unwrap().to_owned();
     let (status, body) = gw
         .admin(Method::DELETE, &format!("/admin/v1/keys/{key_id}"), None)

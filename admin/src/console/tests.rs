@@ -373,6 +373,7 @@ async fn names_tenants_chose_are_text() {
     let evil = "<img src=x onerror=alert(1)>";
     let tenant = app.store.create_tenant(evil, None).await.unwrap();
     let key = NewKey {
+        alert_thresholds_pct: None,
         name: "\"><script>alert(2)</script>".into(),
         models: Some(vec!["<b>m</b>".into()]),
         expires_at: None,

@@ -56,6 +56,11 @@ pub struct NewKey {
     #[serde(default, deserialize_with = "super::json_int::opt_u64")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 9223372036854775807_i64)]
     pub monthly_tokens: Option<u64>,
+    /// Percentages of this key's `monthly_budget_usd` at which webhooks are told
+    /// (integers 1..=100; 100 = `budget.exhausted`). Absent = `[80, 100]`.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<i64>>)]
+    pub alert_thresholds_pct: Option<Vec<i64>>,
 }
 
 fn key_budget_schema() -> utoipa::openapi::schema::Schema {
@@ -101,6 +106,9 @@ pub struct KeyInfo {
     #[schema(format = DateTime)]
     pub last_used_at: Option<String>,
     pub revoked: bool,
+    /// When webhooks hear of this key's own budget (see [`NewKey`]); default `[80, 100]`.
+    #[schema(value_type = Vec<i64>)]
+    pub alert_thresholds_pct: Vec<u8>,
 }
 
 /// The answer to a key creation or rotation: the only place the plaintext key ever
@@ -237,6 +245,10 @@ impl KeyInfo {
                 .map(super::to_rfc3339)
                 .transpose()?,
             revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+            alert_thresholds_pct: super::thresholds_from_json(
+                row.try_get::<Option<String>, _>("alert_thresholds_pct")?
+                    .as_deref(),
+            ),
         })
     }
 }
@@ -349,14 +361,20 @@ impl Store {
             }
         }
 
+        let thresholds = new
+            .alert_thresholds_pct
+            .as_deref()
+            .map(super::validate_thresholds)
+            .transpose()?;
         let generated = keys::generate();
         let models_json =
             serde_json::to_string(&models).map_err(|e| StoreError::Other(Box::new(e)))?;
         let created_at = super::now_unix();
         sqlx::query(
             "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_hash, models, expires_at, rpm, tpm, \
-                                   max_concurrent, monthly_budget_micro_usd, monthly_tokens, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                                   max_concurrent, monthly_budget_micro_usd, monthly_tokens, created_at, \
+                                   alert_thresholds_pct) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&generated.public_id)
         .bind(tenant_id)
@@ -371,6 +389,11 @@ impl Store {
         .bind(budget)
         .bind(monthly_tokens)
         .bind(created_at)
+        .bind(
+            thresholds
+                .as_ref()
+                .and_then(|t| serde_json::to_string(t).ok()),
+        )
         .execute(self.pool())
         .await
         .map_err(|e| {
@@ -393,6 +416,7 @@ impl Store {
             created_at: super::to_rfc3339(created_at)?,
             last_used_at: None,
             revoked: false,
+            alert_thresholds_pct: thresholds.unwrap_or_else(|| super::DEFAULT_THRESHOLDS.to_vec()),
         };
         Ok(CreatedKey {
             info,
@@ -405,7 +429,7 @@ impl Store {
         sqlx::query(
             "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, max_concurrent, \
                     monthly_budget_micro_usd, monthly_tokens, created_at, \
-                    last_used_at, revoked_at \
+                    last_used_at, revoked_at, alert_thresholds_pct \
              FROM api_keys WHERE id = $1",
         )
         .bind(public_id)
@@ -436,7 +460,7 @@ impl Store {
                 sqlx::query(
                     "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, max_concurrent, \
                     monthly_budget_micro_usd, monthly_tokens, created_at, \
-                            last_used_at, revoked_at \
+                            last_used_at, revoked_at, alert_thresholds_pct \
                      FROM api_keys WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
                 )
                 .bind(tenant_id)
@@ -448,7 +472,7 @@ impl Store {
             None => sqlx::query(
                 "SELECT id, tenant_id, name, prefix, models, expires_at, rpm, tpm, max_concurrent, \
                     monthly_budget_micro_usd, monthly_tokens, created_at, \
-                            last_used_at, revoked_at \
+                            last_used_at, revoked_at, alert_thresholds_pct \
                      FROM api_keys WHERE id > $1 ORDER BY id LIMIT $2",
             )
             .bind(super::cursor(after))
@@ -605,6 +629,7 @@ mod tests {
                 created_at: "2026-01-01T00:00:00Z".into(),
                 last_used_at: None,
                 revoked: false,
+                alert_thresholds_pct: vec![80, 100],
             },
             key: "tg-abc-SECRET".into(),
         };

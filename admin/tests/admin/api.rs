@@ -292,6 +292,7 @@ async fn key_create(db: Db) {
     assert_eq!(
         keys_of(&created),
         [
+            "alert_thresholds_pct",
             "created_at",
             "expires_at",
             "id",

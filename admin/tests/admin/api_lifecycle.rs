@@ -23,7 +23,8 @@ on_both_backends!(
 );
 
 /// The fields of a key object: never `key`, `secret` or `secret_hash`.
-const KEY_FIELDS: [&str; 14] = [
+const KEY_FIELDS: [&str; 15] = [
+    "alert_thresholds_pct",
     "created_at",
     "expires_at",
     "id",
