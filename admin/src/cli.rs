@@ -208,6 +208,29 @@ pub struct PageArgs {
     pub after: Option<String>,
 }
 
+/// `tollgate webhooks ...`
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Create an endpoint; its signing secret is printed once.
+    Create {
+        url: String,
+        /// Event types, comma-separated (default: all of budget.threshold,
+        /// budget.exhausted, key.expiring, key.revoked).
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// Accept a loopback or private address (the gateways must set
+        /// webhooks.allow_private_targets too, or deliveries are refused).
+        #[arg(long)]
+        allow_private_targets: bool,
+    },
+    /// List endpoints, in id order.
+    List(PageArgs),
+    /// Show an endpoint (never its secret).
+    Show { id: String },
+    /// Delete an endpoint; its undelivered events are dropped.
+    Delete { id: String },
+}
+
 /// One CLI command on the store.
 #[derive(Debug)]
 pub enum Command {
@@ -217,6 +240,7 @@ pub enum Command {
     Prices(PricesCommand),
     Usage(UsageArgs),
     Invoices(InvoicesArgs),
+    Webhooks(WebhooksCommand),
 }
 
 /// Why a command failed; each kind has its own exit code.
@@ -261,6 +285,74 @@ pub async fn run(
         Command::Prices(c) => prices(store, c, &mut printer).await,
         Command::Usage(args) => usage(store, args, &mut printer).await,
         Command::Invoices(args) => invoices(store, args, &mut printer).await,
+        Command::Webhooks(c) => webhooks(store, c, &mut printer).await,
+    }
+}
+
+async fn webhooks(
+    store: &Store,
+    command: WebhooksCommand,
+    p: &mut Printer<'_>,
+) -> Result<(), CliError> {
+    match command {
+        WebhooksCommand::Create {
+            url,
+            events,
+            allow_private_targets,
+        } => {
+            crate::webhooks::check_url(&url, allow_private_targets)
+                .await
+                .map_err(|e| CliError::Invalid {
+                    field: "url",
+                    message: e.0,
+                })?;
+            let events = if events.is_empty() {
+                crate::store::EVENT_TYPES
+                    .iter()
+                    .map(|e| (*e).to_owned())
+                    .collect()
+            } else {
+                if let Some(bad) = events
+                    .iter()
+                    .find(|e| !crate::store::EVENT_TYPES.contains(&e.as_str()))
+                {
+                    return Err(CliError::Invalid {
+                        field: "events",
+                        message: format!("unknown event type {bad:?}"),
+                    });
+                }
+                events
+            };
+            let (hook, secret) = store.create_webhook(&url, &events).await?;
+            if p.json {
+                let mut value = serde_json::to_value(&hook).map_err(std::io::Error::other)?;
+                if let Some(map) = value.as_object_mut() {
+                    map.insert("secret".to_owned(), secret.into());
+                }
+                return p.write_json(&value);
+            }
+            p.webhooks(std::slice::from_ref(&hook))?;
+            writeln!(p.out, "\nsecret (shown once, store it now): {secret}")?;
+            Ok(())
+        }
+        WebhooksCommand::List(page) => {
+            let page = store
+                .list_webhooks(page.limit, page.after.as_deref())
+                .await?;
+            p.webhooks(&page.data)?;
+            p.more(page.has_more, page.data.last().map(|w| w.id.as_str()))
+        }
+        WebhooksCommand::Show { id } => {
+            let hook = store
+                .get_webhook(&id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("no webhook with id {id:?}")))?;
+            p.one(hook, Printer::webhooks)
+        }
+        WebhooksCommand::Delete { id } => {
+            let hook = store.delete_webhook(&id).await?;
+            p.one(hook, Printer::webhooks)
+        }
     }
 }
 
@@ -680,6 +772,22 @@ impl Printer<'_> {
             writeln!(self.out, "(more: --after {last})")?;
         }
         Ok(())
+    }
+
+    fn webhooks(&mut self, items: &[crate::store::Webhook]) -> Result<(), CliError> {
+        self.rows(
+            items,
+            &["id", "url", "events", "disabled", "created_at"],
+            |w| {
+                vec![
+                    w.id.clone(),
+                    w.url.clone(),
+                    w.events.join(","),
+                    w.disabled.to_string(),
+                    w.created_at.clone(),
+                ]
+            },
+        )
     }
 
     fn tenants(&mut self, items: &[crate::store::Tenant]) -> Result<(), CliError> {

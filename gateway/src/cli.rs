@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use tollgate_admin::cli::{
     InvoicesArgs, KeysCommand, PlansCommand, PricesCommand, TenantsCommand, UsageArgs,
+    WebhooksCommand,
 };
 
 #[derive(Debug, Parser)]
@@ -47,6 +48,13 @@ pub enum Command {
         store: OperatorArgs,
         #[command(subcommand)]
         command: PlansCommand,
+    },
+    /// Manage webhook endpoints (budget and key events).
+    Webhooks {
+        #[command(flatten)]
+        store: OperatorArgs,
+        #[command(subcommand)]
+        command: WebhooksCommand,
     },
     /// Manage model prices.
     Prices {

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         Command::Keys { store, command } => (store, admin_cli::Command::Keys(command)),
         Command::Plans { store, command } => (store, admin_cli::Command::Plans(command)),
         Command::Prices { store, command } => (store, admin_cli::Command::Prices(command)),
+        Command::Webhooks { store, command } => (store, admin_cli::Command::Webhooks(command)),
         Command::Usage { store, args } => (store, admin_cli::Command::Usage(args)),
         Command::Invoices { store, args } => (store, admin_cli::Command::Invoices(args)),
         Command::CheckConfig(args) => return check_config(&args),

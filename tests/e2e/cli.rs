@@ -11,7 +11,8 @@ use crate::{models_yaml, on_both_stores};
 
 on_both_stores!(
     cli_manages_tenants_keys_plans_prices,
-    cli_revocation_reaches_a_running_gateway
+    cli_revocation_reaches_a_running_gateway,
+    cli_manages_webhooks,
 );
 
 /// `tollgate ARGS --database-url URL`; returns (exit code, stdout, stderr).
@@ -238,4 +239,47 @@ async fn cli_on_an_unreachable_store_exits_69() {
     )
     .await;
     assert_eq!(code, 69, "{err}");
+}
+
+/// `tollgate webhooks create|list|show|delete`: the secret once, SSRF refused (exit 65)
+/// unless `--allow-private-targets`.
+async fn cli_manages_webhooks(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = tollgate_tests::harness::database_url(backend, dir.path()).await else {
+        return;
+    };
+    let (code, _, err) = tollgate(&url, &["migrate"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tollgate(&url, &["webhooks", "create", "http://127.0.0.1:9/hook"]).await;
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("url"), "{err}");
+    let hook = json(
+        &url,
+        &[
+            "webhooks",
+            "create",
+            "http://127.0.0.1:9/hook",
+            "--events",
+            "budget.threshold,key.revoked",
+            "--allow-private-targets",
+        ],
+    )
+    .await;
+    assert!(
+        hook["secret"].as_str().unwrap().starts_with("whsec_"),
+        "{hook}"
+    );
+    assert_eq!(
+        hook["events"],
+        serde_json::json!(["budget.threshold", "key.revoked"])
+    );
+    let id = hook["id"].as_str().unwrap();
+    let shown = json(&url, &["webhooks", "show", id]).await;
+    assert!(shown.get("secret").is_none(), "{shown}");
+    let (code, table, _) = tollgate(&url, &["webhooks", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(table.starts_with("ID") && table.contains(id), "{table}");
+    json(&url, &["webhooks", "delete", id]).await;
+    let (code, _, _) = tollgate(&url, &["webhooks", "show", id]).await;
+    assert_eq!(code, 3);
 }
