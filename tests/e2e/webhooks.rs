@@ -365,3 +365,68 @@ async fn webhook_urls_are_checked_against_ssrf(backend: Backend) {
     let (_, list) = gw.admin(Method::GET, "/admin/v1/webhooks", None).await;
     assert_eq!(list["data"], json!([]), "{list}");
 }
+
+/// Two replicas on one Postgres, 64 concurrent requests spread over both: each crosses
+/// the budget in its own flushes, and still exactly one `budget.threshold` and one
+/// `budget.exhausted` arrive (the outbox's unique key), delivered by one replica (the
+/// lease), each once (the receiver never fails here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_send_each_threshold_once() {
+    let Some((upstream, a)) = gateway(Backend::Postgres, PRIVATE_OK).await else {
+        return;
+    };
+    let config = format!(
+        "prices: {{ gpt-4o-mini: {{ input: 100, output: 100 }} }}\n\
+         meter: {{ flush_interval_ms: 20 }}\n{PRIVATE_OK}{}",
+        models_yaml(&upstream.base_url())
+    );
+    let b = Gateway::start_on(&a.database_url, &config).await;
+    let (r, url) = receiver(false).await;
+    create_webhook(&a, &r, &url).await;
+    let plan = format!("p{}", uuid::Uuid::new_v4().simple());
+    let (status, body) = a
+        .admin(
+            Method::PUT,
+            &format!("/admin/v1/plans/{plan}"),
+            Some(json!({"monthly_budget_usd": "0.021"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, tenant) = a
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants",
+            Some(json!({"name": format!("t-{plan}"), "plan": plan})),
+        )
+        .await;
+    assert_eq!(status, 201, "{tenant}");
+    let tenant = tenant["id"].as_str().unwrap().to_owned();
+    let key = a.create_key(&tenant, json!({"name": "k"})).await;
+    let key = key["key"].as_str().unwrap().to_owned();
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 1,
+        "messages": [{"role": "user", "content": "hi"}],
+        "mock": {"chunks": 1, "prompt_tokens": 20}});
+    let gws = [&a, &b];
+    let answers = join_all((0..64).map(|i| {
+        let gw = gws[i % 2];
+        gw.http
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    }))
+    .await;
+    let served = answers
+        .iter()
+        .filter(|a| a.as_ref().is_ok_and(|a| a.status() == 200))
+        .count();
+    assert!(served >= 10, "served only {served}");
+    wait_for(&r, "both budget events", |seen| seen.len() >= 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = r.seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|s| s.signed), "{seen:#?}");
+    let of = |kind: &str| seen.iter().filter(|s| s.event["type"] == kind).count();
+    assert_eq!(of("budget.threshold"), 1, "{seen:#?}");
+    assert_eq!(of("budget.exhausted"), 1, "{seen:#?}");
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+}
