@@ -42,8 +42,9 @@ pub struct Webhook {
     pub disabled: bool,
 }
 
-/// One delivery that is due: what the deliverer needs to send it.
-#[derive(Clone, Debug)]
+/// One delivery that is due: what the deliverer needs to send it. Its `Debug` hides the
+/// secret, so no log line can carry it.
+#[derive(Clone)]
 pub struct DueDelivery {
     pub event_id: String,
     pub webhook_id: String,
@@ -53,6 +54,18 @@ pub struct DueDelivery {
     pub attempts: i64,
     /// When the event was written (unix seconds): retries stop 24 h after.
     pub event_created_at: i64,
+}
+
+impl std::fmt::Debug for DueDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DueDelivery")
+            .field("event_id", &self.event_id)
+            .field("webhook_id", &self.webhook_id)
+            .field("url", &self.url)
+            .field("secret", &"*****")
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Parses a stored or submitted threshold list: integers 1..=100, returned sorted and

@@ -33,6 +33,8 @@ on_both_backends!(
     key_invalid_input,
     key_lookup_unknown,
     closed_store_is_unavailable,
+    key_expiring_is_queued_once,
+    webhook_lease_is_held_by_one,
 );
 
 async fn migrate_is_idempotent(db: Db) {
@@ -558,4 +560,74 @@ mod key_limits_migration_after_later_ones {
             super::key_limits_migration_after_later_ones(&url, "postgres").await;
         }
     }
+}
+
+/// A key 7 days or less from expiry queues `key.expiring` once, for each subscribed
+/// endpoint; a failed attempt is retried later, a delivered one is not due again.
+async fn key_expiring_is_queued_once(db: Db) {
+    let tenant = db.store.create_tenant("expiring", None).await.unwrap();
+    let (hook, _) = db
+        .store
+        .create_webhook("http://127.0.0.1:9/h", &["key.expiring".to_owned()])
+        .await
+        .unwrap();
+    let (_, other) = db
+        .store
+        .create_webhook("http://127.0.0.1:9/o", &["key.revoked".to_owned()])
+        .await
+        .unwrap();
+    let soon = (OffsetDateTime::now_utc() + time::Duration::days(3))
+        .format(&Rfc3339)
+        .unwrap();
+    let later = (OffsetDateTime::now_utc() + time::Duration::days(30))
+        .format(&Rfc3339)
+        .unwrap();
+    for (name, at) in [("soon", soon), ("later", later)] {
+        let key = NewKey {
+            expires_at: Some(at),
+            ..new_key(name)
+        };
+        db.store.create_key(&tenant.id, key).await.unwrap();
+    }
+    assert_eq!(db.store.queue_expiring_keys().await.unwrap(), 1);
+    assert_eq!(db.store.queue_expiring_keys().await.unwrap(), 0);
+    let due = db.store.due_deliveries(10).await.unwrap();
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(due[0].webhook_id, hook.id);
+    assert_ne!(due[0].webhook_id, other);
+    let body: serde_json::Value = serde_json::from_str(&due[0].body).unwrap();
+    assert_eq!(body["type"], "key.expiring");
+    assert_eq!(body["data"]["tenant"], tenant.id.as_str());
+    assert!(!format!("{:?}", due[0]).contains("whsec_"));
+
+    let far = OffsetDateTime::now_utc().unix_timestamp() * 1000 + 60_000;
+    db.store
+        .record_delivery_attempt(
+            &due[0],
+            Some(500),
+            tollgate_admin::store::DeliveryOutcome::RetryAt(far),
+        )
+        .await
+        .unwrap();
+    assert!(db.store.due_deliveries(10).await.unwrap().is_empty());
+    db.store
+        .record_delivery_attempt(
+            &due[0],
+            Some(200),
+            tollgate_admin::store::DeliveryOutcome::Delivered,
+        )
+        .await
+        .unwrap();
+    assert!(db.store.due_deliveries(10).await.unwrap().is_empty());
+}
+
+/// The delivery lease: its holder renews it, anyone else is refused until it expires.
+async fn webhook_lease_is_held_by_one(db: Db) {
+    assert!(db.store.take_webhook_lease("a", 60_000).await.unwrap());
+    assert!(db.store.take_webhook_lease("a", 60_000).await.unwrap());
+    assert!(!db.store.take_webhook_lease("b", 60_000).await.unwrap());
+    // Expired (a negative ttl): taken over.
+    assert!(db.store.take_webhook_lease("a", -1).await.unwrap());
+    assert!(db.store.take_webhook_lease("b", 60_000).await.unwrap());
+    assert!(!db.store.take_webhook_lease("a", 60_000).await.unwrap());
 }
